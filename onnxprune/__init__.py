@@ -1,0 +1,23 @@
+"""onnxprune: structured channel pruning of ONNX models.
+
+The library is the product; the `onnxprune` command is a thin layer over these functions.
+
+Example:
+    import onnxprune
+    model = onnxprune.load("model.onnx")
+    result = onnxprune.prune(model, onnxprune.PruneOptions(ratio=0.5))
+    onnxprune.save(result.model, "model_slim.onnx")
+"""
+
+from onnxprune.channels import Group, Member, find_groups
+from onnxprune.errors import OnnxPruneError
+from onnxprune.io import Model, load, save
+from onnxprune.plan import Plan
+from onnxprune.pruner import PruneOptions, PruneResult, make_plan, prune
+from onnxprune.report import format_report, inspect_model
+
+__all__ = [
+    "Group", "Member", "Model", "OnnxPruneError", "Plan", "PruneOptions", "PruneResult", "find_groups",
+    "format_report", "inspect_model", "load", "make_plan", "prune", "save",
+]
+__version__ = "0.1.0"

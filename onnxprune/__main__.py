@@ -1,0 +1,5 @@
+import sys
+
+from onnxprune.cli import main
+
+sys.exit(main())

@@ -1,0 +1,415 @@
+"""Channel groups: which channels of which tensors must be removed together.
+
+Every channel of every tensor axis a rule touches is an *atom*; each bundle a rule returns is a small
+index space whose atoms are joined with the atoms of the axes tied to it. The connected components
+are the *channels* a pruner can remove (one component = one channel, however many tensors it spans).
+Channels that touch exactly the same tensor axes form a `Group` — for a Conv->BN->ReLU->Conv chain,
+the first conv's output channels, the BN's parameters and the second conv's input columns.
+
+A group is unprunable when any of its channels reaches an axis that must not change (a graph output,
+an operator without a rule, an axis normalized by LayerNorm, ...), or when a removed channel would not
+be zero where another layer reads it (e.g. after a Sigmoid): then sparse and slim models would differ.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxprune.io import Model
+from onnxprune.shapes import shape_values
+from onnxprune.rules import CONTRACT, IN, KEEP, OUT, RULES, ZEROED_ROLES, Bundle, Context, Port, Stop, Value
+
+Key = tuple[str, int]  # (tensor name, axis)
+
+
+@dataclass
+class Member:
+    """One tensor axis of a group: `index[i]` along the axis belongs to group channel `channel[i]`."""
+
+    tensor: str
+    axis: int
+    size: int
+    index: np.ndarray
+    channel: np.ndarray
+    role: str | None = None  # for weights: out / affine (zeroed when sparse), in / keep (left as is)
+
+    @property
+    def is_weight(self) -> bool:
+        return self.role is not None
+
+
+@dataclass
+class Group:
+    """Channels that are removed together, with every tensor axis they live on.
+
+    Example: conv1 -> bn1 -> relu -> conv2 gives one group with `channels` = conv1's output channels and
+    members conv1.weight axis 0 (out), conv1.bias (out), bn1 scale/bias (affine), mean/var (keep), the
+    activations on axis 1, and conv2.weight axis 1 (in).
+    """
+
+    id: str
+    channels: int
+    members: list[Member]
+    reason: str | None = None  # why it cannot be pruned; None when it can
+    leader: str = ""  # node whose output channels these are
+
+    @property
+    def prunable(self) -> bool:
+        return self.reason is None
+
+    def weights(self) -> list[Member]:
+        return [m for m in self.members if m.is_weight]
+
+
+@dataclass
+class _Axis:
+    key: Key
+    base: int
+    size: int
+    role: str | None = None
+    nodes: list[int] = field(default_factory=list)  # topological indices of the nodes that touch it
+
+
+@dataclass
+class _Placed:
+    """A bundle a rule returned, with where its index space sits among the atoms."""
+
+    node: gs.Node
+    bundle: Bundle
+    base: int
+
+
+def _seed_axes(node: gs.Node) -> list[tuple[int, int]]:
+    """(input index, axis) of the weights whose slices produce channels: where walking starts."""
+    if node.op == "Conv":
+        return [(1, 0)]
+    if node.op == "ConvTranspose":
+        return [(1, 1), (1, 0)]
+    if node.op == "Gemm":
+        return [(1, 0 if node.attrs.get("transB", 0) else 1)]
+    if node.op == "MatMul":
+        return [(1, -1), (0, -2)]
+    if node.op == "Gather" and int(node.attrs.get("axis", 0)) == 0:
+        return [(0, -1)]
+    return []
+
+
+def find_groups(model: Model) -> list[Group]:
+    """All channel groups of the model, prunable or not, in the order their producers run."""
+    return _GroupFinder(model).run()
+
+
+class _GroupFinder:
+    def __init__(self, model: Model):
+        self.graph = model.graph
+        self.ctx = Context(model.shapes, model.opset, shape_values(model.graph, model.shapes))
+        self.tensors = self.graph.tensors()
+        self.axes: dict[Key, _Axis] = {}
+        self.stops: dict[Key, str] = {}
+        self.placed: list[_Placed] = []
+        self.total = 0
+        self.graph_outputs = {t.name for t in self.graph.outputs}
+        self.graph_inputs = {t.name for t in self.graph.inputs}
+        self.node_index = {id(node): i for i, node in enumerate(self.graph.nodes)}
+
+    def run(self) -> list[Group]:
+        self._walk()
+        labels = self._components()
+        failures = self._check_values(labels)
+        return self._groups(labels, failures)
+
+    # -- 1. walk from every weight that produces channels, through the rules -------------------------
+
+    def _seeds(self) -> list[Key]:
+        seeds = []
+        for node in self.graph.nodes:
+            for index, axis in _seed_axes(node):
+                weight = node.inputs[index] if index < len(node.inputs) else None
+                if isinstance(weight, gs.Constant) and weight.values.ndim >= 2:
+                    seeds.append((weight.name, axis % weight.values.ndim))
+        return seeds
+
+    def _walk(self) -> None:
+        queue = deque(self._seeds())
+        while queue:
+            key = queue.popleft()
+            if key in self.axes:
+                continue
+            tensor = self.tensors[key[0]]
+            shape = self.ctx.shape(tensor)
+            size = shape[key[1]] if shape is not None else 0
+            self.axes[key] = _Axis(key, self.total, size)
+            self.total += size
+            if shape is None:
+                self._stop(key, f"shape of '{key[0]}' is unknown")
+                continue
+            if key[0] in self.graph_outputs:
+                self._stop(key, f"'{key[0]}' is a model output")
+            if key[0] in self.graph_inputs:
+                self._stop(key, f"'{key[0]}' is a model input")
+            for node, port in _ports(tensor):
+                for tied in self._apply(node, port, key):
+                    queue.append(tied)
+
+    def _apply(self, node: gs.Node, port: Port, key: Key) -> list[Key]:
+        self.axes[key].nodes.append(self.node_index[id(node)])
+        rule = RULES.get(node.op)
+        if rule is None or (node.domain or "") not in ("", "ai.onnx"):
+            self._stop(key, f"no channel rule for {node.op} '{node.name}'")
+            return []
+        result = rule.bundles(node, port, key[1], self.ctx)
+        if isinstance(result, Stop):
+            self._stop(key, result.reason)
+            return []
+        tied = []
+        for bundle in result:
+            self.placed.append(_Placed(node, bundle, self.total))
+            self.total += bundle.size
+            tied.extend((t.tensor.name, t.axis) for t in bundle.ties)
+        return tied
+
+    def _stop(self, key: Key, reason: str) -> None:
+        self.stops.setdefault(key, reason)
+
+    # -- 2. connected components of atoms --------------------------------------------------------
+
+    def _components(self) -> np.ndarray:
+        us, vs = [], []
+        for placed in self.placed:
+            for t in placed.bundle.ties:
+                axis = self.axes[(t.tensor.name, t.axis)]
+                if t.role is not None:
+                    axis.role = _merge_role(axis.role, t.role)
+                valid = t.pairs[:, 1] < axis.size
+                us.append(placed.base + t.pairs[valid, 0])
+                vs.append(axis.base + t.pairs[valid, 1])
+        if not us:
+            return np.arange(self.total)
+        return connected_components(self.total, np.concatenate(us), np.concatenate(vs))
+
+    # -- 3. is every removed channel zero where a layer reads it? -----------------------------------
+
+    def _check_values(self, labels: np.ndarray) -> dict[int, str]:
+        values = {key: np.full(axis.size, np.nan) for key, axis in self.axes.items()}
+        failures: dict[int, str] = {}
+        by_node: dict[int, list[_Placed]] = {}
+        for placed in self.placed:
+            by_node.setdefault(id(placed.node), []).append(placed)
+        for node in self.graph.nodes:
+            for placed in by_node.get(id(node), []):
+                space = _space_values(node, placed.bundle, values)
+                for t in placed.bundle.ties:
+                    if any(t.tensor is o for o in node.outputs):
+                        values[(t.tensor.name, t.axis)][t.pairs[:, 1]] = space[t.pairs[:, 0]]
+                bad = _unread_nonzero(node, placed.bundle, values)
+                for s in np.flatnonzero(bad):
+                    failures.setdefault(int(labels[placed.base + s]), _value_reason(node, bad[s]))
+        return failures
+
+    # -- 4. groups: channels that touch the same tensor axes -------------------------------------
+
+    def _groups(self, labels: np.ndarray, failures: dict[int, str]) -> list[Group]:
+        keys = self.keys = list(self.axes)
+        touched: dict[int, list[int]] = {}
+        for k, key in enumerate(keys):
+            axis = self.axes[key]
+            for label in np.unique(labels[axis.base: axis.base + axis.size]):
+                touched.setdefault(int(label), []).append(k)
+        by_signature: dict[tuple[int, ...], list[int]] = {}
+        for label, ks in touched.items():
+            by_signature.setdefault(tuple(ks), []).append(label)
+        groups = [self._group(list(sig), lab, labels, failures) for sig, lab in by_signature.items()]
+        groups = [g for g in groups if g is not None]
+        groups.sort(key=lambda g: g[0])
+        return _name_groups([g[1] for g in groups])
+
+    def _group(self, signature: list[int], group_labels: list[int], labels: np.ndarray,
+               failures: dict[int, str]) -> tuple[int, Group] | None:
+        keys = [self.keys[k] for k in signature]
+        axes = [self.axes[key] for key in keys]
+        leader = next((a for a in axes if a.role == OUT), None)
+        if leader is None and not any(a.role in ZEROED_ROLES for a in axes):
+            return None  # no weights make these channels: not a pruning unit (inputs, shape tensors, ...)
+        order_axis = leader or axes[0]
+        wanted = np.asarray(sorted(group_labels))
+        first_pos = {}
+        span = labels[order_axis.base: order_axis.base + order_axis.size]
+        for pos, label in enumerate(span):
+            first_pos.setdefault(int(label), pos)
+        ordered = sorted(wanted.tolist(), key=lambda lab: first_pos.get(lab, 1 << 60))
+        channel_of = {lab: i for i, lab in enumerate(ordered)}
+        members = []
+        for axis in axes:
+            span = labels[axis.base: axis.base + axis.size]
+            index = np.flatnonzero(np.isin(span, wanted))
+            channel = np.array([channel_of[int(lab)] for lab in span[index]], dtype=np.int64)
+            members.append(Member(axis.key[0], axis.key[1], axis.size, index, channel, axis.role))
+        reason = next((self.stops[k] for k in keys if k in self.stops), None)
+        reason = reason or next((failures[lab] for lab in ordered if lab in failures), None)
+        producers = [a for a in axes if a.role == OUT] or axes
+        position = min(min(a.nodes, default=len(self.node_index)) for a in producers)
+        node = self.graph.nodes[position] if position < len(self.graph.nodes) else None
+        name = (node.name if node is not None else "") or order_axis.key[0]
+        return position, Group("", len(ordered), members, reason, name)
+
+
+def _ports(tensor: gs.Tensor) -> list[tuple[gs.Node, Port]]:
+    ports, seen = [], set()
+    for node in list(tensor.inputs) + list(tensor.outputs):
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        ports += [(node, Port(False, i)) for i, t in enumerate(node.outputs) if t is tensor]
+        ports += [(node, Port(True, i)) for i, t in enumerate(node.inputs) if t is tensor]
+    return ports
+
+
+def _merge_role(old: str | None, new: str) -> str:
+    """A weight tied in several ways: keeping values wins over zeroing, producing over consuming."""
+    for role in (KEEP, OUT, IN):
+        if role in (old, new):
+            return role
+    return new
+
+
+def _name_groups(groups: list[Group]) -> list[Group]:
+    """Group ids are their producer node's name; a node split into several groups gets #1, #2, ..."""
+    counts: dict[str, int] = {}
+    for g in groups:
+        counts[g.leader] = counts.get(g.leader, 0) + 1
+    seen: dict[str, int] = {}
+    for g in groups:
+        n = seen[g.leader] = seen.get(g.leader, 0) + 1
+        g.id = g.leader if counts[g.leader] == 1 else f"{g.leader}#{n}"
+    return groups
+
+
+def connected_components(n: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Label of each of `n` atoms: the smallest atom id connected to it through the edges (u, v)."""
+    labels = np.arange(n)
+    while True:
+        lu, lv = labels[u], labels[v]
+        low = np.minimum(lu, lv)
+        before = labels.copy()
+        np.minimum.at(labels, lu, low)
+        np.minimum.at(labels, lv, low)
+        while True:  # pointer jumping: every atom points at its root
+            jumped = labels[labels]
+            if np.array_equal(jumped, labels):
+                break
+            labels = jumped
+        if np.array_equal(labels, before):
+            return labels
+
+
+# --- values of removed channels ---------------------------------------------------------------------
+
+
+def _tie_values(tie, values: dict[Key, np.ndarray], size: int) -> np.ndarray:
+    """Value of a removed channel at each bundle index, as seen through one tie (NaN: unknown)."""
+    if isinstance(tie.tensor, gs.Constant):
+        if tie.role in ZEROED_ROLES:
+            return np.zeros(size)
+        if tie.role == IN:
+            return np.full(size, np.nan)  # consumer weights: their value does not matter
+        along = np.moveaxis(np.asarray(tie.tensor.values, dtype=np.float64), tie.axis, 0)
+        flat = along.reshape(along.shape[0], -1)
+        uniform = np.where(np.all(flat == flat[:, :1], axis=1), flat[:, 0], np.nan)
+        per_atom = uniform
+    else:
+        per_atom = values[(tie.tensor.name, tie.axis)]
+    low, high = np.full(size, np.inf), np.full(size, -np.inf)
+    with np.errstate(invalid="ignore"):
+        np.minimum.at(low, tie.pairs[:, 0], per_atom[tie.pairs[:, 1]])
+        np.maximum.at(high, tie.pairs[:, 0], per_atom[tie.pairs[:, 1]])
+    return np.where(low == high, low, np.nan)
+
+
+def _inputs_of(node: gs.Node, bundle: Bundle) -> list:
+    return [t for t in bundle.ties if any(t.tensor is i for i in node.inputs)]
+
+
+def _space_values(node: gs.Node, bundle: Bundle, values: dict[Key, np.ndarray]) -> np.ndarray:
+    rule = RULES[node.op]
+    size = bundle.size
+    inputs = _inputs_of(node, bundle)
+    seen = [_tie_values(t, values, size) for t in inputs]
+    if rule.value is Value.LINEAR:
+        return np.where(np.any([s == 0 for s in seen], axis=0), 0.0, np.nan) if seen else np.full(size, np.nan)
+    if rule.value is Value.BINARY:
+        return _binary(node, rule.binary, bundle, values)
+    copy = _agree(seen, size)
+    if rule.value is Value.COPY:
+        return copy
+    if rule.value is Value.ZERO:
+        return np.where(copy == 0, 0.0, np.nan)
+    if rule.value is Value.UNARY:
+        with np.errstate(all="ignore"):
+            return rule.unary(copy, node).astype(np.float64)
+    return np.full(size, np.nan)
+
+
+def _agree(seen: list[np.ndarray], size: int) -> np.ndarray:
+    if not seen:
+        return np.full(size, np.nan)
+    stacked = np.stack(seen)
+    return np.where(np.all(stacked == stacked[:1], axis=0), stacked[0], np.nan)
+
+
+def _binary(node: gs.Node, op: str, bundle: Bundle, values: dict[Key, np.ndarray]) -> np.ndarray:
+    size = bundle.size
+    operands = []
+    for tensor in node.inputs:
+        tied = next((t for t in bundle.ties if t.tensor is tensor), None)
+        if tied is not None:
+            operands.append(_tie_values(tied, values, size))
+        elif isinstance(tensor, gs.Constant) and np.asarray(tensor.values).size:
+            flat = np.asarray(tensor.values, dtype=np.float64).reshape(-1)
+            operands.append(np.full(size, flat[0] if np.all(flat == flat[0]) else np.nan))
+        else:
+            operands.append(np.full(size, np.nan))
+    with np.errstate(all="ignore"):
+        if op == "mul":
+            result = np.prod(operands, axis=0)
+            return np.where(np.any([o == 0 for o in operands], axis=0), 0.0, result)
+        a, b = operands[0], operands[1] if len(operands) > 1 else operands[0]
+        if op == "div":
+            return np.where(a == 0, 0.0, a / b)
+        if op == "pow":
+            return np.where((a == 0) & (b > 0), 0.0, a**b)
+        if op == "add":
+            return np.sum(operands, axis=0)
+        if op == "sub":
+            return a - b
+        if op == "max":
+            return np.max(operands, axis=0)
+        if op == "min":
+            return np.min(operands, axis=0)
+    return np.full(size, np.nan)
+
+
+def _unread_nonzero(node: gs.Node, bundle: Bundle, values: dict[Key, np.ndarray]) -> np.ndarray:
+    """Per bundle index: the nonzero (or unknown) value a layer would read; 0 where all is well."""
+    roles = {t.role for t in bundle.ties}
+    size = bundle.size
+    if IN in roles:
+        readers = [t for t in _inputs_of(node, bundle) if not isinstance(t.tensor, gs.Constant)]
+        seen = [_tie_values(t, values, size) for t in readers]
+        return np.nan_to_num(np.max(np.abs(seen), axis=0), nan=np.inf) if seen else np.zeros(size)
+    if CONTRACT in roles:
+        a, b = (_tie_values(t, values, size) for t in _inputs_of(node, bundle)[:2])
+        both = np.where((a == 0) | (b == 0), 0.0, np.abs(a * b))
+        return np.nan_to_num(both, nan=np.inf)
+    return np.zeros(size)
+
+
+def _value_reason(node: gs.Node, value: float) -> str:
+    what = "unknown" if not np.isfinite(value) else f"{value:.3g}"
+    return f"removed channels would be {what}, not 0, where {node.op} '{node.name}' reads them"
+
+
+__all__ = ["Group", "Member", "find_groups", "connected_components", "OUT", "IN"]

@@ -1,0 +1,146 @@
+"""The `onnxprune` command: parse, call the library, print. Nothing here that a library user would need.
+
+Exit codes: 0 ok; 2 bad usage or bad input (one line on stderr); 1 internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from onnxprune import io
+from onnxprune.errors import OnnxPruneError
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
+
+
+def _load(args: argparse.Namespace) -> io.Model:
+    return io.load(args.model, io.parse_input_shapes(args.input_shape))
+
+
+def _check_output(args: argparse.Namespace, *outputs: str | None) -> None:
+    """Refuse to overwrite an input: nothing the user had may be lost."""
+    sources = {Path(p).resolve() for p in (getattr(args, "model", None), getattr(args, "input", None)) if p}
+    for out in outputs:
+        if out and Path(out).resolve() in sources:
+            raise OnnxPruneError(f"{out}: output would overwrite the input; choose another path")
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """Show per-layer MACs and params, the channel groups, and why a group cannot be pruned."""
+    from onnxprune.report import format_report, inspect_model
+
+    report = inspect_model(_load(args))
+    print(json.dumps(report.to_dict(), indent=1) if args.json else format_report(report))
+    return EXIT_OK
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    """Remove channels: --ratio R removes R of the MACs (uniformly, or guided by --sens); --spec sets
+    per-group channel ratios. Slim mode (default) removes channels; sparse mode zeroes them."""
+    from onnxprune.plan import read_spec
+    from onnxprune.pruner import PruneOptions, prune
+    from onnxprune.runtime import parse_providers
+
+    _check_output(args, args.output, args.plan_out)
+    options = PruneOptions(
+        ratio=args.ratio, spec=read_spec(args.spec) if args.spec else None,
+        sensitivity=_read_sensitivity(args.sens) if args.sens else None, criterion=args.criterion,
+        round_to=args.round_to, exclude=args.exclude or [], mode=args.mode, verify=not args.no_verify,
+        providers=parse_providers(args.providers),
+    )
+    options.check()
+    model = _load(args)
+    result = prune(model, options)
+    io.save(result.model, args.output)
+    if args.plan_out:
+        from onnxprune.atomic import write_text
+
+        write_text(args.plan_out, result.plan.to_json())
+    _print_prune_summary(result, args.output)
+    return EXIT_OK
+
+
+def _read_sensitivity(path: str) -> dict:
+    from onnxprune.sensitivity import read_table
+
+    return read_table(path)
+
+
+def _print_prune_summary(result, output: str) -> None:
+    from onnxprune.report import human
+
+    plan = result.plan
+    rows = [("MACs", plan.macs_before, plan.macs_after), ("params", plan.params_before, plan.params_after)]
+    print(f"{'':8} {'before':>10} {'after':>10} {'ratio':>7}", file=sys.stderr)
+    for name, before, after in rows:
+        print(f"{name:8} {human(before):>10} {human(after):>10} {after / max(before, 1):>7.3f}", file=sys.stderr)
+    print(f"pruned {len(plan.groups)} groups, {plan.macs_ratio:.1%} of MACs removed -> {output}", file=sys.stderr)
+    if result.difference is not None:
+        print(f"verified: slim equals sparse (max relative difference {result.difference:.1e})", file=sys.stderr)
+    for note in plan.notes:
+        print(f"note: {note}", file=sys.stderr)
+
+
+def _add_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="an ONNX model file")
+    p.add_argument("--input-shape", action="append", metavar="NAME:D0,D1,...",
+                   help="fix a dynamic input shape, e.g. images:1,3,640,640 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="onnxprune", description="Structured channel pruning of ONNX models.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, fn) -> argparse.ArgumentParser:
+        doc = (fn.__doc__ or "").strip()
+        p = sub.add_parser(name, help=doc.split("\n\n")[0].replace("\n", " "), description=doc)
+        p.set_defaults(func=fn)
+        return p
+
+    p = command("inspect", cmd_inspect)
+    _add_model(p)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    p = command("prune", cmd_prune)
+    _add_model(p)
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--ratio", type=float, help="fraction of MACs to remove, in (0, 1)")
+    how.add_argument("--spec", help="JSON mapping group id -> fraction of its channels to remove")
+    p.add_argument("--sens", help="sensitivity table from `onnxprune analyze` to allocate --ratio by")
+    p.add_argument("--criterion", default="l1", help="channel importance: l1, l2 or bn (default l1)")
+    p.add_argument("--round-to", type=int, default=1, metavar="N", help="keep channel counts a multiple of N")
+    p.add_argument("--exclude", nargs="+", metavar="NODE", help="node names (or patterns) to keep whole")
+    p.add_argument("--mode", default="slim", choices=("slim", "sparse"), help="remove (slim) or zero (sparse)")
+    p.add_argument("-o", "--output", required=True, help="where to write the pruned model")
+    p.add_argument("--plan-out", help="write the plan (channels removed per group) as JSON")
+    p.add_argument("--no-verify", action="store_true", help="skip the sparse-vs-slim output check")
+    p.add_argument("--providers", help="onnxruntime providers, e.g. CUDA,CPU (default CPU)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except OnnxPruneError as exc:
+        print(f"onnxprune: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("onnxprune: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, exit 1
+        if args.debug:
+            raise
+        text = str(exc).strip().splitlines()
+        print(f"onnxprune: internal error: {type(exc).__name__}: {text[0] if text else ''} "
+              "(run with --debug for the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,399 @@
+"""Load and save models: the only module that turns ONNX protobuf into the graph IR and back.
+
+A loaded `Model` is an onnx-graphsurgeon graph in which every weight is a `gs.Constant`, wherever the
+exporter put it: initializers, `Constant` nodes (PaddlePaddle exports have no initializers) or behind an
+`Identity` node (PyTorch does that for shared weights). It also keeps a *skeleton*: the original
+protobuf with the weight bytes stripped, so a sparse model can be written back as exactly the graph it
+came from (same nodes, same names), only with other values.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from google.protobuf.message import DecodeError
+from onnx import numpy_helper
+
+from onnxprune.atomic import write_bytes
+from onnxprune.errors import OnnxPruneError
+
+MIN_OPSET = 11
+PROTOBUF_LIMIT = 2**31 - 2**20  # leave room for the non-weight part of the message
+
+
+@dataclass
+class Derived:
+    """A weight the exporter reshaped, transposed or cast at run time, folded at load time.
+
+    Writing the original graph back needs the inverse: the source's values from the folded ones.
+    """
+
+    source: str
+    perm: tuple[int, ...] | None  # transposed with this permutation
+    shape: tuple[int, ...]  # the source's shape
+    dtype: np.dtype
+
+    def to_source(self, values: np.ndarray) -> np.ndarray:
+        if self.perm is not None:
+            values = np.transpose(values, np.argsort(self.perm))
+        return np.asarray(values).reshape(self.shape).astype(self.dtype)
+
+
+@dataclass
+class Model:
+    """A loaded model: the IR the pruner works on plus what is needed to write it back.
+
+    Attributes:
+        graph: the onnx-graphsurgeon graph; weights are `gs.Constant` with numpy values loaded.
+        skeleton: the original ModelProto with the bytes of every weight stripped.
+        input_shapes: concrete shape of every graph input used for shape inference (batch 1).
+        shapes: concrete shape at batch 1 of every tensor whose shape is known.
+        path: where the model was read from, if from a file.
+    """
+
+    graph: gs.Graph
+    skeleton: onnx.ModelProto
+    input_shapes: dict[str, tuple[int, ...]]
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    path: Path | None = None
+    derived: dict[str, Derived] = field(default_factory=dict)
+
+    @property
+    def opset(self) -> int:
+        return _default_opset(self.skeleton)
+
+    def weights(self) -> dict[str, gs.Constant]:
+        """Every weight of the graph by name."""
+        return {name: t for name, t in self.graph.tensors().items() if isinstance(t, gs.Constant)}
+
+
+def parse_input_shapes(specs: list[str] | None) -> dict[str, tuple[int, ...]]:
+    """Parse `NAME:1,3,640,640` items (onnxsim's and onnxslim's syntax) into a dict."""
+    result: dict[str, tuple[int, ...]] = {}
+    for spec in specs or []:
+        name, sep, dims = spec.rpartition(":")
+        try:
+            shape = tuple(int(d) for d in dims.split(","))
+        except ValueError:
+            shape = ()
+        if not sep or not name or not shape or any(d <= 0 for d in shape):
+            raise OnnxPruneError(f"--input-shape {spec!r}: expected NAME:D0,D1,... with positive integers")
+        result[name] = shape
+    return result
+
+
+def read_proto(path: str | os.PathLike) -> onnx.ModelProto:
+    """Read an ONNX file with its external data, refusing anything that is not a readable model."""
+    path = Path(path)
+    if not path.is_file():
+        raise OnnxPruneError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise OnnxPruneError(f"{path}: file is empty")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, RuntimeError, ValueError, OSError) as exc:
+        raise OnnxPruneError(f"{path}: not an ONNX model ({_first_line(exc)})") from None
+    if not proto.graph.node:
+        raise OnnxPruneError(f"{path}: not an ONNX model (no graph nodes; truncated or another format)")
+    _load_external_data(proto, path.parent)
+    return proto
+
+
+def load(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] | None = None) -> Model:
+    """Read a model file into a `Model` with weights lifted and shapes inferred at batch 1."""
+    return from_proto(read_proto(path), input_shapes, Path(path))
+
+
+def from_proto(
+    proto: onnx.ModelProto,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+    path: Path | None = None,
+) -> Model:
+    """Build a `Model` from a ModelProto (which becomes the skeleton: its weight bytes are stripped)."""
+    from onnxprune.shapes import infer_shapes  # shapes imports io for proto helpers
+
+    where = str(path) if path else "model"
+    opset = _default_opset(proto)
+    if opset < MIN_OPSET:
+        raise OnnxPruneError(
+            f"{where}: opset {opset} is older than {MIN_OPSET}; convert it first "
+            f"(onnx.version_converter.convert_version(model, {MIN_OPSET}))"
+        )
+    fixed = _fix_input_shapes(proto, input_shapes or {}, where)
+    shapes = infer_shapes(proto, fixed)
+    try:
+        graph = gs.import_onnx(proto)
+    except Exception as exc:  # noqa: BLE001 - the importer raises many types on malformed graphs
+        raise OnnxPruneError(f"{where}: cannot import graph ({_first_line(exc)})") from None
+    derived = _lift_weights(graph)
+    _load_values_and_strip(graph, proto)
+    return Model(graph=graph, skeleton=proto, input_shapes=fixed, shapes=shapes, path=path, derived=derived)
+
+
+def to_proto(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
+    """Export a (changed) graph to a ModelProto that keeps the original's opsets and metadata."""
+    proto = gs.export_onnx(graph, do_type_check=False)
+    proto.ir_version = like.ir_version
+    del proto.opset_import[:]
+    proto.opset_import.extend(like.opset_import)
+    proto.producer_name = like.producer_name
+    proto.producer_version = like.producer_version
+    proto.metadata_props.extend(like.metadata_props)
+    return proto
+
+
+def with_weights(model: Model, values: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
+    """The original graph (the skeleton) filled with the model's weights, `values` overriding some.
+
+    This is how a sparse model is written: same nodes, same names, same shapes, other values.
+    """
+    values = dict(values or {})
+    for name, how in model.derived.items():
+        if name in values:
+            values[how.source] = how.to_source(values.pop(name))
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model.skeleton)
+    weights = model.weights()
+
+    def fill(tensor: onnx.TensorProto, name: str) -> None:
+        if name not in weights and name not in values:
+            return  # not a weight the graph uses: the skeleton kept its bytes
+        array = values.get(name)
+        if array is None:
+            array = weights[name].values
+        tensor.CopyFrom(numpy_helper.from_array(np.asarray(array, dtype=_np_dtype(tensor)), tensor.name))
+
+    for init in proto.graph.initializer:
+        fill(init, init.name)
+    for node in proto.graph.node:
+        if node.op_type == "Constant" and node.output:
+            for attr in node.attribute:
+                if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
+                    fill(attr.t, node.output[0])
+    return proto
+
+
+def save(proto: onnx.ModelProto, path: str | os.PathLike) -> None:
+    """Write a model atomically; models over 2 GB get one external data file beside them."""
+    path = Path(path)
+    if proto.ByteSize() < PROTOBUF_LIMIT:
+        write_bytes(path, proto.SerializeToString())
+        return
+    data_name = path.name + ".data"
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
+        onnx.save_model(
+            proto, os.path.join(tmp, path.name), save_as_external_data=True,
+            all_tensors_to_one_file=True, location=data_name, size_threshold=1024,
+        )
+        os.replace(os.path.join(tmp, data_name), path.parent / data_name)
+        os.replace(os.path.join(tmp, path.name), path)
+
+
+def save_model(model: Model, path: str | os.PathLike) -> None:
+    """Write a `Model` as the graph it came from, with its current weight values."""
+    save(with_weights(model), path)
+
+
+# --- loading details -------------------------------------------------------------------------------
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+def _default_opset(proto: onnx.ModelProto) -> int:
+    for entry in proto.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return entry.version
+    return 0
+
+
+def _np_dtype(tensor: onnx.TensorProto) -> np.dtype:
+    return onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+
+
+def _load_external_data(proto: onnx.ModelProto, folder: Path) -> None:
+    """Load external weights, but only from files inside the model's folder."""
+    root = folder.resolve()
+    tensors = [t for t in _all_tensors(proto) if t.data_location == onnx.TensorProto.EXTERNAL]
+    for tensor in tensors:
+        info = {e.key: e.value for e in tensor.external_data}
+        location = info.get("location", "")
+        target = (folder / location).resolve()
+        if not location or os.path.isabs(location) or ".." in Path(location).parts:
+            raise OnnxPruneError(f"tensor {tensor.name!r}: external data location {location!r} leaves the model's folder")
+        if root not in target.parents:
+            raise OnnxPruneError(f"tensor {tensor.name!r}: external data {location!r} links outside the model's folder")
+        if not target.is_file():
+            raise OnnxPruneError(f"tensor {tensor.name!r}: external data file {location!r} not found in {folder}")
+    if tensors:
+        try:
+            onnx.external_data_helper.load_external_data_for_model(proto, str(folder))
+        except (OSError, ValueError) as exc:
+            raise OnnxPruneError(f"{folder}: cannot read external data ({_first_line(exc)})") from None
+
+
+def _all_tensors(proto: onnx.ModelProto) -> list[onnx.TensorProto]:
+    tensors = list(proto.graph.initializer)
+    for node in proto.graph.node:
+        tensors.extend(a.t for a in node.attribute if a.type == onnx.AttributeProto.TENSOR)
+    return tensors
+
+
+def _fix_input_shapes(
+    proto: onnx.ModelProto, given: dict[str, tuple[int, ...]], where: str
+) -> dict[str, tuple[int, ...]]:
+    """Concrete input shapes at batch 1: dynamic batch becomes 1, other dynamic dims must be given."""
+    initializers = {t.name for t in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in initializers]
+    unknown = set(given) - {i.name for i in inputs}
+    if unknown:
+        names = ", ".join(i.name for i in inputs)
+        raise OnnxPruneError(f"--input-shape names {sorted(unknown)}, but the model's inputs are: {names}")
+    fixed: dict[str, tuple[int, ...]] = {}
+    for inp in inputs:
+        if not inp.type.HasField("tensor_type"):
+            raise OnnxPruneError(f"{where}: input {inp.name!r} is not a tensor")
+        dims = inp.type.tensor_type.shape.dim
+        if inp.name in given:
+            shape = given[inp.name]
+            if len(shape) != len(dims) or any(
+                d.HasField("dim_value") and d.dim_value > 0 and d.dim_value != s for d, s in zip(dims, shape)
+            ):
+                declared = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
+                raise OnnxPruneError(f"--input-shape {inp.name}:{list(shape)} does not fit its declared shape {declared}")
+            fixed[inp.name] = tuple(shape)
+            continue
+        shape = []
+        for axis, d in enumerate(dims):
+            if d.HasField("dim_value") and d.dim_value > 0:
+                shape.append(d.dim_value)
+            elif axis == 0:
+                shape.append(1)
+            else:
+                label = d.dim_param or "?"
+                raise OnnxPruneError(
+                    f"{where}: input {inp.name!r} has a dynamic dimension {label!r} at axis {axis}; "
+                    f"pass --input-shape {inp.name}:1,..."
+                )
+        fixed[inp.name] = tuple(shape)
+    return fixed
+
+
+def _constant_node_value(node: gs.Node) -> np.ndarray | None:
+    """The tensor a `Constant` node produces, whichever attribute holds it."""
+    for key in ("value", "sparse_value"):
+        if key in node.attrs and isinstance(node.attrs[key], gs.Constant):
+            return np.asarray(node.attrs[key].values)
+    scalars = {"value_float": np.float32, "value_floats": np.float32, "value_int": np.int64, "value_ints": np.int64}
+    for key, dtype in scalars.items():
+        if key in node.attrs:
+            return np.asarray(node.attrs[key], dtype=dtype)
+    return None
+
+
+def _replace_tensor(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> None:
+    for consumer in list(old.outputs):
+        for i, t in enumerate(consumer.inputs):
+            if t is old:
+                consumer.inputs[i] = new
+
+
+def _lift_weights(graph: gs.Graph) -> dict[str, Derived]:
+    """Turn `Constant` nodes, and Identity/Transpose/Reshape/Cast of a weight, into plain `gs.Constant`s.
+
+    Returns how each folded weight derives from its source (so sparse values can be written back).
+    """
+    outputs = {id(t) for t in graph.outputs}
+    derived: dict[str, Derived] = {}
+    for node in list(graph.nodes):
+        if len(node.outputs) != 1 or id(node.outputs[0]) in outputs:
+            continue
+        out = node.outputs[0]
+        if node.op == "Constant":
+            value = _constant_node_value(node)
+            if value is None:
+                continue
+            _replace_tensor(graph, out, gs.Constant(out.name, value))
+        elif node.op == "Identity" and isinstance(node.inputs[0], gs.Constant):
+            _replace_tensor(graph, out, node.inputs[0])
+        else:
+            folded = _fold_layout(node)
+            if folded is None:
+                continue
+            source = node.inputs[0]
+            derived[out.name] = Derived(source.name, folded[1], tuple(source.values.shape), source.values.dtype)
+            if source.name in derived:  # a chain: keep pointing at the original initializer
+                first = derived.pop(source.name)
+                derived[out.name] = Derived(first.source, None, first.shape, first.dtype) if folded[1] is None \
+                    and first.perm is None else derived[out.name]
+            _replace_tensor(graph, out, gs.Constant(out.name, folded[0]))
+        node.outputs.clear()
+        node.inputs.clear()
+    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    return derived
+
+
+def _fold_layout(node: gs.Node) -> tuple[np.ndarray, tuple[int, ...] | None] | None:
+    """Value of a layout op applied to a weight that nothing else reads, and its permutation if any."""
+    if node.op not in ("Transpose", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Cast") or not node.inputs:
+        return None
+    source = node.inputs[0]
+    others = node.inputs[1:]
+    if not isinstance(source, gs.Constant) or len(source.outputs) != 1 or source.values.ndim == 0:
+        return None
+    if not all(isinstance(t, gs.Constant) for t in others):
+        return None
+    x = np.asarray(source.values)
+    args = [np.asarray(t.values) for t in others]
+    try:
+        if node.op == "Transpose":
+            perm = tuple(int(p) for p in node.attrs.get("perm", range(x.ndim - 1, -1, -1)))
+            return np.transpose(x, perm), perm
+        if node.op == "Cast":
+            return x.astype(onnx.helper.tensor_dtype_to_np_dtype(int(node.attrs["to"]))), None
+        if node.op == "Flatten":
+            axis = int(node.attrs.get("axis", 1)) % max(x.ndim, 1)
+            return x.reshape(int(np.prod(x.shape[:axis])), -1), None
+        if node.op == "Reshape":
+            target = [int(d) if d != 0 else x.shape[i] for i, d in enumerate(args[0])]
+            return x.reshape(target), None
+        axes = args[0] if args else np.asarray(node.attrs.get("axes", []))
+        if node.op == "Unsqueeze":
+            rank = x.ndim + len(axes)
+            return np.expand_dims(x, tuple(sorted(int(a) % rank for a in axes))), None
+        squeeze = tuple(int(a) % x.ndim for a in axes) if len(axes) else None
+        return np.squeeze(x, axis=squeeze), None
+    except (ValueError, KeyError, IndexError):
+        return None
+
+
+def _load_values_and_strip(graph: gs.Graph, proto: onnx.ModelProto) -> None:
+    """Load every weight into numpy, then drop the bytes from the protobuf (which becomes the skeleton)."""
+    used = set()
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Constant):
+            tensor.values = np.asarray(tensor.values)
+            used.add(tensor.name)
+    for init in proto.graph.initializer:
+        if init.name in used:
+            _strip(init)
+    for node in proto.graph.node:
+        if node.op_type == "Constant" and node.output and node.output[0] in used:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.TENSOR:
+                    _strip(attr.t)
+
+
+def _strip(tensor: onnx.TensorProto) -> None:
+    for name in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data"):
+        tensor.ClearField(name)
+    tensor.ClearField("external_data")
+    tensor.data_location = onnx.TensorProto.DEFAULT

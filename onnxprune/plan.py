@@ -1,0 +1,211 @@
+"""Which channels to remove: from per-group ratios to a `Plan` that lands on a MACs target.
+
+`ratio` in `prune --ratio` is the fraction of the model's MACs removed (the Vitis AI meaning). A plan is
+built from per-group *channel* ratios — one uniform fraction, or per-group ones from a sensitivity table —
+and a scalar knob is bisected until the pruned MACs land within 1% of the target. The plan is data:
+saved as JSON, replayed by `surgery`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from fnmatch import fnmatch
+from pathlib import Path
+
+import numpy as np
+
+from onnxprune.channels import Group
+from onnxprune.errors import OnnxPruneError
+from onnxprune.io import Model
+from onnxprune.profile import layer_costs, totals
+
+PLAN_VERSION = 1
+TOLERANCE = 0.01  # land within 1% of the MACs target
+
+
+@dataclass
+class GroupPlan:
+    """One group's part of a plan: `removed` are group channel indices."""
+
+    channels: int
+    ratio: float
+    removed: list[int]
+
+
+@dataclass
+class Plan:
+    """Channels to remove per group, and what the pruned model will cost."""
+
+    groups: dict[str, GroupPlan]
+    criterion: str = "l1"
+    round_to: int = 1
+    target_macs_ratio: float | None = None
+    macs_before: int = 0
+    macs_after: int = 0
+    params_before: int = 0
+    params_after: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def macs_ratio(self) -> float:
+        """Fraction of MACs removed."""
+        return 1 - self.macs_after / self.macs_before if self.macs_before else 0.0
+
+    def to_json(self) -> str:
+        data = {"version": PLAN_VERSION, **asdict(self)}
+        return json.dumps(data, indent=1)
+
+    @staticmethod
+    def from_json(text: str, where: str = "plan") -> Plan:
+        try:
+            data = json.loads(text)
+            if data.pop("version", None) != PLAN_VERSION:
+                raise ValueError("unknown plan version")
+            data["groups"] = {k: GroupPlan(**v) for k, v in data["groups"].items()}
+            return Plan(**data)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise OnnxPruneError(f"{where}: not a plan file ({exc})") from None
+
+
+def channels_to_remove(channels: int, ratio: float, round_to: int = 1) -> int:
+    """How many of `channels` to remove for a ratio: kept stays >= 1 and a multiple of `round_to`."""
+    keep = max(1, channels - math.floor(channels * ratio + 1e-9))
+    if round_to > 1:
+        keep = min(channels, math.ceil(keep / round_to) * round_to)
+    return channels - keep
+
+
+def excluded(model: Model, group: Group, patterns: list[str]) -> bool:
+    """True when a group touches a node whose name matches one of `patterns` (fnmatch style)."""
+    if not patterns:
+        return False
+    names = {m.tensor for m in group.members}
+    for node in model.graph.nodes:
+        if any(fnmatch(node.name, p) for p in patterns):
+            if any(t.name in names for t in list(node.inputs) + list(node.outputs)):
+                return True
+    return False
+
+
+class Planner:
+    """Turns per-group channel ratios into removed channels and prices them."""
+
+    def __init__(self, model: Model, groups: list[Group], scores: dict[str, np.ndarray], round_to: int = 1,
+                 criterion: str = "l1"):
+        self.model = model
+        self.groups = {g.id: g for g in groups}
+        self.order = {gid: np.argsort(s, kind="stable") for gid, s in scores.items()}
+        self.round_to = round_to
+        self.criterion = criterion
+        self.atoms = {g.id: [(m.tensor, m.axis, np.bincount(m.channel, minlength=g.channels)) for m in g.members]
+                      for g in groups}
+        self.macs_before, self.params_before = totals(layer_costs(model))
+
+    def removal(self, ratios: dict[str, float]) -> dict[str, list[int]]:
+        """Lowest-scoring channels of each group, never emptying any tensor axis the group lives on."""
+        removed = {}
+        for gid, ratio in ratios.items():
+            group = self.groups[gid]
+            n = channels_to_remove(group.channels, ratio, self.round_to)
+            if n <= 0:
+                continue
+            chosen = self.order[gid][:n]
+            removed[gid] = sorted(int(c) for c in self._protect(group, chosen))
+        return removed
+
+    def _protect(self, group: Group, chosen: np.ndarray) -> np.ndarray:
+        gone = np.zeros(group.channels, dtype=bool)
+        gone[chosen] = True
+        rank = np.empty(group.channels, dtype=np.int64)
+        rank[self.order[group.id]] = np.arange(group.channels)
+        for member in group.members:
+            present = np.unique(member.channel)
+            if present.size and gone[present].all():
+                gone[present[np.argmax(rank[present])]] = False  # keep the member's best channel
+        return np.flatnonzero(gone)
+
+    def cost(self, removed: dict[str, list[int]]) -> tuple[int, int]:
+        """(MACs, params) of the model after removing these channels."""
+        counts: dict[tuple[str, int], int] = {}
+        for gid, channels in removed.items():
+            for tensor, axis, per_channel in self.atoms[gid]:
+                key = (tensor, axis)
+                counts[key] = counts.get(key, 0) + int(per_channel[channels].sum())
+        return totals(layer_costs(self.model, lambda name, axis, size: size - counts.get((name, axis), 0)))
+
+    def plan(self, ratios: dict[str, float], target: float | None = None, notes: list[str] | None = None) -> Plan:
+        removed = self.removal(ratios)
+        macs, params = self.cost(removed)
+        groups = {gid: GroupPlan(self.groups[gid].channels, len(r) / self.groups[gid].channels, r)
+                  for gid, r in removed.items()}
+        return Plan(groups, self.criterion, self.round_to, target, self.macs_before, macs, self.params_before,
+                    params, list(notes or []))
+
+    def fit(self, ratios_at: Callable[[float], dict[str, float]], target: float) -> Plan:
+        """Bisect the knob of `ratios_at` (0 = nothing removed, 1 = the most) to remove `target` of MACs."""
+        goal = (1 - target) * self.macs_before
+
+        def macs_at(knob: float) -> int:
+            return self.cost(self.removal(ratios_at(knob)))[0]
+
+        most = macs_at(1.0)
+        if most > goal * (1 + TOLERANCE):
+            reached = 1 - most / self.macs_before if self.macs_before else 0
+            note = f"target {target:.0%} of MACs is not reachable: at most {reached:.1%} can be removed"
+            return self.plan(ratios_at(1.0), target, [note])
+        low, high = 0.0, 1.0
+        for _ in range(40):
+            mid = (low + high) / 2
+            if macs_at(mid) > goal:
+                low = mid
+            else:
+                high = mid
+            if abs(macs_at(high) - goal) <= TOLERANCE * goal * 0.5:
+                break
+        plan = self.plan(ratios_at(high), target)
+        if abs(plan.macs_after - goal) > TOLERANCE * self.macs_before:
+            plan.notes.append(f"removed {plan.macs_ratio:.1%} of MACs, not within 1% of the target {target:.0%} "
+                              "(channel counts are too coarse)")
+        return plan
+
+
+def candidate_groups(model: Model, groups: list[Group], exclude: list[str]) -> list[Group]:
+    """Groups a plan may touch: prunable, with more than one channel, and not excluded."""
+    return [g for g in groups if g.prunable and g.channels > 1 and not excluded(model, g, exclude)]
+
+
+def uniform_ratios(groups: list[Group]) -> Callable[[float], dict[str, float]]:
+    """The same channel fraction for every group (capped below 1: a group is never emptied)."""
+    return lambda knob: {g.id: min(knob, 0.99) for g in groups}
+
+
+def spec_ratios(spec: dict[str, float], groups: list[Group], all_groups: list[Group]) -> dict[str, float]:
+    """Validate a user's {group id: channel ratio} against the model's groups."""
+    known = {g.id: g for g in all_groups}
+    allowed = {g.id for g in groups}
+    for gid, ratio in spec.items():
+        if gid not in known:
+            raise OnnxPruneError(f"spec names unknown group {gid!r} (see `onnxprune inspect` for group ids)")
+        if gid not in allowed:
+            why = known[gid].reason or "excluded or single-channel"
+            raise OnnxPruneError(f"spec group {gid!r} cannot be pruned: {why}")
+        if not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
+            raise OnnxPruneError(f"spec group {gid!r}: ratio {ratio!r} is not in [0, 1)")
+    return dict(spec)
+
+
+def read_spec(path: str) -> dict[str, float]:
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise OnnxPruneError(f"{path}: no such file") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise OnnxPruneError(f"{path}: not a JSON spec ({exc})") from None
+    if isinstance(data, dict) and isinstance(data.get("groups"), dict):
+        data = {k: (v["ratio"] if isinstance(v, dict) else v) for k, v in data["groups"].items()}
+    if not isinstance(data, dict):
+        raise OnnxPruneError(f"{path}: a spec maps group id to the ratio of channels removed")
+    return data

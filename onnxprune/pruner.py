@@ -1,0 +1,103 @@
+"""`prune`: groups -> importance -> plan -> surgery -> verification, as one library call.
+
+Example:
+    model = onnxprune.load("resnet50.onnx")
+    result = onnxprune.prune(model, PruneOptions(ratio=0.5))
+    onnxprune.save(result.model, "resnet50_slim.onnx")
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from onnxprune.channels import Group, find_groups
+from onnxprune.errors import OnnxPruneError
+from onnxprune.importance import get_criterion
+from onnxprune.io import Model
+from onnxprune.plan import Plan, Planner, candidate_groups, spec_ratios, uniform_ratios
+from onnxprune.runtime import max_relative_difference, random_feeds, session
+from onnxprune.surgery import slim, sparse
+
+TOLERANCE = 1e-4  # the invariant: max |sparse - slim| <= 1e-4 * max |sparse|
+
+
+@dataclass
+class PruneOptions:
+    """Everything `prune` needs besides the model; shared by the CLI and library callers."""
+
+    ratio: float | None = None  # fraction of MACs to remove
+    spec: dict[str, float] | None = None  # group id -> fraction of its channels to remove
+    sensitivity: dict | None = None  # an `analyze` table: per-group ratios from metric loss
+    criterion: str = "l1"
+    round_to: int = 1
+    exclude: list[str] = field(default_factory=list)
+    mode: str = "slim"  # or "sparse"
+    verify: bool = True
+    providers: list[str] | None = None
+
+    def check(self) -> None:
+        if (self.ratio is None) == (self.spec is None):
+            raise OnnxPruneError("give exactly one of --ratio and --spec")
+        if self.ratio is not None and not 0 < self.ratio < 1:
+            raise OnnxPruneError(f"--ratio {self.ratio} is not in (0, 1)")
+        if self.mode not in ("slim", "sparse"):
+            raise OnnxPruneError(f"--mode {self.mode!r}: choose slim or sparse")
+        if self.round_to < 1:
+            raise OnnxPruneError(f"--round-to {self.round_to} must be >= 1")
+        get_criterion(self.criterion)
+
+
+@dataclass
+class PruneResult:
+    plan: Plan
+    model: onnx.ModelProto  # sparse or slim, as asked
+    difference: float | None = None  # measured sparse-vs-slim difference when verified
+
+
+def make_plan(model: Model, options: PruneOptions, groups: list[Group] | None = None) -> Plan:
+    """The channels to remove, without touching the model."""
+    options.check()
+    groups = find_groups(model) if groups is None else groups
+    candidates = candidate_groups(model, groups, options.exclude)
+    criterion = get_criterion(options.criterion)
+    scores = {g.id: criterion(model, g) for g in candidates}
+    planner = Planner(model, groups, scores, options.round_to, options.criterion)
+    if options.spec is not None:
+        return planner.plan(spec_ratios(options.spec, candidates, groups))
+    if not candidates:
+        raise OnnxPruneError("no prunable channel groups in this model (see `onnxprune inspect`)")
+    if options.sensitivity is not None:
+        from onnxprune.sensitivity import sensitivity_ratios
+
+        return planner.fit(sensitivity_ratios(options.sensitivity, candidates), options.ratio)
+    return planner.fit(uniform_ratios(candidates), options.ratio)
+
+
+def prune(model: Model, options: PruneOptions) -> PruneResult:
+    """Plan and apply; in slim mode also check that slim computes what sparse computes."""
+    groups = find_groups(model)
+    plan = make_plan(model, options, groups)
+    sparse_model = sparse(model, groups, plan)
+    if options.mode == "sparse":
+        return PruneResult(plan, sparse_model)
+    slim_model = slim(model, groups, plan)
+    difference = verify(model, sparse_model, slim_model, options.providers) if options.verify else None
+    return PruneResult(plan, slim_model, difference)
+
+
+def verify(model: Model, sparse_model: onnx.ModelProto, slim_model: onnx.ModelProto,
+           providers: list[str] | None = None) -> float:
+    """Run sparse and slim on the same random batch; refuse a slim model that differs."""
+    try:
+        a, b = session(sparse_model, providers), session(slim_model, providers)
+        feeds = random_feeds(a, model.input_shapes, batch=2)
+        difference = max_relative_difference(a.run(None, feeds), b.run(None, feeds))
+    except Exception as exc:  # noqa: BLE001 - any failure here is a pruning bug, reported as such
+        raise RuntimeError(f"the slim model does not run: {str(exc).splitlines()[0][:300]}") from exc
+    if not np.isfinite(difference) or difference > TOLERANCE:
+        raise RuntimeError(f"the slim model differs from the sparse one (max relative difference "
+                           f"{difference:.2e}); use --mode sparse, or --exclude the layers involved")
+    return difference

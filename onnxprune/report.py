@@ -1,0 +1,109 @@
+"""`inspect`: per-layer MACs and params, channel groups, and why a group cannot be pruned.
+
+Collecting (`inspect_model`) and formatting (`format_report`) are separate: the library returns data,
+the CLI prints it, and `--json` is the contract other tools read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from onnxprune.channels import Group, find_groups
+from onnxprune.io import Model
+from onnxprune.profile import layer_costs, totals
+
+_OUT_AXIS = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": -1}
+
+
+@dataclass
+class LayerRow:
+    node: str
+    op: str
+    channels: int | None
+    macs: int
+    params: int
+    group: str | None
+    prunable: bool
+    reason: str | None
+
+
+@dataclass
+class Report:
+    model: str
+    macs: int
+    params: int
+    layers: list[LayerRow]
+    groups: list[Group]
+
+    def to_dict(self) -> dict:
+        """The `inspect --json` contract."""
+        return {
+            "model": self.model,
+            "macs": self.macs,
+            "params": self.params,
+            "prunable_groups": sum(g.prunable for g in self.groups),
+            "groups": [
+                {"id": g.id, "channels": g.channels, "prunable": g.prunable, "reason": g.reason,
+                 "members": [{"tensor": m.tensor, "axis": m.axis, "role": m.role} for m in g.members]}
+                for g in self.groups
+            ],
+            "layers": [asdict(row) for row in self.layers],
+        }
+
+
+def inspect_model(model: Model, groups: list[Group] | None = None) -> Report:
+    """Collect the per-layer table and the groups of a loaded model."""
+    groups = find_groups(model) if groups is None else groups
+    owner: dict[tuple[str, int], Group] = {}
+    for g in groups:
+        for m in g.members:
+            owner.setdefault((m.tensor, m.axis), g)
+    rows = []
+    costs = {c.node: c for c in layer_costs(model)}
+    for node in model.graph.nodes:
+        name = node.name or node.outputs[0].name
+        cost = costs.get(name)
+        if cost is None:
+            continue
+        out = node.outputs[0]
+        shape = model.shapes.get(out.name)
+        channels = group = None
+        if node.op in _OUT_AXIS and shape:
+            axis = _OUT_AXIS[node.op] % len(shape)
+            channels = shape[axis]
+            group = owner.get((out.name, axis))
+        rows.append(LayerRow(name, node.op, channels, cost.macs, cost.params, group.id if group else None,
+                             bool(group and group.prunable), group.reason if group else None))
+    macs, params = totals(list(costs.values()))
+    return Report(str(model.path or "model"), macs, params, rows, groups)
+
+
+def human(n: float) -> str:
+    """1234567 -> '1.23M'."""
+    for unit, size in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(int(n))
+
+
+def format_report(report: Report, width: int = 48) -> str:
+    """The human-readable `inspect` output: a layer table, a group table, totals."""
+    lines = [f"{'layer':<{width}} {'op':<14} {'ch':>6} {'MACs':>9} {'params':>9}  group / status"]
+    for row in report.layers:
+        status = "" if row.group is None else ("prunable" if row.prunable else f"fixed: {row.reason}")
+        ch = "" if row.channels is None else str(row.channels)
+        lines.append(f"{_cut(row.node, width):<{width}} {row.op:<14} {ch:>6} {human(row.macs):>9} "
+                     f"{human(row.params):>9}  {status}")
+    lines.append("")
+    lines.append(f"{'group':<{width}} {'channels':>8}  status")
+    for g in report.groups:
+        lines.append(f"{_cut(g.id, width):<{width}} {g.channels:>8}  {'prunable' if g.prunable else g.reason}")
+    prunable = sum(g.prunable for g in report.groups)
+    lines.append("")
+    lines.append(f"total: {human(report.macs)} MACs, {human(report.params)} params, "
+                 f"{prunable} of {len(report.groups)} channel groups prunable")
+    return "\n".join(lines)
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else "…" + text[-(width - 1):]

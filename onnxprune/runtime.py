@@ -1,0 +1,60 @@
+"""onnxruntime sessions from in-memory models, and the inputs to feed them."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from onnxprune.errors import OnnxPruneError
+from onnxprune.shapes import random_input
+
+DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
+
+
+def parse_providers(text: str | None) -> list[str]:
+    """`--providers CUDA,CPU` -> onnxruntime provider names, checked against what is installed."""
+    if not text:
+        return list(DEFAULT_PROVIDERS)
+    available = ort.get_available_providers()
+    names = []
+    for item in text.split(","):
+        item = item.strip()
+        name = item if item.endswith("ExecutionProvider") else f"{item}ExecutionProvider"
+        if name not in available:
+            raise OnnxPruneError(f"--providers: {item!r} is not available here ({', '.join(available)})")
+        names.append(name)
+    return names
+
+
+def session(model: onnx.ModelProto | bytes, providers: list[str] | None = None,
+            threads: int = 0) -> ort.InferenceSession:
+    """A session built from memory (nothing is written to disk)."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    data = model if isinstance(model, bytes) else model.SerializeToString()
+    return ort.InferenceSession(data, options, providers=providers or list(DEFAULT_PROVIDERS))
+
+
+def random_feeds(sess: ort.InferenceSession, input_shapes: dict[str, tuple[int, ...]], batch: int = 1,
+                 seed: int = 0) -> dict[str, np.ndarray]:
+    """Deterministic random inputs at the given batch size."""
+    feeds = {}
+    for i, inp in enumerate(sess.get_inputs()):
+        shape = tuple(input_shapes[inp.name])
+        if not isinstance(inp.shape[0], int) or inp.shape[0] is None:
+            shape = (batch,) + shape[1:]
+        feeds[inp.name] = random_input(inp.type, shape, seed + i)
+    return feeds
+
+
+def max_relative_difference(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    """max |a - b| / max |a| over all outputs (the invariant's measure)."""
+    worst = 0.0
+    for x, y in zip(a, b):
+        x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+        scale = max(float(np.abs(x).max(initial=0.0)), 1e-12)
+        worst = max(worst, float(np.abs(x - y).max(initial=0.0)) / scale)
+    return worst

@@ -1,0 +1,98 @@
+"""Apply a plan: zero the channels (sparse) or remove them (slim).
+
+Both obey the invariant of the design: the sparse and the slim model compute the same function. Sparse
+zeroes every producer slice (weights, biases, BN scale and bias, per-channel constants) and keeps the
+graph exactly as it was; slim deletes every slice of every member and lets the rules fix attributes and
+shape inputs (depthwise group counts, Split sizes, Slice bounds, Reshape targets).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from onnxprune.channels import Group, Member
+from onnxprune.errors import OnnxPruneError
+from onnxprune.io import Model, to_proto, with_weights
+from onnxprune.plan import Plan
+from onnxprune.rules import RULES, ZEROED_ROLES, Context, Removed
+from onnxprune.shapes import shape_values
+
+Key = tuple[str, int]
+
+
+def removed_slices(groups: list[Group], plan: Plan) -> list[tuple[Member, np.ndarray]]:
+    """Every (member, indices along its axis) the plan removes."""
+    by_id = {g.id: g for g in groups}
+    slices = []
+    for gid, part in plan.groups.items():
+        group = by_id.get(gid)
+        if group is None or group.channels != part.channels:
+            raise OnnxPruneError(f"plan group {gid!r} does not match this model (re-plan on this model)")
+        if not group.prunable:
+            raise OnnxPruneError(f"plan group {gid!r} cannot be pruned: {group.reason}")
+        for member in group.members:
+            index = member.index[np.isin(member.channel, part.removed)]
+            if index.size:
+                slices.append((member, index))
+    return slices
+
+
+def sparse_values(model: Model, groups: list[Group], plan: Plan) -> dict[str, np.ndarray]:
+    """New values of the weights a sparse model changes (producer slices set to zero)."""
+    weights = model.weights()
+    values: dict[str, np.ndarray] = {}
+    for member, index in removed_slices(groups, plan):
+        if member.role not in ZEROED_ROLES or member.tensor not in weights:
+            continue
+        array = values.get(member.tensor)
+        if array is None:
+            array = values[member.tensor] = np.array(weights[member.tensor].values, copy=True)
+        where = [slice(None)] * array.ndim
+        where[member.axis] = index
+        array[tuple(where)] = 0
+    return values
+
+
+def sparse(model: Model, groups: list[Group], plan: Plan) -> onnx.ModelProto:
+    """The original graph with the plan's channels zeroed."""
+    return with_weights(model, sparse_values(model, groups, plan))
+
+
+def pruned_shapes(shapes: dict[str, tuple[int, ...]], indices: dict[Key, np.ndarray]) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape after removing `indices` from its axes."""
+    new = dict(shapes)
+    for (name, axis), index in indices.items():
+        if name in new:
+            shape = list(new[name])
+            shape[axis] -= index.size
+            new[name] = tuple(shape)
+    return new
+
+
+def slim(model: Model, groups: list[Group], plan: Plan) -> onnx.ModelProto:
+    """A smaller graph without the plan's channels."""
+    graph = model.graph.copy()
+    tensors = graph.tensors()
+    indices: dict[Key, np.ndarray] = {}
+    for member, index in removed_slices(groups, plan):
+        key = (member.tensor, member.axis)
+        indices[key] = np.union1d(indices.get(key, np.zeros(0, np.int64)), index)
+    for (name, axis), index in indices.items():
+        tensor = tensors[name]
+        if isinstance(tensor, gs.Constant):
+            tensor.values = np.delete(np.asarray(tensor.values), index, axis=axis)
+    removed = Removed(indices, model.shapes)
+    new_shapes = pruned_shapes(model.shapes, indices)
+    ctx = Context(new_shapes, model.opset, shape_values(graph, new_shapes))
+    for node in graph.nodes:
+        rule = RULES.get(node.op)
+        if rule is not None and rule.fixup is not None:
+            rule.fixup(node, removed, ctx)
+    keep = {t.name for t in list(graph.inputs) + list(graph.outputs)}
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Variable) and tensor.name not in keep:
+            tensor.shape = None
+    graph.cleanup(remove_unused_graph_inputs=False)
+    return to_proto(graph, model.skeleton)
