@@ -84,6 +84,47 @@ def _print_prune_summary(result, output: str) -> None:
         print(f"note: {note}", file=sys.stderr)
 
 
+def cmd_transform(args: argparse.Namespace) -> int:
+    """Turn a sparse model (channels zeroed, e.g. after fine-tuning with masks) into a dense one by
+    removing every all-zero channel; no plan needed. --encrypt writes it AES-256-GCM encrypted."""
+    from onnxprune.transform import transform
+
+    _check_output(args, args.output)
+    model = _load(args)
+    result = transform(model)
+    io.save(result.model, args.output)
+    _print_prune_summary(result, args.output)
+    return EXIT_OK
+
+
+# --- analyze (sensitivity) -------------------------------------------------------------------------
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    """Measure how the metric drops when each channel group is pruned at each ratio (sensitivity)."""
+    raise OnnxPruneError("analyze is not available yet")
+
+
+def _parser_analyze(p: argparse.ArgumentParser) -> None:
+    _add_model(p)
+
+
+# --- iterate (prune + fine-tune loop) ---------------------------------------------------------------
+
+
+def cmd_iterate(args: argparse.Namespace) -> int:
+    """Run the iterative prune -> fine-tune loop from a TOML config; resumes an unfinished work dir."""
+    raise OnnxPruneError("iterate is not available yet")
+
+
+def _parser_iterate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="the run's TOML config")
+    p.add_argument("--workdir", required=True, help="where rounds are checkpointed (resumed if unfinished)")
+
+
+# --- end of per-command sections --------------------------------------------------------------------
+
+
 def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="an ONNX model file")
     p.add_argument("--input-shape", action="append", metavar="NAME:D0,D1,...",
@@ -119,6 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plan-out", help="write the plan (channels removed per group) as JSON")
     p.add_argument("--no-verify", action="store_true", help="skip the sparse-vs-slim output check")
     p.add_argument("--providers", help="onnxruntime providers, e.g. CUDA,CPU (default CPU)")
+
+    p = command("transform", cmd_transform)
+    _add_model(p)
+    p.add_argument("-o", "--output", required=True, help="where to write the dense model")
+
+    _parser_analyze(command("analyze", cmd_analyze))
+    _parser_iterate(command("iterate", cmd_iterate))
     return parser
 
 

@@ -107,17 +107,23 @@ def read_proto(path: str | os.PathLike) -> onnx.ModelProto:
 
 def load(path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] | None = None) -> Model:
     """Read a model file into a `Model` with weights lifted and shapes inferred at batch 1."""
-    return from_proto(read_proto(path), input_shapes, Path(path))
+    return from_proto(read_proto(path), input_shapes, Path(path), owned=True)
 
 
 def from_proto(
     proto: onnx.ModelProto,
     input_shapes: dict[str, tuple[int, ...]] | None = None,
     path: Path | None = None,
+    owned: bool = False,
 ) -> Model:
-    """Build a `Model` from a ModelProto (which becomes the skeleton: its weight bytes are stripped)."""
-    from onnxprune.shapes import infer_shapes  # shapes imports io for proto helpers
+    """Build a `Model` from a ModelProto. With `owned`, the proto itself becomes the skeleton (its weight
+    bytes are stripped, which saves a copy of every weight); otherwise it is left untouched."""
+    from onnxprune.shapes import infer_shapes
 
+    if not owned:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(proto)
+        proto = copy
     where = str(path) if path else "model"
     opset = _default_opset(proto)
     if opset < MIN_OPSET:

@@ -84,12 +84,12 @@ def prune(model: Model, options: PruneOptions) -> PruneResult:
     if options.mode == "sparse":
         return PruneResult(plan, sparse_model)
     slim_model = slim(model, groups, plan)
-    difference = verify(model, sparse_model, slim_model, options.providers) if options.verify else None
+    difference = check_same_function(model, sparse_model, slim_model, options.providers) if options.verify else None
     return PruneResult(plan, slim_model, difference)
 
 
-def verify(model: Model, sparse_model: onnx.ModelProto, slim_model: onnx.ModelProto,
-           providers: list[str] | None = None) -> float:
+def check_same_function(model: Model, sparse_model: onnx.ModelProto, slim_model: onnx.ModelProto,
+                        providers: list[str] | None = None) -> float:
     """Run sparse and slim on the same random batch; refuse a slim model that differs."""
     try:
         a, b = session(sparse_model, providers), session(slim_model, providers)

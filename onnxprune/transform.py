@@ -1,0 +1,57 @@
+"""`transform`: turn a sparse model into a dense (slim) one, without the plan.
+
+A channel is removed when every slice that produces it — weight rows, biases, BatchNorm scale and bias,
+per-channel constants — is exactly zero. So a sparse model fine-tuned elsewhere with its masks kept, and
+re-exported, transforms the same way as one fresh from `prune --mode sparse`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from onnxprune.channels import Group, find_groups
+from onnxprune.io import Model, with_weights
+from onnxprune.plan import Plan, Planner
+from onnxprune.rules import ZEROED_ROLES
+from onnxprune.pruner import check_same_function
+from onnxprune.surgery import slim
+
+
+@dataclass
+class TransformResult:
+    plan: Plan  # what was found zero and removed
+    model: onnx.ModelProto
+    difference: float | None = None  # measured dense-vs-sparse difference when verified
+
+
+def zero_channels(model: Model, group: Group) -> list[int]:
+    """Group channels whose producing slices are all exactly zero."""
+    weights = model.weights()
+    producing = [m for m in group.members if m.role in ZEROED_ROLES and m.tensor in weights]
+    if not producing:
+        return []
+    zero = np.ones(group.channels, dtype=bool)
+    for member in producing:
+        values = np.asarray(weights[member.tensor].values)
+        slices = np.moveaxis(np.take(values, member.index, axis=member.axis), member.axis, 0)
+        nonzero = np.any(slices.reshape(len(member.index), -1) != 0, axis=1)
+        zero[np.unique(member.channel[nonzero])] = False
+    return np.flatnonzero(zero).tolist()
+
+
+def transform(model: Model, verify: bool = True, providers: list[str] | None = None) -> TransformResult:
+    """Remove every all-zero channel of every prunable group (and check the result computes the same)."""
+    groups = find_groups(model)
+    prunable = [g for g in groups if g.prunable and g.channels > 1]
+    removed = {g.id: zero_channels(model, g) for g in prunable}
+    scores = {g.id: np.where(np.isin(np.arange(g.channels), removed[g.id]), 0.0, 1.0) for g in prunable}
+    planner = Planner(model, groups, scores)
+    plan = planner.plan({gid: len(r) / planner.groups[gid].channels for gid, r in removed.items() if r})
+    dense = slim(model, groups, plan)
+    difference = None
+    if verify and plan.groups:
+        difference = check_same_function(model, with_weights(model), dense, providers)
+    return TransformResult(plan, dense, difference)
