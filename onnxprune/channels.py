@@ -290,20 +290,26 @@ def _name_groups(groups: list[Group]) -> list[Group]:
 
 def connected_components(n: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Label of each of `n` atoms: the smallest atom id connected to it through the edges (u, v)."""
-    labels = np.arange(n)
+    dtype = np.int32 if n < 2**31 else np.int64
+    labels = np.arange(n, dtype=dtype)
+    u, v = u.astype(dtype), v.astype(dtype)
     while True:
         lu, lv = labels[u], labels[v]
-        low = np.minimum(lu, lv)
-        before = labels.copy()
-        np.minimum.at(labels, lu, low)
-        np.minimum.at(labels, lv, low)
+        np.minimum(lu, lv, out=lu)  # lu becomes the smaller root of each edge
+        changed = False
+        for roots in (labels[u], labels[v]):
+            moved = lu < labels[roots]
+            if moved.any():
+                changed = True
+                np.minimum.at(labels, roots[moved], lu[moved])
+        del lu, lv
         while True:  # pointer jumping: every atom points at its root
             jumped = labels[labels]
             if np.array_equal(jumped, labels):
                 break
             labels = jumped
-        if np.array_equal(labels, before):
-            return labels
+        if not changed:
+            return labels.astype(np.int64)
 
 
 # --- values of removed channels ---------------------------------------------------------------------

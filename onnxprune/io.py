@@ -137,9 +137,15 @@ def from_proto(
         graph = gs.import_onnx(proto)
     except Exception as exc:  # noqa: BLE001 - the importer raises many types on malformed graphs
         raise OnnxPruneError(f"{where}: cannot import graph ({_first_line(exc)})") from None
+    # The importer keeps `proto.opset_import` itself, which keeps the whole protobuf (every weight's
+    # bytes) alive; to_proto() restores the opsets from the skeleton instead.
+    graph.import_domains = None
     derived = _lift_weights(graph)
     _load_values_and_strip(graph, proto)
-    return Model(graph=graph, skeleton=proto, input_shapes=fixed, shapes=shapes, path=path, derived=derived)
+    skeleton = onnx.ModelProto()
+    skeleton.CopyFrom(proto)  # a fresh message: the stripped one still holds the weights' memory
+    del proto
+    return Model(graph=graph, skeleton=skeleton, input_shapes=fixed, shapes=shapes, path=path, derived=derived)
 
 
 def to_proto(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:

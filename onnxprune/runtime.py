@@ -28,12 +28,18 @@ def parse_providers(text: str | None) -> list[str]:
 
 
 def session(model: onnx.ModelProto | bytes, providers: list[str] | None = None,
-            threads: int = 0) -> ort.InferenceSession:
-    """A session built from memory (nothing is written to disk)."""
+            threads: int = 0, lean: bool = False) -> ort.InferenceSession:
+    """A session built from memory (nothing is written to disk).
+
+    `lean` trades speed for memory (no prepacked weight copies, no arena): for one-off checks.
+    """
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
+    if lean:
+        options.enable_cpu_mem_arena = False
+        options.add_session_config_entry("session.disable_prepacking", "1")
     data = model if isinstance(model, bytes) else model.SerializeToString()
     return ort.InferenceSession(data, options, providers=providers or list(DEFAULT_PROVIDERS))
 
