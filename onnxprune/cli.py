@@ -89,9 +89,123 @@ def cmd_transform(args: argparse.Namespace) -> int:
     from onnxprune.transform import transform
 
     _check_output(args, args.output)
+    key = _key_source(args) if args.encrypt else None
+    if args.encrypt and key is None:
+        raise OnnxPruneError("--encrypt needs --key-file, --key-env or --passphrase-env")
     result = transform(_load(args))
-    io.save(result.model, args.output)
+    if key is None:
+        io.save(result.model, args.output)
+    else:
+        from onnxprune.secure import encrypt_bytes
+
+        from onnxprune.atomic import write_bytes
+
+        write_bytes(args.output, encrypt_bytes(result.model.SerializeToString(), key))
     _print_prune_summary(result, args.output)
+    return EXIT_OK
+
+
+# --- keys, encryption, running ---------------------------------------------------------------------
+
+
+def _key_source(args: argparse.Namespace):
+    """The key from --key-file, --key-env or --passphrase-env (at most one); None when none is given."""
+    from onnxprune.secure import KeySource
+
+    given = [name for name in ("key_file", "key_env", "passphrase_env") if getattr(args, name, None)]
+    if len(given) > 1:
+        raise OnnxPruneError("give only one of --key-file, --key-env and --passphrase-env")
+    if args.key_env:
+        return KeySource.from_env(args.key_env)
+    if args.passphrase_env:
+        import os
+
+        passphrase = os.environ.get(args.passphrase_env)
+        if not passphrase:
+            raise OnnxPruneError(f"environment variable {args.passphrase_env}: not set or empty (expected a passphrase)")
+        return KeySource(passphrase=passphrase)
+    return KeySource(key_file=args.key_file) if args.key_file else None
+
+
+def _add_key_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--key-file", help="file with the 32-byte key (from `onnxprune keygen`)")
+    p.add_argument("--key-env", metavar="VAR", help="environment variable holding the key as hex or base64")
+    p.add_argument("--passphrase-env", metavar="VAR", help="environment variable holding a passphrase (scrypt)")
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    """Write a new random 256-bit key (hex text, file mode 0600); never overwrites an existing key."""
+    from onnxprune.secure import write_key_file
+
+    write_key_file(args.output)
+    print(f"wrote a new key to {args.output}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_encrypt(args: argparse.Namespace) -> int:
+    """Encrypt an ONNX model (and its external data) with AES-256-GCM into one file."""
+    from onnxprune.secure import encrypt_file
+
+    _check_output(args, args.output)
+    key = _key_source(args)
+    if key is None:
+        raise OnnxPruneError("encrypt needs --key-file, --key-env or --passphrase-env")
+    io.read_proto(args.model)  # refuses encrypted, truncated or non-ONNX input with a clear message
+    encrypt_file(args.model, args.output, key)
+    print(f"encrypted {args.model} -> {args.output}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_decrypt(args: argparse.Namespace) -> int:
+    """Decrypt an encrypted model back to a plain ONNX file (external data is written beside it)."""
+    from onnxprune.secure import decrypt_file
+
+    _check_output(args, args.output)
+    key = _key_source(args)
+    if key is None:
+        raise OnnxPruneError("decrypt needs --key-file, --key-env or --passphrase-env")
+    decrypt_file(args.model, args.output, key)
+    print(f"decrypted {args.model} -> {args.output}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run a model (plain, or encrypted with a key: decrypted in memory only) on a data file or on a
+    random batch, and write its outputs to an .npz (one array per output)."""
+    from onnxprune.data import read_npz, write_npz
+    from onnxprune.runtime import parse_providers, random_feeds
+    from onnxprune.secure import KeySource, is_encrypted, load_session
+
+    _check_output(args, args.output)
+    key = _key_source(args)
+    if key is None and is_encrypted(args.model):
+        raise OnnxPruneError(f"{args.model}: model is encrypted; pass --key-file, --key-env or --passphrase-env")
+    if key is not None and not is_encrypted(args.model):
+        raise OnnxPruneError(f"{args.model}: not an encrypted model, but a key was given")
+    providers = parse_providers(args.providers)
+    if key is None:
+        io.read_proto(args.model)  # a clear message for truncated or non-ONNX files
+        sess = load_session(args.model, providers=providers)
+    else:
+        secret = KeySource.raw_key(key) if key.passphrase is None else None
+        sess = load_session(args.model, key=secret, passphrase=key.passphrase, providers=providers)
+    if args.data:
+        feeds = read_npz(args.data, sess.get_inputs()).inputs
+    else:
+        shapes = io.parse_input_shapes(args.input_shape)
+        for inp in sess.get_inputs():
+            if inp.name not in shapes:
+                dims = [d if isinstance(d, int) and d > 0 else None for d in inp.shape]
+                if any(d is None for d in dims[1:]):
+                    raise OnnxPruneError(f"input {inp.name!r} has dynamic dims {inp.shape}; pass --data or --input-shape")
+                shapes[inp.name] = tuple([1] + dims[1:])
+        feeds = random_feeds(sess, shapes, batch=args.batch)
+    outputs = sess.run(None, feeds)
+    names = [o.name for o in sess.get_outputs()]
+    for name, value in zip(names, outputs):
+        print(f"{name}: shape {list(value.shape)}, dtype {value.dtype}", file=sys.stderr)
+    if args.output:
+        write_npz(args.output, dict(zip(names, outputs)))
     return EXIT_OK
 
 
@@ -162,6 +276,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("transform", cmd_transform)
     _add_model(p)
     p.add_argument("-o", "--output", required=True, help="where to write the dense model")
+    p.add_argument("--encrypt", action="store_true", help="write the dense model encrypted (needs a key)")
+    _add_key_options(p)
+
+    p = command("keygen", cmd_keygen)
+    p.add_argument("-o", "--output", required=True, help="where to write the key (refuses to overwrite)")
+
+    for name, fn, what in (("encrypt", cmd_encrypt, "encrypted"), ("decrypt", cmd_decrypt, "plain ONNX")):
+        p = command(name, fn)
+        p.add_argument("model", help="the model to " + name)
+        p.add_argument("-o", "--output", required=True, help=f"where to write the {what} model")
+        _add_key_options(p)
+
+    p = command("run", cmd_run)
+    _add_model(p)
+    _add_key_options(p)
+    p.add_argument("--data", help=".npz with one array per model input")
+    p.add_argument("--batch", type=int, default=1, help="batch size of the random input when no --data")
+    p.add_argument("-o", "--output", help="write the outputs to this .npz")
+    p.add_argument("--providers", help="onnxruntime providers, e.g. CUDA,CPU (default CPU)")
 
     _parser_analyze(command("analyze", cmd_analyze))
     _parser_iterate(command("iterate", cmd_iterate))

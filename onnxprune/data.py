@@ -1,0 +1,75 @@
+"""Data files: `.npz` archives whose arrays are named after the model's inputs, plus optional `labels`."""
+
+from __future__ import annotations
+
+import io as _io
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from onnxprune.atomic import write_bytes
+from onnxprune.errors import OnnxPruneError
+
+_NUMPY_TYPES = {
+    "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+@dataclass
+class Dataset:
+    """Model inputs by name (first axis = samples) and, when the file has them, labels."""
+
+    inputs: dict[str, np.ndarray]
+    labels: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(next(iter(self.inputs.values())))
+
+
+def read_npz(path: str | Path, inputs: list[ort.NodeArg]) -> Dataset:
+    """Read and check a data file against a session's inputs (names, ranks, fixed dims, dtypes)."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except FileNotFoundError:
+        raise OnnxPruneError(f"{path}: no such file") from None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise OnnxPruneError(f"{path}: not a readable .npz file ({str(exc).splitlines()[0]})") from None
+    labels = arrays.pop("labels", None)
+    expected = {i.name for i in inputs}
+    missing, extra = expected - set(arrays), set(arrays) - expected
+    if missing:
+        raise OnnxPruneError(f"{path}: no array for model input(s) {sorted(missing)}; arrays are {sorted(arrays)}")
+    if extra:
+        raise OnnxPruneError(f"{path}: arrays {sorted(extra)} are not model inputs ({sorted(expected)}) or 'labels'")
+    feeds = {}
+    for inp in inputs:
+        array = arrays[inp.name]
+        want = _NUMPY_TYPES.get(inp.type)
+        if want is not None and array.dtype != want:
+            if not np.can_cast(array.dtype, want, casting="same_kind"):
+                raise OnnxPruneError(f"{path}: array {inp.name!r} is {array.dtype}, the model wants {inp.type}")
+            array = array.astype(want)
+        if array.ndim != len(inp.shape) or any(
+            isinstance(d, int) and d > 0 and d != s for d, s in zip(inp.shape[1:], array.shape[1:])
+        ):
+            raise OnnxPruneError(f"{path}: array {inp.name!r} has shape {list(array.shape)}, the model wants {inp.shape}")
+        feeds[inp.name] = array
+    sizes = {len(a) for a in feeds.values()}
+    if len(sizes) != 1 or 0 in sizes:
+        raise OnnxPruneError(f"{path}: input arrays have different or zero sample counts {sorted(sizes)}")
+    if labels is not None and len(labels) != sizes.pop():
+        raise OnnxPruneError(f"{path}: 'labels' has {len(labels)} entries, the inputs have {len(feeds[inputs[0].name])}")
+    return Dataset(feeds, labels)
+
+
+def write_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write arrays to an .npz atomically."""
+    buffer = _io.BytesIO()
+    np.savez(buffer, **arrays)
+    write_bytes(path, buffer.getvalue())
