@@ -43,6 +43,20 @@ class Member:
 
 
 @dataclass
+class Compensation:
+    """A layer that reads removed channels whose value is a nonzero constant (f(0) != 0 upstream).
+
+    Slim pruning folds `values[i] * weight column i` into the layer's bias: exact for 1x1 convs without
+    padding and for Gemm, which see the constant at every position.
+    """
+
+    node: int  # index in the graph's (topologically sorted) node list
+    tensor: str
+    axis: int
+    values: np.ndarray  # the removed channel's value at each position of the axis (NaN: not needed)
+
+
+@dataclass
 class Group:
     """Channels that are removed together, with every tensor axis they live on.
 
@@ -56,6 +70,7 @@ class Group:
     members: list[Member]
     reason: str | None = None  # why it cannot be pruned; None when it can
     leader: str = ""  # node whose output channels these are
+    compensations: list[Compensation] = field(default_factory=list)
 
     @property
     def prunable(self) -> bool:
@@ -111,6 +126,7 @@ class _GroupFinder:
         self.axes: dict[Key, _Axis] = {}
         self.stops: dict[Key, str] = {}
         self.placed: list[_Placed] = []
+        self.compensations: list[Compensation] = []
         self.total = 0
         self.graph_outputs = {t.name for t in self.graph.outputs}
         self.graph_inputs = {t.name for t in self.graph.inputs}
@@ -206,6 +222,13 @@ class _GroupFinder:
                     if any(t.tensor is o for o in node.outputs):
                         values[(t.tensor.name, t.axis)][t.pairs[:, 1]] = space[t.pairs[:, 0]]
                 bad = _unread_nonzero(node, placed.bundle, values)
+                if np.any(bad) and np.all(np.isfinite(bad)) and _compensable(node):
+                    reader = next(t for t in _inputs_of(node, placed.bundle) if not isinstance(t.tensor, gs.Constant))
+                    key = (reader.tensor.name, reader.axis)
+                    index = self.node_index[id(node)]
+                    if not any(c.node == index and (c.tensor, c.axis) == key for c in self.compensations):
+                        self.compensations.append(Compensation(index, *key, values[key].copy()))
+                    continue
                 for s in np.flatnonzero(bad):
                     failures.setdefault(int(labels[placed.base + s]), _value_reason(node, bad[s]))
         return failures
@@ -250,11 +273,13 @@ class _GroupFinder:
             members.append(Member(axis.key[0], axis.key[1], axis.size, index, channel, axis.role))
         reason = next((self.stops[k] for k in keys if k in self.stops), None)
         reason = reason or next((failures[lab] for lab in ordered if lab in failures), None)
+        group_keys = set(keys)
+        compensations = [c for c in self.compensations if (c.tensor, c.axis) in group_keys]
         producers = [a for a in axes if a.role == OUT] or axes
         position = min(min(a.nodes, default=len(self.node_index)) for a in producers)
         node = self.graph.nodes[position] if position < len(self.graph.nodes) else None
         name = (node.name if node is not None else "") or order_axis.key[0]
-        return position, Group("", len(ordered), members, reason, name)
+        return position, Group("", len(ordered), members, reason, name, compensations)
 
 
 def _ports(tensor: gs.Tensor) -> list[tuple[gs.Node, Port]]:
@@ -413,9 +438,22 @@ def _unread_nonzero(node: gs.Node, bundle: Bundle, values: dict[Key, np.ndarray]
     return np.zeros(size)
 
 
+def _compensable(node: gs.Node) -> bool:
+    """Layers that see a constant input channel identically at every output position."""
+    if len(node.inputs) < 2 or not isinstance(node.inputs[1], gs.Constant):
+        return False
+    if node.op == "Gemm":
+        return not node.attrs.get("transA", 0)
+    if node.op != "Conv" or int(node.attrs.get("group", 1)) != 1:
+        return False
+    kernel = node.inputs[1].values.shape[2:]
+    pads = node.attrs.get("pads", [0])
+    return all(k == 1 for k in kernel) and not any(pads) and node.attrs.get("auto_pad", "NOTSET") in ("NOTSET", "VALID")
+
+
 def _value_reason(node: gs.Node, value: float) -> str:
     what = "unknown" if not np.isfinite(value) else f"{value:.3g}"
     return f"removed channels would be {what}, not 0, where {node.op} '{node.name}' reads them"
 
 
-__all__ = ["Group", "Member", "find_groups", "connected_components", "OUT", "IN"]
+__all__ = ["Compensation", "Group", "Member", "find_groups", "connected_components", "OUT", "IN"]

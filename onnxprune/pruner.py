@@ -86,31 +86,42 @@ def prune(model: Model, options: PruneOptions) -> PruneResult:
     slim_model = slim(model, groups, plan)
     difference = None
     if options.verify:
-        reference = _run(lambda: sparse(model, groups, plan), model, options.providers)
-        difference = check_same_function(model, reference, slim_model, options.providers)
+        difference = check_same_function(model, lambda: sparse(model, groups, plan), slim_model, options.providers)
     return PruneResult(plan, slim_model, difference)
 
 
-def _run(build: Callable[[], onnx.ModelProto], model: Model, providers: list[str] | None) -> list[np.ndarray]:
+def _run(build: Callable[[], onnx.ModelProto], model: Model, providers: list[str] | None,
+         optimize: bool = True) -> list[np.ndarray]:
     """Outputs on a fixed random batch of 2, with a lean session (no weight prepacking).
 
     Takes a function that builds the model so that the protobuf is freed as soon as it is serialized.
     """
     data = build().SerializeToString()
-    sess = session(data, providers, lean=True)
+    sess = session(data, providers, lean=True, optimize=optimize)
     del data
     return sess.run(None, random_feeds(sess, model.input_shapes, batch=2))
 
 
-def check_same_function(model: Model, reference: onnx.ModelProto | list[np.ndarray], candidate: onnx.ModelProto,
-                        providers: list[str] | None = None) -> float:
-    """Run the candidate (and the reference, if a model) on the same random batch; refuse a difference."""
+def check_same_function(model: Model, reference: Callable[[], onnx.ModelProto] | onnx.ModelProto,
+                        candidate: onnx.ModelProto, providers: list[str] | None = None) -> float:
+    """Run candidate and reference on the same random batch; refuse a candidate that computes otherwise.
+
+    The bar is the invariant's 1e-4 relative difference. Deep models whose outputs are tiny on random
+    input (a detector's sigmoid map) reach that from float rounding alone; then the bar is ten times
+    the rounding noise of the reference itself, measured as the difference between onnxruntime with and
+    without graph optimizations. A wrong pruning differs by orders of magnitude more.
+    """
+    build = reference if callable(reference) else (lambda: reference)
     try:
-        expected = reference if isinstance(reference, list) else _run(lambda: reference, model, providers)
+        expected = _run(build, model, providers)
         difference = max_relative_difference(expected, _run(lambda: candidate, model, providers))
+        bar = TOLERANCE
+        if difference > bar:
+            noise = max_relative_difference(expected, _run(build, model, providers, optimize=False))
+            bar = max(TOLERANCE, 10 * noise)
     except Exception as exc:  # noqa: BLE001 - any failure here is a pruning bug, reported as such
         raise RuntimeError(f"the pruned model does not run: {str(exc).splitlines()[0][:300]}") from exc
-    if not np.isfinite(difference) or difference > TOLERANCE:
-        raise RuntimeError(f"the slim model differs from the sparse one (max relative difference "
+    if not np.isfinite(difference) or difference > bar:
+        raise RuntimeError(f"the pruned model differs from the sparse one (max relative difference "
                            f"{difference:.2e}); use --mode sparse, or --exclude the layers involved")
     return difference

@@ -28,7 +28,7 @@ def parse_providers(text: str | None) -> list[str]:
 
 
 def session(model: onnx.ModelProto | bytes, providers: list[str] | None = None,
-            threads: int = 0, lean: bool = False) -> ort.InferenceSession:
+            threads: int = 0, lean: bool = False, optimize: bool = True) -> ort.InferenceSession:
     """A session built from memory (nothing is written to disk).
 
     `lean` trades speed for memory (no prepacked weight copies, no arena): for one-off checks.
@@ -37,6 +37,8 @@ def session(model: onnx.ModelProto | bytes, providers: list[str] | None = None,
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if lean:
         options.enable_cpu_mem_arena = False
         options.add_session_config_entry("session.disable_prepacking", "1")

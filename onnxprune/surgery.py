@@ -60,6 +60,52 @@ def sparse(model: Model, groups: list[Group], plan: Plan) -> onnx.ModelProto:
     return with_weights(model, sparse_values(model, groups, plan))
 
 
+def _compensations(model: Model, groups: list[Group], plan: Plan) -> dict[int, np.ndarray]:
+    """Per layer (node index), what the removed constant channels added to each of its outputs."""
+    by_id = {g.id: g for g in groups}
+    folded: dict[int, np.ndarray] = {}
+    for gid, part in plan.groups.items():
+        group = by_id[gid]
+        for comp in group.compensations:
+            member = next(m for m in group.members if (m.tensor, m.axis) == (comp.tensor, comp.axis))
+            positions = member.index[np.isin(member.channel, part.removed)]
+            if positions.size == 0:
+                continue
+            node = model.graph.nodes[comp.node]
+            weight = np.asarray(node.inputs[1].values, dtype=np.float64)
+            if node.op == "Conv":
+                columns = weight.reshape(weight.shape[0], weight.shape[1])[:, positions]
+                contribution = columns @ comp.values[positions]
+            else:  # Gemm: alpha * v @ B, and C is scaled by beta
+                rows = (weight.T if node.attrs.get("transB", 0) else weight)[positions, :]
+                scale = float(node.attrs.get("alpha", 1.0)) / float(node.attrs.get("beta", 1.0))
+                contribution = scale * (comp.values[positions] @ rows)
+            folded[comp.node] = folded.get(comp.node, 0) + contribution
+    return folded
+
+
+def _add_to_bias(node: gs.Node, contribution: np.ndarray, removed: Removed) -> None:
+    """Add a per-output contribution (over the original outputs) to the bias of a pruned layer."""
+    weight = node.inputs[1]
+    out_axis = 0 if node.op == "Conv" or node.attrs.get("transB", 0) else 1
+    contribution = np.delete(contribution, removed.of(weight, out_axis))
+    bias_index = 2
+    old = node.inputs[bias_index] if len(node.inputs) > bias_index and node.inputs[bias_index].name else None
+    dtype = weight.values.dtype
+    if old is None:
+        bias = contribution.astype(dtype)
+    else:
+        bias = (np.asarray(old.values, dtype=np.float64) + contribution.reshape(-1)).astype(dtype)
+        if node.op == "Gemm" and np.asarray(old.values).ndim == 2:
+            bias = bias.reshape(1, -1)
+    name = f"{(old.name if old is not None else weight.name)}_compensated"
+    constant = gs.Constant(name, bias)
+    if old is None:
+        node.inputs.append(constant)
+    else:
+        node.inputs[bias_index] = constant
+
+
 def pruned_shapes(shapes: dict[str, tuple[int, ...]], indices: dict[Key, np.ndarray]) -> dict[str, tuple[int, ...]]:
     """Every tensor's shape after removing `indices` from its axes."""
     new = dict(shapes)
@@ -73,6 +119,7 @@ def pruned_shapes(shapes: dict[str, tuple[int, ...]], indices: dict[Key, np.ndar
 
 def slim(model: Model, groups: list[Group], plan: Plan) -> onnx.ModelProto:
     """A smaller graph without the plan's channels."""
+    folded = _compensations(model, groups, plan)
     graph = model.graph.copy()
     tensors = graph.tensors()
     indices: dict[Key, np.ndarray] = {}
@@ -84,6 +131,8 @@ def slim(model: Model, groups: list[Group], plan: Plan) -> onnx.ModelProto:
         if isinstance(tensor, gs.Constant):
             tensor.values = np.delete(np.asarray(tensor.values), index, axis=axis)
     removed = Removed(indices, model.shapes)
+    for index, contribution in folded.items():
+        _add_to_bias(graph.nodes[index], contribution, removed)
     new_shapes = pruned_shapes(model.shapes, indices)
     ctx = Context(new_shapes, model.opset, shape_values(graph, new_shapes))
     for node in graph.nodes:

@@ -53,5 +53,5 @@ def transform(model: Model, verify: bool = True, providers: list[str] | None = N
     dense = slim(model, groups, plan)
     difference = None
     if verify and plan.groups:
-        difference = check_same_function(model, with_weights(model), dense, providers)
+        difference = check_same_function(model, lambda: with_weights(model), dense, providers)
     return TransformResult(plan, dense, difference)

@@ -53,7 +53,7 @@ class _Builder:
 
 
 STEPS = st.lists(st.tuples(st.sampled_from(["conv", "conv", "conv1", "dw", "group", "bn", "relu", "silu", "add", "concat",
-                                             "split", "pool", "leaky"]),
+                                             "split", "pool", "leaky", "sigmoid", "conv1"]),
                            st.integers(0, 10**6)), min_size=3, max_size=10)
 
 
@@ -69,8 +69,8 @@ def build(steps: list[tuple[str, int]], seed: int) -> onnx.ModelProto:
             b.conv(x, c, c, 3, groups=2)
         elif kind == "bn":
             b.bn(x, c)
-        elif kind in ("relu", "leaky"):
-            b.add("Relu" if kind == "relu" else "LeakyRelu", [x], c)
+        elif kind in ("relu", "leaky", "sigmoid"):
+            b.add({"relu": "Relu", "leaky": "LeakyRelu", "sigmoid": "Sigmoid"}[kind], [x], c)
         elif kind == "silu":
             s = b.add("Sigmoid", [x], c)
             b.add("Mul", [x, s], c)
@@ -116,6 +116,8 @@ def test_random_dags_keep_the_invariant(steps, seed, ratio, criterion) -> None:
     scores = {g.id: get_criterion(criterion)(model, g) for g in candidates}
     plan = Planner(model, groups, scores).plan({g.id: ratio for g in candidates})
     event(f"groups pruned: {min(len(plan.groups), 3)}+" if plan.groups else "nothing prunable")
+    if any(g.compensations for g in candidates if g.id in plan.groups):
+        event("bias compensation")
     sparse_model, slim_model = sparse(model, groups, plan), slim(model, groups, plan)
     onnx.checker.check_model(slim_model)
     x = {"input": np.random.default_rng(seed).standard_normal((2, 4, SIZE, SIZE)).astype(np.float32)}
