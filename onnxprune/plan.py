@@ -104,16 +104,20 @@ class Planner:
                       for g in groups}
         self.macs_before, self.params_before = totals(layer_costs(model))
 
+    def counts(self, ratios: dict[str, float]) -> dict[str, int]:
+        """How many channels each group loses at these channel ratios."""
+        return {gid: channels_to_remove(self.groups[gid].channels, r, self.round_to) for gid, r in ratios.items()}
+
     def removal(self, ratios: dict[str, float]) -> dict[str, list[int]]:
         """Lowest-scoring channels of each group, never emptying any tensor axis the group lives on."""
+        return self.removal_of(self.counts(ratios))
+
+    def removal_of(self, counts: dict[str, int]) -> dict[str, list[int]]:
         removed = {}
-        for gid, ratio in ratios.items():
-            group = self.groups[gid]
-            n = channels_to_remove(group.channels, ratio, self.round_to)
-            if n <= 0:
-                continue
-            chosen = self.order[gid][:n]
-            removed[gid] = sorted(int(c) for c in self._protect(group, chosen))
+        for gid, n in counts.items():
+            if n > 0:
+                chosen = self.order[gid][:n]
+                removed[gid] = sorted(int(c) for c in self._protect(self.groups[gid], chosen))
         return removed
 
     def _protect(self, group: Group, chosen: np.ndarray) -> np.ndarray:
@@ -137,7 +141,10 @@ class Planner:
         return totals(layer_costs(self.model, lambda name, axis, size: size - counts.get((name, axis), 0)))
 
     def plan(self, ratios: dict[str, float], target: float | None = None, notes: list[str] | None = None) -> Plan:
-        removed = self.removal(ratios)
+        return self.plan_of(self.counts(ratios), target, notes)
+
+    def plan_of(self, counts: dict[str, int], target: float | None = None, notes: list[str] | None = None) -> Plan:
+        removed = self.removal_of(counts)
         macs, params = self.cost(removed)
         groups = {gid: GroupPlan(self.groups[gid].channels, len(r) / self.groups[gid].channels, r)
                   for gid, r in removed.items()}
@@ -145,31 +152,55 @@ class Planner:
                     params, list(notes or []))
 
     def fit(self, ratios_at: Callable[[float], dict[str, float]], target: float) -> Plan:
-        """Bisect the knob of `ratios_at` (0 = nothing removed, 1 = the most) to remove `target` of MACs."""
+        """Bisect the knob of `ratios_at` (0 = nothing removed, 1 = the most) to remove `target` of MACs,
+        then step single groups from the knob just short of the target toward the one just past it."""
         goal = (1 - target) * self.macs_before
 
-        def macs_at(knob: float) -> int:
-            return self.cost(self.removal(ratios_at(knob)))[0]
+        def macs_of(counts: dict[str, int]) -> int:
+            return self.cost(self.removal_of(counts))[0]
 
-        most = macs_at(1.0)
+        most = macs_of(self.counts(ratios_at(1.0)))
         if most > goal * (1 + TOLERANCE):
             reached = 1 - most / self.macs_before if self.macs_before else 0
             note = f"target {target:.0%} of MACs is not reachable: at most {reached:.1%} can be removed"
             return self.plan(ratios_at(1.0), target, [note])
         low, high = 0.0, 1.0
-        for _ in range(40):
+        for _ in range(30):
             mid = (low + high) / 2
-            if macs_at(mid) > goal:
+            if macs_of(self.counts(ratios_at(mid))) > goal:
                 low = mid
             else:
                 high = mid
-            if abs(macs_at(high) - goal) <= TOLERANCE * goal * 0.5:
-                break
-        plan = self.plan(ratios_at(high), target)
-        if abs(plan.macs_after - goal) > TOLERANCE * self.macs_before:
+        counts = self._refine(self.counts(ratios_at(low)), self.counts(ratios_at(high)), goal, macs_of)
+        plan = self.plan_of(counts, target)
+        if abs(plan.macs_after - goal) > TOLERANCE * goal:
             plan.notes.append(f"removed {plan.macs_ratio:.1%} of MACs, not within 1% of the target {target:.0%} "
                               "(channel counts are too coarse)")
         return plan
+
+    def _refine(self, start: dict[str, int], stop: dict[str, int], goal: float,
+                macs_of: Callable[[dict[str, int]], int]) -> dict[str, int]:
+        """From `start` (short of the goal) remove one more channel at a time, always from the group with the
+        lowest ratio that `stop` allows to go further, until the goal is met."""
+        counts = dict(start)
+        best = min((dict(start), dict(stop)), key=lambda c: abs(macs_of(c) - goal))
+        while macs_of(counts) > goal:
+            room = [g for g in stop if self._next_count(g, counts.get(g, 0)) <= stop[g]]
+            if not room:
+                break
+            gid = min(room, key=lambda g: counts.get(g, 0) / self.groups[g].channels)
+            counts[gid] = self._next_count(gid, counts.get(gid, 0))
+            if abs(macs_of(counts) - goal) < abs(macs_of(best) - goal):
+                best = dict(counts)
+        return best
+
+    def _next_count(self, gid: str, count: int) -> int:
+        """The next number of removed channels that keeps the count of kept ones valid (round_to)."""
+        channels = self.groups[gid].channels
+        count += 1
+        while count < channels and (channels - count) % self.round_to and count - 1 < channels:
+            count += 1
+        return count if count < channels else channels
 
 
 def candidate_groups(model: Model, groups: list[Group], exclude: list[str]) -> list[Group]:
