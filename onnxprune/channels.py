@@ -177,7 +177,10 @@ class _GroupFinder:
         if rule is None or (node.domain or "") not in ("", "ai.onnx"):
             self._stop(key, f"no channel rule for {node.op} '{node.name}'")
             return []
-        result = rule.bundles(node, port, key[1], self.ctx)
+        try:
+            result = rule.bundles(node, port, key[1], self.ctx)
+        except Exception as exc:  # noqa: BLE001 - an odd graph must not stop the others: this group stops
+            result = Stop(f"internal error in the {node.op} rule at '{node.name}': {type(exc).__name__}: {exc}")
         if isinstance(result, Stop):
             self._stop(key, result.reason)
             return []

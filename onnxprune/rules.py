@@ -570,6 +570,8 @@ def squeeze_like(node: gs.Node, port: Port, axis: int, ctx: Context) -> list[Bun
     sx, sy = shapes
     if port.is_input and port.index != 0:
         return []
+    if (sx if port.is_input else sy)[axis] == 1:
+        return Stop("single channel")
     big_x = [i for i, d in enumerate(sx) if d != 1]
     big_y = [i for i, d in enumerate(sy) if d != 1]
     if len(big_x) != len(big_y):
