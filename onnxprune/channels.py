@@ -204,11 +204,17 @@ class _GroupFinder:
                 if t.role is not None:
                     axis.role = _merge_role(axis.role, t.role)
                 valid = t.pairs[:, 1] < axis.size
-                us.append(placed.base + t.pairs[valid, 0])
-                vs.append(axis.base + t.pairs[valid, 1])
+                us.append((placed.base + t.pairs[valid, 0]).astype(self.atom_dtype))
+                vs.append((axis.base + t.pairs[valid, 1]).astype(self.atom_dtype))
         if not us:
             return np.arange(self.total)
-        return connected_components(self.total, np.concatenate(us), np.concatenate(vs))
+        u, v = np.concatenate(us), np.concatenate(vs)
+        del us, vs
+        return connected_components(self.total, u, v)
+
+    @property
+    def atom_dtype(self) -> type:
+        return np.int32 if self.total < 2**31 else np.int64
 
     # -- 3. is every removed channel zero where a layer reads it? -----------------------------------
 
@@ -320,7 +326,7 @@ def connected_components(n: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Label of each of `n` atoms: the smallest atom id connected to it through the edges (u, v)."""
     dtype = np.int32 if n < 2**31 else np.int64
     labels = np.arange(n, dtype=dtype)
-    u, v = u.astype(dtype), v.astype(dtype)
+    u, v = u.astype(dtype, copy=False), v.astype(dtype, copy=False)
     while True:
         lu, lv = labels[u], labels[v]
         np.minimum(lu, lv, out=lu)  # lu becomes the smaller root of each edge

@@ -52,7 +52,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         providers=parse_providers(args.providers),
     )
     options.check()
-    result = prune(_load(args), options)  # the loaded model is freed before the output is serialized
+    result = prune(_load(args), options)
+    _free_memory()  # the loaded model (a reference cycle) goes before the output is serialized
     io.save(result.model, args.output)
     if args.plan_out:
         from onnxprune.atomic import write_text
@@ -93,6 +94,7 @@ def cmd_transform(args: argparse.Namespace) -> int:
     if args.encrypt and key is None:
         raise OnnxPruneError("--encrypt needs --key-file, --key-env or --passphrase-env")
     result = transform(_load(args))
+    _free_memory()
     if key is None:
         io.save(result.model, args.output)
     else:
@@ -299,6 +301,19 @@ def build_parser() -> argparse.ArgumentParser:
     _parser_analyze(command("analyze", cmd_analyze))
     _parser_iterate(command("iterate", cmd_iterate))
     return parser
+
+
+def _free_memory() -> None:
+    """Collect the IR's reference cycles now and hand the memory back, before the next big step."""
+    import gc
+
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _return_freed_memory() -> None:

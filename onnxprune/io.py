@@ -152,9 +152,22 @@ def from_proto(
     return Model(graph=graph, skeleton=skeleton, input_shapes=fixed, shapes=shapes, path=path, derived=derived)
 
 
-def to_proto(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
-    """Export a (changed) graph to a ModelProto that keeps the original's opsets and metadata."""
+def to_proto(graph: gs.Graph, like: onnx.ModelProto, consume: bool = False) -> onnx.ModelProto:
+    """Export a (changed) graph to a ModelProto that keeps the original's opsets and metadata.
+
+    With `consume`, big weights are moved into the protobuf one at a time and dropped from the graph
+    (which is left unusable): the export then never holds two copies of the weights.
+    """
+    moved: dict[str, np.ndarray] = {}
+    if consume:
+        for tensor in graph.tensors().values():
+            if isinstance(tensor, gs.Constant) and tensor.values.size > 1024:
+                moved[tensor.name] = tensor.values
+                tensor.values = np.zeros(0, dtype=tensor.values.dtype)
     proto = gs.export_onnx(graph, do_type_check=False)
+    for init in proto.graph.initializer:
+        if init.name in moved:
+            init.CopyFrom(numpy_helper.from_array(np.asarray(moved.pop(init.name)), init.name))
     proto.ir_version = like.ir_version
     del proto.opset_import[:]
     proto.opset_import.extend(like.opset_import)

@@ -8,19 +8,21 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import gc
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 
 from onnxprune.channels import Group, find_groups
 from onnxprune.errors import OnnxPruneError
 from onnxprune.importance import get_criterion
 from onnxprune.io import Model
 from onnxprune.plan import Plan, Planner, candidate_groups, spec_ratios, uniform_ratios
-from onnxprune.runtime import max_relative_difference, random_feeds, session
-from onnxprune.surgery import slim, sparse
+from onnxprune.io import to_proto
+from onnxprune.runtime import graph_feeds, max_relative_difference, run_graph
+from onnxprune.surgery import slim_graph, sparse, zeroed_in_place
 
 TOLERANCE = 1e-4  # the invariant: max |sparse - slim| <= 1e-4 * max |sparse|
 
@@ -83,42 +85,34 @@ def prune(model: Model, options: PruneOptions) -> PruneResult:
     plan = make_plan(model, options, groups)
     if options.mode == "sparse":
         return PruneResult(plan, sparse(model, groups, plan))
-    slim_model = slim(model, groups, plan)
+    graph = slim_graph(model, groups, plan)
     difference = None
     if options.verify:
-        difference = check_same_function(model, lambda: sparse(model, groups, plan), slim_model, options.providers)
-    return PruneResult(plan, slim_model, difference)
+        with zeroed_in_place(model, groups, plan):
+            difference = check_same_function(model, graph, providers=options.providers)
+        gc.collect()  # IR graphs are reference cycles: free the check's copies before exporting
+    return PruneResult(plan, to_proto(graph, model.skeleton, consume=True), difference)
 
 
-def _run(build: Callable[[], onnx.ModelProto], model: Model, providers: list[str] | None,
-         optimize: bool = True) -> list[np.ndarray]:
-    """Outputs on a fixed random batch of 2, with a lean session (no weight prepacking).
+def check_same_function(model: Model, candidate: gs.Graph, values: dict[str, np.ndarray] | None = None,
+                        providers: list[str] | None = None) -> float:
+    """Run the candidate graph and the model (with `values` overriding weights: the sparse model) on the
+    same random batch; refuse a candidate that computes otherwise.
 
-    Takes a function that builds the model so that the protobuf is freed as soon as it is serialized.
+    Both run with their weights fed as inputs, so the check costs no copy of the model. The bar is the
+    invariant's 1e-4 relative difference. Deep models whose outputs are tiny on random input (a
+    detector's sigmoid map) reach that from float rounding alone; then the bar is ten times the rounding
+    noise of the reference itself, measured as the difference between onnxruntime with and without
+    graph optimizations. A wrong pruning differs by orders of magnitude more.
     """
-    data = build().SerializeToString()
-    sess = session(data, providers, lean=True, optimize=optimize)
-    del data
-    return sess.run(None, random_feeds(sess, model.input_shapes, batch=2))
-
-
-def check_same_function(model: Model, reference: Callable[[], onnx.ModelProto] | onnx.ModelProto,
-                        candidate: onnx.ModelProto, providers: list[str] | None = None) -> float:
-    """Run candidate and reference on the same random batch; refuse a candidate that computes otherwise.
-
-    The bar is the invariant's 1e-4 relative difference. Deep models whose outputs are tiny on random
-    input (a detector's sigmoid map) reach that from float rounding alone; then the bar is ten times
-    the rounding noise of the reference itself, measured as the difference between onnxruntime with and
-    without graph optimizations. A wrong pruning differs by orders of magnitude more.
-    """
-    build = reference if callable(reference) else (lambda: reference)
+    feeds = graph_feeds(model.graph, model.input_shapes, batch=2)
     try:
-        expected = _run(build, model, providers)
-        difference = max_relative_difference(expected, _run(lambda: candidate, model, providers))
+        expected = run_graph(model.graph, model.skeleton, feeds, values, providers)
+        difference = max_relative_difference(expected, run_graph(candidate, model.skeleton, feeds, None, providers))
         bar = TOLERANCE
         if difference > bar:
-            noise = max_relative_difference(expected, _run(build, model, providers, optimize=False))
-            bar = max(TOLERANCE, 10 * noise)
+            rerun = run_graph(model.graph, model.skeleton, feeds, values, providers, optimize=False)
+            bar = max(TOLERANCE, 10 * max_relative_difference(expected, rerun))
     except Exception as exc:  # noqa: BLE001 - any failure here is a pruning bug, reported as such
         raise RuntimeError(f"the pruned model does not run: {str(exc).splitlines()[0][:300]}") from exc
     if not np.isfinite(difference) or difference > bar:

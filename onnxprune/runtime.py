@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
 from onnxprune.errors import OnnxPruneError
@@ -44,6 +45,53 @@ def session(model: onnx.ModelProto | bytes, providers: list[str] | None = None,
         options.add_session_config_entry("session.disable_prepacking", "1")
     data = model if isinstance(model, bytes) else model.SerializeToString()
     return ort.InferenceSession(data, options, providers=providers or list(DEFAULT_PROVIDERS))
+
+
+FED_LIMIT = 1024  # weights with more elements are fed as inputs by `run_graph` instead of copied
+
+
+def run_graph(graph: gs.Graph, like: onnx.ModelProto, feeds: dict[str, np.ndarray],
+              values: dict[str, np.ndarray] | None = None, providers: list[str] | None = None,
+              optimize: bool = True) -> list[np.ndarray]:
+    """Run an IR graph once without copying its weights: they are fed as inputs.
+
+    A session built from a serialized model holds the protobuf, its bytes and onnxruntime's own copy of
+    every weight; feeding numpy arrays costs nothing. Slower per run (no prepacking), which does not
+    matter for a single check. `values` overrides some weights (e.g. the zeroed ones of a sparse model).
+    """
+    from onnxprune.io import to_proto
+
+    values = values or {}
+    structure = graph.copy()
+    weights: dict[str, np.ndarray] = {}
+    for tensor in list(structure.tensors().values()):
+        if isinstance(tensor, gs.Constant) and tensor.name in values and tensor.values.size <= FED_LIMIT:
+            tensor.values = values[tensor.name]  # a copy of the IR: the model's own stays as it was
+        elif isinstance(tensor, gs.Constant) and tensor.values.size > FED_LIMIT:
+            array = np.ascontiguousarray(values.get(tensor.name, tensor.values))
+            weights[tensor.name] = array
+            variable = gs.Variable(tensor.name, dtype=array.dtype, shape=array.shape)
+            for consumer in list(tensor.outputs):
+                for i, t in enumerate(consumer.inputs):
+                    if t is tensor:
+                        consumer.inputs[i] = variable
+            structure.inputs.append(variable)
+    sess = session(to_proto(structure, like), providers, lean=True, optimize=optimize)
+    return sess.run(None, {**feeds, **weights})
+
+
+def graph_feeds(graph: gs.Graph, input_shapes: dict[str, tuple[int, ...]], batch: int = 1,
+                seed: int = 0) -> dict[str, np.ndarray]:
+    """Deterministic random inputs for an IR graph; a dynamic first axis gets `batch`."""
+    feeds = {}
+    for i, inp in enumerate(graph.inputs):
+        shape = tuple(input_shapes[inp.name])
+        if inp.shape is None or not isinstance(inp.shape[0], int):
+            shape = (batch,) + shape[1:]
+        dtype = np.dtype(inp.dtype) if inp.dtype is not None else np.dtype(np.float32)
+        name = {np.float32: "float", np.float64: "double", np.float16: "float16"}.get(dtype.type, str(dtype))
+        feeds[inp.name] = random_input(f"tensor({name})", shape, seed + i)
+    return feeds
 
 
 def random_feeds(sess: ort.InferenceSession, input_shapes: dict[str, tuple[int, ...]], batch: int = 1,

@@ -8,6 +8,9 @@ shape inputs (depthwise group counts, Split sizes, Slice bounds, Reshape targets
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
@@ -53,6 +56,32 @@ def sparse_values(model: Model, groups: list[Group], plan: Plan) -> dict[str, np
         where[member.axis] = index
         array[tuple(where)] = 0
     return values
+
+
+@contextlib.contextmanager
+def zeroed_in_place(model: Model, groups: list[Group], plan: Plan) -> Iterator[Model]:
+    """Make `model` the sparse model for the duration of a `with` block, without copying its weights.
+
+    Only the zeroed slices are saved (to be restored on exit, even on errors): checking a big model this
+    way costs a fraction of a copy of it.
+    """
+    weights = model.weights()
+    saved = []
+    for member, index in removed_slices(groups, plan):
+        if member.role not in ZEROED_ROLES or member.tensor not in weights:
+            continue
+        array = weights[member.tensor].values
+        if not array.flags.writeable:
+            array = weights[member.tensor].values = np.array(array)
+        where = [slice(None)] * array.ndim
+        where[member.axis] = index
+        saved.append((array, tuple(where), array[tuple(where)].copy()))
+        array[tuple(where)] = 0
+    try:
+        yield model
+    finally:
+        for array, where, values in reversed(saved):
+            array[where] = values
 
 
 def sparse(model: Model, groups: list[Group], plan: Plan) -> onnx.ModelProto:
@@ -118,7 +147,12 @@ def pruned_shapes(shapes: dict[str, tuple[int, ...]], indices: dict[Key, np.ndar
 
 
 def slim(model: Model, groups: list[Group], plan: Plan) -> onnx.ModelProto:
-    """A smaller graph without the plan's channels."""
+    """A smaller model without the plan's channels."""
+    return to_proto(slim_graph(model, groups, plan), model.skeleton)
+
+
+def slim_graph(model: Model, groups: list[Group], plan: Plan) -> gs.Graph:
+    """The IR of the slim model (the model's own graph is left as it was)."""
     folded = _compensations(model, groups, plan)
     graph = model.graph.copy()
     tensors = graph.tensors()
@@ -143,5 +177,4 @@ def slim(model: Model, groups: list[Group], plan: Plan) -> onnx.ModelProto:
     for tensor in graph.tensors().values():
         if isinstance(tensor, gs.Variable) and tensor.name not in keep:
             tensor.shape = None
-    graph.cleanup(remove_unused_graph_inputs=False)
-    return to_proto(graph, model.skeleton)
+    return graph.cleanup(remove_unused_graph_inputs=False)

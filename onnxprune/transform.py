@@ -13,11 +13,11 @@ import numpy as np
 import onnx
 
 from onnxprune.channels import Group, find_groups
-from onnxprune.io import Model, with_weights
+from onnxprune.io import Model, to_proto
 from onnxprune.plan import Plan, Planner
 from onnxprune.rules import ZEROED_ROLES
 from onnxprune.pruner import check_same_function
-from onnxprune.surgery import slim
+from onnxprune.surgery import slim_graph
 
 
 @dataclass
@@ -50,8 +50,6 @@ def transform(model: Model, verify: bool = True, providers: list[str] | None = N
     scores = {g.id: np.where(np.isin(np.arange(g.channels), removed[g.id]), 0.0, 1.0) for g in prunable}
     planner = Planner(model, groups, scores)
     plan = planner.plan({gid: len(r) / planner.groups[gid].channels for gid, r in removed.items() if r})
-    dense = slim(model, groups, plan)
-    difference = None
-    if verify and plan.groups:
-        difference = check_same_function(model, lambda: with_weights(model), dense, providers)
-    return TransformResult(plan, dense, difference)
+    dense = slim_graph(model, groups, plan)
+    difference = check_same_function(model, dense, None, providers) if verify and plan.groups else None
+    return TransformResult(plan, to_proto(dense, model.skeleton, consume=True), difference)
