@@ -34,6 +34,7 @@ class Report:
     params: int
     layers: list[LayerRow]
     groups: list[Group]
+    group_macs: dict[str, int]  # MACs of the layers whose weights a group slices (producers and consumers)
 
     def to_dict(self) -> dict:
         """The `inspect --json` contract."""
@@ -44,6 +45,7 @@ class Report:
             "prunable_groups": sum(g.prunable for g in self.groups),
             "groups": [
                 {"id": g.id, "channels": g.channels, "prunable": g.prunable, "reason": g.reason,
+                 "macs": self.group_macs.get(g.id, 0),
                  "members": [{"tensor": m.tensor, "axis": m.axis, "role": m.role} for m in g.members]}
                 for g in self.groups
             ],
@@ -75,7 +77,21 @@ def inspect_model(model: Model, groups: list[Group] | None = None) -> Report:
         rows.append(LayerRow(name, node.op, channels, cost.macs, cost.params, group.id if group else None,
                              bool(group and group.prunable), group.reason if group else None))
     macs, params = totals(list(costs.values()))
-    return Report(str(model.path or "model"), macs, params, rows, groups)
+    return Report(str(model.path or "model"), macs, params, rows, groups, group_macs(model, groups))
+
+
+def group_macs(model: Model, groups: list[Group]) -> dict[str, int]:
+    """Per group, the MACs of the layers whose weights it slices: what pruning it can save at most."""
+    macs = {c.node: c.macs for c in layer_costs(model)}
+    owner: dict[str, str] = {}
+    for node in model.graph.nodes:
+        for t in node.inputs:
+            owner.setdefault(t.name, node.name or node.outputs[0].name)
+    result = {}
+    for g in groups:
+        layers = {owner[m.tensor] for m in g.members if m.is_weight and m.tensor in owner}
+        result[g.id] = sum(macs.get(name, 0) for name in layers)
+    return result
 
 
 def human(n: float) -> str:
@@ -88,16 +104,22 @@ def human(n: float) -> str:
 
 def format_report(report: Report, width: int = 48) -> str:
     """The human-readable `inspect` output: a layer table, a group table, totals."""
-    lines = [f"{'layer':<{width}} {'op':<14} {'ch':>6} {'MACs':>9} {'params':>9}  group / status"]
+    lines = [f"{'layer':<{width}} {'op':<14} {'ch':>6} {'MACs':>9} {'params':>9}  output channels"]
     for row in report.layers:
-        status = "" if row.group is None else ("prunable" if row.prunable else f"fixed: {row.reason}")
+        status = ""
+        if row.group is not None:
+            status = ("prunable" if row.prunable else f"fixed: {row.reason}")
+            if row.group != row.node:
+                status += f" (group {row.group})"
         ch = "" if row.channels is None else str(row.channels)
         lines.append(f"{_cut(row.node, width):<{width}} {row.op:<14} {ch:>6} {human(row.macs):>9} "
                      f"{human(row.params):>9}  {status}")
     lines.append("")
-    lines.append(f"{'group':<{width}} {'channels':>8}  status")
+    lines.append(f"{'group':<{width}} {'channels':>8} {'MACs %':>7}  status")
     for g in report.groups:
-        lines.append(f"{_cut(g.id, width):<{width}} {g.channels:>8}  {'prunable' if g.prunable else g.reason}")
+        share = report.group_macs.get(g.id, 0) / max(report.macs, 1)
+        lines.append(f"{_cut(g.id, width):<{width}} {g.channels:>8} {share:>7.1%}  "
+                     f"{'prunable' if g.prunable else g.reason}")
     prunable = sum(g.prunable for g in report.groups)
     lines.append("")
     lines.append(f"total: {human(report.macs)} MACs, {human(report.params)} params, "
