@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxprune.errors import OnnxPruneError
 from onnxprune.io import Model
 from onnxprune.shapes import shape_values
 from onnxprune.rules import CONTRACT, IN, KEEP, OUT, RULES, ZEROED_ROLES, Bundle, Context, Port, Stop, Value
@@ -113,15 +114,21 @@ def _seed_axes(node: gs.Node) -> list[tuple[int, int]]:
     return []
 
 
-def find_groups(model: Model) -> list[Group]:
-    """All channel groups of the model, prunable or not, in the order their producers run."""
-    return _GroupFinder(model).run()
+def find_groups(model: Model, attention: str = "dims") -> list[Group]:
+    """All channel groups of the model, prunable or not, in the order their producers run.
+
+    `attention` says what MatMul attention loses: "dims" the same head_dim positions in every head (the
+    finest unit), "heads" whole heads (fewer, smaller score matrices).
+    """
+    if attention not in ("dims", "heads"):
+        raise OnnxPruneError(f"attention {attention!r}: choose dims or heads")
+    return _GroupFinder(model, attention).run()
 
 
 class _GroupFinder:
-    def __init__(self, model: Model):
+    def __init__(self, model: Model, attention: str = "dims"):
         self.graph = model.graph
-        self.ctx = Context(model.shapes, model.opset, shape_values(model.graph, model.shapes))
+        self.ctx = Context(model.shapes, model.opset, shape_values(model.graph, model.shapes), attention)
         self.tensors = self.graph.tensors()
         self.axes: dict[Key, _Axis] = {}
         self.stops: dict[Key, str] = {}

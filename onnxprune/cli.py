@@ -32,7 +32,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     """Show per-layer MACs and params, the channel groups, and why a group cannot be pruned."""
     from onnxprune.report import format_report, inspect_model
 
-    report = inspect_model(_load(args))
+    report = inspect_model(_load(args), attention=args.attention)
     print(json.dumps(report.to_dict(), indent=1) if args.json else format_report(report))
     return EXIT_OK
 
@@ -49,6 +49,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         ratio=args.ratio, spec=read_spec(args.spec) if args.spec else None,
         sensitivity=_read_sensitivity(args.sens) if args.sens else None, criterion=args.criterion,
         round_to=args.round_to, exclude=args.exclude or [], mode=args.mode, verify=not args.no_verify,
+        attention=args.attention,
         providers=parse_providers(args.providers),
     )
     options.check()
@@ -93,7 +94,7 @@ def cmd_transform(args: argparse.Namespace) -> int:
     key = _key_source(args) if args.encrypt else None
     if args.encrypt and key is None:
         raise OnnxPruneError("--encrypt needs --key-file, --key-env or --passphrase-env")
-    result = transform(_load(args))
+    result = transform(_load(args), attention=args.attention)
     _free_memory()
     if key is None:
         io.save(result.model, args.output)
@@ -245,6 +246,11 @@ def _add_model(p: argparse.ArgumentParser) -> None:
                    help="fix a dynamic input shape, e.g. images:1,3,640,640 (repeatable)")
 
 
+def _add_attention(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--attention", default="dims", choices=("dims", "heads"),
+                   help="MatMul attention loses head_dim positions in every head (dims, default) or whole heads")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="onnxprune", description="Structured channel pruning of ONNX models.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
@@ -258,10 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("inspect", cmd_inspect)
     _add_model(p)
+    _add_attention(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
     p = command("prune", cmd_prune)
     _add_model(p)
+    _add_attention(p)
     how = p.add_mutually_exclusive_group(required=True)
     how.add_argument("--ratio", type=float, help="fraction of MACs to remove, in (0, 1)")
     how.add_argument("--spec", help="JSON mapping group id -> fraction of its channels to remove")
@@ -277,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("transform", cmd_transform)
     _add_model(p)
+    _add_attention(p)
     p.add_argument("-o", "--output", required=True, help="where to write the dense model")
     p.add_argument("--encrypt", action="store_true", help="write the dense model encrypted (needs a key)")
     _add_key_options(p)

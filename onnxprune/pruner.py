@@ -38,6 +38,7 @@ class PruneOptions:
     round_to: int = 1
     exclude: list[str] = field(default_factory=list)
     mode: str = "slim"  # or "sparse"
+    attention: str = "dims"  # MatMul attention loses head_dim positions ("dims") or whole heads ("heads")
     verify: bool = True
     providers: list[str] | None = None
 
@@ -48,6 +49,8 @@ class PruneOptions:
             raise OnnxPruneError(f"--ratio {self.ratio} is not in (0, 1)")
         if self.mode not in ("slim", "sparse"):
             raise OnnxPruneError(f"--mode {self.mode!r}: choose slim or sparse")
+        if self.attention not in ("dims", "heads"):
+            raise OnnxPruneError(f"--attention {self.attention!r}: choose dims or heads")
         if self.round_to < 1:
             raise OnnxPruneError(f"--round-to {self.round_to} must be >= 1")
         get_criterion(self.criterion)
@@ -63,7 +66,7 @@ class PruneResult:
 def make_plan(model: Model, options: PruneOptions, groups: list[Group] | None = None) -> Plan:
     """The channels to remove, without touching the model."""
     options.check()
-    groups = find_groups(model) if groups is None else groups
+    groups = find_groups(model, options.attention) if groups is None else groups
     candidates = candidate_groups(model, groups, options.exclude)
     criterion = get_criterion(options.criterion)
     scores = {g.id: criterion(model, g) for g in candidates}
@@ -81,7 +84,7 @@ def make_plan(model: Model, options: PruneOptions, groups: list[Group] | None = 
 
 def prune(model: Model, options: PruneOptions) -> PruneResult:
     """Plan and apply; in slim mode also check that slim computes what sparse computes."""
-    groups = find_groups(model)
+    groups = find_groups(model, options.attention)
     plan = make_plan(model, options, groups)
     if options.mode == "sparse":
         return PruneResult(plan, sparse(model, groups, plan))

@@ -53,9 +53,9 @@ class Report:
         }
 
 
-def inspect_model(model: Model, groups: list[Group] | None = None) -> Report:
+def inspect_model(model: Model, groups: list[Group] | None = None, attention: str = "dims") -> Report:
     """Collect the per-layer table and the groups of a loaded model."""
-    groups = find_groups(model) if groups is None else groups
+    groups = find_groups(model, attention) if groups is None else groups
     owner: dict[tuple[str, int], Group] = {}
     for g in groups:
         for m in g.members:

@@ -82,10 +82,12 @@ class Port:
 class Context:
     """What rules may read: concrete shapes at batch 1, constant values, a memo per node."""
 
-    def __init__(self, shapes: dict[str, tuple[int, ...]], opset: int, values: dict[str, np.ndarray] | None = None):
+    def __init__(self, shapes: dict[str, tuple[int, ...]], opset: int, values: dict[str, np.ndarray] | None = None,
+                 attention: str = "dims"):
         self.shapes = shapes
         self.opset = opset
         self.values = values or {}  # small integer tensors computed from Shape ops, at batch 1
+        self.attention = attention  # "dims": prune head_dim uniformly over heads; "heads": whole heads
         self.memo: dict[tuple[int, str], object] = {}
 
     def shape(self, tensor: gs.Tensor) -> tuple[int, ...] | None:
@@ -606,7 +608,11 @@ def reshape(node: gs.Node, port: Port, axis: int, ctx: Context) -> list[Bundle] 
         pick_in, pick_out = ins[0], outs[0]
     elif len(ins) == 1:  # split
         pick_in = ins[0]
-        pick_out = ctx.memo.setdefault(key, axis if not port.is_input else _largest(sy, outs))
+        if port.is_input:
+            heads = ctx.attention == "heads" and _feeds_matmul(y)
+            pick_out = ctx.memo.setdefault(key, outs[0] if heads else _largest(sy, outs))
+        else:
+            pick_out = ctx.memo.setdefault(key, axis)
     else:  # merge
         pick_out = outs[0]
         pick_in = ctx.memo.setdefault(key, axis if port.is_input else _largest(sx, ins))
@@ -626,6 +632,18 @@ def reshape(node: gs.Node, port: Port, axis: int, ctx: Context) -> list[Bundle] 
     coords = np.unravel_index(flat, [sx[i] for i in ins])[ins.index(pick_in)]
     n = sx[pick_in]
     return [Bundle(n, [tie(x, pick_in, n), Tie(y, pick_out, np.stack([coords, flat], 1))])]
+
+
+def _feeds_matmul(tensor: gs.Tensor) -> bool:
+    """An attention split: (heads, head_dim) that reaches a MatMul, possibly through Transposes."""
+    stack = [tensor]
+    while stack:
+        for consumer in stack.pop().outputs:
+            if consumer.op == "MatMul":
+                return True
+            if consumer.op == "Transpose":
+                stack.append(consumer.outputs[0])
+    return False
 
 
 def _largest(shape: tuple[int, ...], axes: list[int]) -> int:

@@ -42,9 +42,13 @@ def zero_channels(model: Model, group: Group) -> list[int]:
     return np.flatnonzero(zero).tolist()
 
 
-def transform(model: Model, verify: bool = True, providers: list[str] | None = None) -> TransformResult:
-    """Remove every all-zero channel of every prunable group (and check the result computes the same)."""
-    groups = find_groups(model)
+def transform(model: Model, verify: bool = True, providers: list[str] | None = None,
+              attention: str = "dims") -> TransformResult:
+    """Remove every all-zero channel of every prunable group (and check the result computes the same).
+
+    `attention` as in `find_groups`: a model whose whole heads were zeroed needs "heads".
+    """
+    groups = find_groups(model, attention)
     prunable = [g for g in groups if g.prunable and g.channels > 1]
     removed = {g.id: zero_channels(model, g) for g in prunable}
     scores = {g.id: np.where(np.isin(np.arange(g.channels), removed[g.id]), 0.0, 1.0) for g in prunable}

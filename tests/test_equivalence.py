@@ -10,6 +10,7 @@ import onnxprune
 from onnxprune.channels import find_groups
 from onnxprune.pruner import PruneOptions, make_plan
 from onnxprune.surgery import slim, sparse
+from onnxprune.transform import transform
 from tests.conftest import FIXTURE_NAMES, MANIFEST, fixture_path, random_batch, relative_difference, run_model
 
 SHAPES = {entry["name"]: entry["input_shape"] for entry in MANIFEST}
@@ -18,7 +19,7 @@ TOLERANCE = 1e-4
 
 def _prune_both(name: str, options: PruneOptions):
     model = onnxprune.load(fixture_path(name))
-    groups = find_groups(model)
+    groups = find_groups(model, options.attention)
     plan = make_plan(model, options, groups)
     return model, plan, sparse(model, groups, plan), slim(model, groups, plan)
 
@@ -92,3 +93,15 @@ def test_transformer_prunes_ffn_and_head_dims() -> None:
     assert not residual.prunable and "LayerNormalization" in residual.reason
     shapes = {t.name: list(t.dims) for t in slim_model.graph.initializer}
     assert shapes["attn.q.bias"][0] % 4 == 0 and shapes["attn.q.bias"][0] < 64
+
+
+def test_transformer_whole_heads() -> None:
+    model, plan, sparse_model, slim_model = _prune_both("transformer", PruneOptions(ratio=0.4, attention="heads"))
+    heads = {g.id: g for g in find_groups(model, "heads")}["/attn/q/MatMul"]
+    assert heads.prunable and heads.channels == 4  # q, k and v lose whole heads together
+    assert len({m.tensor for m in heads.members} & {"attn.q.bias", "attn.k.bias", "attn.v.bias"}) == 3
+    x = {"input": random_batch(SHAPES["transformer"], 3)}
+    assert relative_difference(run_model(sparse_model, x), run_model(slim_model, x)) <= TOLERANCE
+    dense = transform(onnxprune.io.from_proto(sparse_model), attention="heads")
+    assert relative_difference(run_model(sparse_model, x), run_model(dense.model, x)) <= TOLERANCE
+    assert dense.plan.macs_after <= plan.macs_after * 1.0001
