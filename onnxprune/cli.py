@@ -91,9 +91,7 @@ def cmd_transform(args: argparse.Namespace) -> int:
     from onnxprune.transform import transform
 
     _check_output(args, args.output)
-    key = _key_source(args) if args.encrypt else None
-    if args.encrypt and key is None:
-        raise OnnxPruneError("--encrypt needs --key-file, --key-env or --passphrase-env")
+    key = _key_source(args, required="--encrypt") if args.encrypt else None
     result = transform(_load(args), attention=args.attention)
     _free_memory()
     if key is None:
@@ -111,8 +109,9 @@ def cmd_transform(args: argparse.Namespace) -> int:
 # --- keys, encryption, running ---------------------------------------------------------------------
 
 
-def _key_source(args: argparse.Namespace):
-    """The key from --key-file, --key-env or --passphrase-env (at most one); None when none is given."""
+def _key_source(args: argparse.Namespace, required: str = ""):
+    """The key from --key-file, --key-env or --passphrase-env (at most one); None when none is given,
+    unless `required` names what needs it."""
     from onnxprune.secure import KeySource
 
     given = [name for name in ("key_file", "key_env", "passphrase_env") if getattr(args, name, None)]
@@ -127,7 +126,11 @@ def _key_source(args: argparse.Namespace):
         if not passphrase:
             raise OnnxPruneError(f"environment variable {args.passphrase_env}: not set or empty (expected a passphrase)")
         return KeySource(passphrase=passphrase)
-    return KeySource(key_file=args.key_file) if args.key_file else None
+    if args.key_file:
+        return KeySource(key_file=args.key_file)
+    if required:
+        raise OnnxPruneError(f"{required} needs --key-file, --key-env or --passphrase-env")
+    return None
 
 
 def _add_key_options(p: argparse.ArgumentParser) -> None:
@@ -150,9 +153,7 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
     from onnxprune.secure import encrypt_file
 
     _check_output(args, args.output)
-    key = _key_source(args)
-    if key is None:
-        raise OnnxPruneError("encrypt needs --key-file, --key-env or --passphrase-env")
+    key = _key_source(args, required="encrypt")
     io.read_proto(args.model)  # refuses encrypted, truncated or non-ONNX input with a clear message
     encrypt_file(args.model, args.output, key)
     print(f"encrypted {args.model} -> {args.output}", file=sys.stderr)
@@ -164,10 +165,7 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
     from onnxprune.secure import decrypt_file
 
     _check_output(args, args.output)
-    key = _key_source(args)
-    if key is None:
-        raise OnnxPruneError("decrypt needs --key-file, --key-env or --passphrase-env")
-    decrypt_file(args.model, args.output, key)
+    decrypt_file(args.model, args.output, _key_source(args, required="decrypt"))
     print(f"decrypted {args.model} -> {args.output}", file=sys.stderr)
     return EXIT_OK
 
