@@ -21,8 +21,8 @@ import onnx_graphsurgeon as gs
 
 from onnxprune.errors import OnnxPruneError
 from onnxprune.io import Model
-from onnxprune.shapes import shape_values
 from onnxprune.rules import CONTRACT, IN, KEEP, OUT, RULES, ZEROED_ROLES, Bundle, Context, Port, Stop, Value
+from onnxprune.shapes import shape_values
 
 Key = tuple[str, int]  # (tensor name, axis)
 
@@ -472,4 +472,4 @@ def _value_reason(node: gs.Node, value: float) -> str:
     return f"removed channels would be {what}, not 0, where {node.op} '{node.name}' reads them"
 
 
-__all__ = ["Compensation", "Group", "Member", "find_groups", "connected_components", "OUT", "IN"]
+__all__ = ["IN", "OUT", "Compensation", "Group", "Member", "connected_components", "find_groups"]

@@ -84,9 +84,9 @@ def excluded(model: Model, group: Group, patterns: list[str]) -> bool:
         return False
     names = {m.tensor for m in group.members}
     for node in model.graph.nodes:
-        if any(fnmatch(node.name, p) for p in patterns):
-            if any(t.name in names for t in list(node.inputs) + list(node.outputs)):
-                return True
+        tensors = {t.name for t in list(node.inputs) + list(node.outputs)}
+        if tensors & names and any(fnmatch(node.name, p) for p in patterns):
+            return True
     return False
 
 
@@ -200,7 +200,7 @@ class Planner:
         count += 1
         while count < channels and (channels - count) % self.round_to and count - 1 < channels:
             count += 1
-        return count if count < channels else channels
+        return min(channels, count)
 
 
 def candidate_groups(model: Model, groups: list[Group], exclude: list[str]) -> list[Group]:

@@ -730,9 +730,9 @@ def spatial(node: gs.Node, port: Port, axis: int, ctx: Context) -> list[Bundle] 
         return Stop(f"{node.op} '{node.name}' changes the size of axis {axis}")
     if node.op == "Pad" and not _zero_pad_on(node, axis, len(sx), ctx):
         return Stop(f"Pad '{node.name}' pads the channel axis")
-    if node.op in ("Resize", "Upsample") and len(node.inputs) > 3 and present(node.inputs[3]):
-        if ctx.const(node.inputs[3]) is None:
-            return Stop(f"Resize '{node.name}' output sizes are computed at run time")
+    sizes = node.inputs[3] if node.op == "Resize" and len(node.inputs) > 3 and present(node.inputs[3]) else None
+    if sizes is not None and ctx.value(sizes) is None:  # from Shape ops it follows the new channel count
+        return Stop(f"Resize '{node.name}' output sizes depend on data")
     return [Bundle(sx[axis], [tie(x, axis, sx[axis]), tie(y, axis, sx[axis])])]
 
 

@@ -15,8 +15,8 @@ import onnx
 from onnxprune.channels import Group, find_groups
 from onnxprune.io import Model, to_proto
 from onnxprune.plan import Plan, Planner
-from onnxprune.rules import ZEROED_ROLES
 from onnxprune.pruner import check_same_function
+from onnxprune.rules import ZEROED_ROLES
 from onnxprune.surgery import slim_graph
 
 

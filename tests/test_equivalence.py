@@ -61,7 +61,7 @@ def test_criteria_and_rounding(name: str, criterion: str, round_to: int) -> None
 
 def test_sparse_keeps_the_graph() -> None:
     """Sparse = same nodes, same tensor names, same shapes; only values change."""
-    model, plan, sparse_model, _ = _prune_both("constant_weights", PruneOptions(ratio=0.5))
+    _, _, sparse_model, _ = _prune_both("constant_weights", PruneOptions(ratio=0.5))
     original = onnx.load(fixture_path("constant_weights"))
     assert [n.op_type for n in sparse_model.graph.node] == [n.op_type for n in original.graph.node]
     assert [list(n.output) for n in sparse_model.graph.node] == [list(n.output) for n in original.graph.node]
@@ -77,7 +77,7 @@ def test_sparse_keeps_the_graph() -> None:
 
 
 def test_identity_weights_are_written_back() -> None:
-    model, plan, sparse_model, slim_model = _prune_both("identity_weights", PruneOptions(ratio=0.5))
+    _, plan, sparse_model, _ = _prune_both("identity_weights", PruneOptions(ratio=0.5))
     raw = {t.name: onnx.numpy_helper.to_array(t) for t in sparse_model.graph.initializer}
     assert "conv2.0.weight_raw" in raw
     assert np.count_nonzero(np.all(raw["conv2.0.weight_raw"] == 0, axis=(1, 2, 3))) == len(
@@ -85,7 +85,7 @@ def test_identity_weights_are_written_back() -> None:
 
 
 def test_transformer_prunes_ffn_and_head_dims() -> None:
-    model, plan, _, slim_model = _prune_both("transformer", PruneOptions(ratio=0.5))
+    model, _, _, slim_model = _prune_both("transformer", PruneOptions(ratio=0.5))
     groups = {g.id: g for g in find_groups(model)}
     assert groups["/ffn/ffn.0/MatMul"].prunable and groups["/ffn/ffn.0/MatMul"].channels == 256
     assert groups["/attn/q/MatMul"].channels == 16  # head_dim, shared by q and k, uniform over heads

@@ -10,8 +10,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune import io
 from onnxprune.channels import find_groups
-from onnxprune.plan import Planner, candidate_groups
 from onnxprune.importance import get_criterion
+from onnxprune.plan import Planner, candidate_groups
 from onnxprune.surgery import slim, sparse
 from onnxprune.transform import transform
 from tests.conftest import relative_difference, run_model

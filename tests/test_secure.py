@@ -400,6 +400,8 @@ def test_flipped_byte_in_file_is_refused_and_nothing_written(
             "last chunk": len(data) - 20,
         }[where]
         damaged = _flip(data, position)
+        if where == "header nonce":  # keep it a valid encoding: another digit, not a flipped bit
+            damaged = data[:position] + (b"1" if data[position:position + 1] != b"1" else b"2") + data[position + 1:]
     assert damaged != data
     small_container.write_bytes(damaged)
     with pytest.raises(OnnxPruneError) as exc:
