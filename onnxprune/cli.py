@@ -273,7 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--spec", help="JSON mapping group id -> fraction of its channels to remove")
     p.add_argument("--sens", help="sensitivity table from `onnxprune analyze` to allocate --ratio by")
     p.add_argument("--criterion", default="l1", help="channel importance: l1, l2 or bn (default l1)")
-    p.add_argument("--round-to", type=int, default=1, metavar="N", help="keep channel counts a multiple of N")
+    p.add_argument("--round-to", type=int, default=None, metavar="N",
+                   help="keep channel counts a multiple of N (default: 16 or 8 for wide layers, finer for narrow "
+                        "ones; 1 for exact fractions)")
     p.add_argument("--exclude", nargs="+", metavar="NODE", help="node names (or patterns) to keep whole")
     p.add_argument("--mode", default="slim", choices=("slim", "sparse"), help="remove (slim) or zero (sparse)")
     p.add_argument("-o", "--output", required=True, help="where to write the pruned model")

@@ -34,7 +34,7 @@ class PruneOptions:
     spec: dict[str, float] | None = None  # group id -> fraction of its channels to remove
     sensitivity: dict | None = None  # an `analyze` table: per-group ratios from metric loss
     criterion: str = "l1"
-    round_to: int = 1
+    round_to: int | None = None  # kept channels a multiple of this; None: automatic (plan.alignment)
     exclude: list[str] = field(default_factory=list)
     mode: str = "slim"  # or "sparse"
     attention: str = "dims"  # MatMul attention loses head_dim positions ("dims") or whole heads ("heads")
@@ -50,7 +50,7 @@ class PruneOptions:
             raise OnnxPruneError(f"--mode {self.mode!r}: choose slim or sparse")
         if self.attention not in ("dims", "heads"):
             raise OnnxPruneError(f"--attention {self.attention!r}: choose dims or heads")
-        if self.round_to < 1:
+        if self.round_to is not None and self.round_to < 1:
             raise OnnxPruneError(f"--round-to {self.round_to} must be >= 1")
         get_criterion(self.criterion)
 
