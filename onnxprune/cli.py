@@ -214,20 +214,89 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    """Measure how the metric drops when each channel group is pruned at each ratio (sensitivity)."""
-    raise OnnxPruneError("analyze is not available yet")
+    """Measure how the metric drops when each channel group is pruned at each ratio (sensitivity).
+
+    For every prunable group and ratio, zero that fraction of the group's least important channels and
+    evaluate with onnxruntime: top-1 when --data has `labels`, else the label-free fidelity to the
+    unpruned model's outputs, or your own --eval function. Finished entries are cached as they come, so
+    the same command resumes after an interruption. Use the table with `prune --sens SENS.json`."""
+    import importlib.util
+
+    from onnxprune.analysis import AnalyzeOptions, analyze, default_cache_dir
+    from onnxprune.progress import ProgressBar
+    from onnxprune.runtime import parse_providers
+    from onnxprune.sensitivity import DEFAULT_RATIOS, format_table, parse_ratios, plot_table, write_table
+
+    _check_output(args, args.output, args.plot)
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        raise OnnxPruneError("--plot needs matplotlib: pip install 'onnxprune[plots]'")
+    options = AnalyzeOptions(
+        data=args.data, eval=args.eval, ratios=parse_ratios(args.ratios) if args.ratios else list(DEFAULT_RATIOS),
+        criterion=args.criterion, workers=args.workers, ray=args.ray, cache_dir=args.cache or default_cache_dir(),
+        force=args.force, val=args.val, providers=parse_providers(args.providers), attention=args.attention,
+        round_to=args.round_to,
+    )
+    options.check()
+    model = _load(args)
+
+    def warn(text: str) -> None:
+        print(f"\nwarning: {text}" if bar.drawn else f"warning: {text}", file=sys.stderr)
+
+    with ProgressBar(sys.stderr) as bar:
+        result = analyze(model, options, progress=bar.update, warn=warn)
+    print(format_table(result.table))
+    if args.output:
+        written = write_table(result.table, args.output)
+        print(f"wrote {' and '.join(map(str, written))}", file=sys.stderr)
+    if args.plot:
+        plot_table(result.table, args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
+    print(f"{result.evaluated} entries evaluated, {result.cached} from the cache ({result.cache_path})",
+          file=sys.stderr)
+    return EXIT_OK
 
 
 def _parser_analyze(p: argparse.ArgumentParser) -> None:
     _add_model(p)
+    _add_attention(p)
+    p.add_argument("--data", metavar="D.npz", help="analysis data: arrays named after the model's inputs, "
+                   "optional integer `labels` for top-1 (default: random inputs, fidelity)")
+    p.add_argument("--eval", metavar="MOD:FUNC", help="your metric: package.module:function(run, data) -> float, "
+                   "higher is better")
+    p.add_argument("--ratios", metavar="R,R,...", help="fractions of each group's channels to zero "
+                   "(default 0.1,0.2,...,0.9)")
+    p.add_argument("--criterion", default="l1", help="channel importance: l1, l2 or bn (default l1, as prune)")
+    p.add_argument("--round-to", type=int, metavar="N", help="keep channel counts a multiple of N, as prune "
+                   "--round-to N will (default: as prune does by default)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, default=1, metavar="N", help="run entries in N local processes")
+    where.add_argument("--ray", metavar="ADDRESS", help="run entries as Ray tasks (auto, ray://host:port, local)")
+    p.add_argument("--cache", metavar="DIR", help="resumable cache directory (default ~/.cache/onnxprune/analyze)")
+    p.add_argument("--force", action="store_true", help="ignore cached entries and start over")
+    p.add_argument("--val", metavar="D.npz", help="the full validation set: warns when --data is less than half")
+    p.add_argument("-o", "--output", metavar="SENS.json", help="write the table as JSON, and as CSV beside it")
+    p.add_argument("--plot", metavar="PNG", help="draw metric-vs-ratio curves per group")
+    p.add_argument("--providers", help="onnxruntime providers, e.g. CUDA,CPU (default CPU)")
 
 
 # --- iterate (prune + fine-tune loop) ---------------------------------------------------------------
 
 
 def cmd_iterate(args: argparse.Namespace) -> int:
-    """Run the iterative prune -> fine-tune loop from a TOML config; resumes an unfinished work dir."""
-    raise OnnxPruneError("iterate is not available yet")
+    """Run the iterative prune -> fine-tune loop from a TOML config; resumes an unfinished work dir.
+
+    Each round prunes the last fine-tuned model to the schedule's next MACs ratio, fine-tunes it through
+    the config's adapter (a command, or a Python factory such as one returning a TorchAdapter) with every
+    trial's settings, and keeps the best trial if it is within the tolerance; otherwise it retries with a
+    smaller step. The end writes the dense model (encrypted too, with [encrypt]) and prints the rounds;
+    WORKDIR/report.json holds them as JSON. Run the same command again to resume after any interruption."""
+    from onnxprune.config import build_adapter, load_config
+    from onnxprune.iterative import format_table, run
+
+    config = load_config(args.config)
+    result = run(config, build_adapter(config.adapter), args.workdir)
+    print(format_table(result))
+    return EXIT_OK
 
 
 def _parser_iterate(p: argparse.ArgumentParser) -> None:

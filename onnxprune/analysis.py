@@ -1,0 +1,371 @@
+"""`analyze`: the sensitivity table — per channel group and ratio, the metric with those channels zeroed.
+
+For each entry the channels are chosen exactly as `prune` chooses them (`Planner.removal` with the same
+criterion), and the metric is that of the sparse model `surgery` would write: what you analyze is what
+you get. Entries run through an executor (this process, a process pool, Ray), each finished entry is
+written to the resumable cache, and the part of the network before a group is computed once per group.
+
+How an entry reaches the model (see `split`): when every node that reads the group's zeroed weights
+outputs exact zeros for the removed channels in the sparse model (a Conv, Gemm, MatMul or BN with zeroed
+weights; an Add of a zeroed bias to a masked output; see `mask_points`), multiplying those outputs by a
+0/1 mask is the same function as zeroing the weights, and one session serves every ratio of the group.
+Otherwise the group's zeroed weights themselves are put in (weights mode, one session per entry).
+
+Example:
+    model = onnxprune.load("model.onnx")
+    result = analyze(model, AnalyzeOptions(data="val.npz", cache_dir=".cache"))
+    write_table(result.table, "sens.json")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxprune import io
+from onnxprune.cache import AnalysisCache, cache_key, removal_digest
+from onnxprune.channels import Group, find_groups
+from onnxprune.errors import OnnxPruneError
+from onnxprune.evaluator import DEFAULT_PREFIX_BUDGET, Entry, Evaluator, Job, Payload
+from onnxprune.executors import make_executor, require_ray, split_jobs
+from onnxprune.importance import get_criterion
+from onnxprune.io import Model
+from onnxprune.metrics import (
+    DEFAULT_BATCH,
+    RANDOM_SAMPLES,
+    Dataset,
+    Fidelity,
+    Metric,
+    Top1,
+    UserEval,
+    count_samples,
+    eval_source_digest,
+    load_data,
+    load_eval,
+    random_data,
+)
+from onnxprune.plan import Plan, Planner, candidate_groups
+from onnxprune.progress import Progress
+from onnxprune.rules import ZEROED_ROLES
+from onnxprune.sensitivity import DEFAULT_RATIOS, SensitivityTable, ratio_key
+from onnxprune.split import MaskPoint
+from onnxprune.surgery import removed_slices, sparse_values
+
+ZERO_MAKERS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization",
+                         "InstanceNormalization", "Mul"})  # zeroed weights -> zero output channels
+ZERO_KEEPERS = frozenset({"Add", "Sub", "Sum", "Max", "Min", "PRelu"})  # zero inputs -> zero outputs
+CHANNELWISE = ZERO_KEEPERS | {"BatchNormalization", "InstanceNormalization", "Mul"}  # channel c from c only
+FLAT = 1e-9  # a metric that moves less than this is "flat"
+MIN_VAL_FRACTION = 0.5  # the Vitis guideline: analyze on at least half of the validation set
+
+
+def default_cache_dir() -> Path:
+    """$XDG_CACHE_HOME/onnxprune/analyze (~/.cache/onnxprune/analyze)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "onnxprune" / "analyze"
+
+
+@dataclass
+class AnalyzeOptions:
+    """Everything `analyze` needs besides the model; shared by the CLI and library callers."""
+
+    data: str | None = None  # .npz named after the model's inputs (+ labels); None: random inputs
+    eval: str | None = None  # package.module:function, see `metrics`
+    ratios: list[float] = field(default_factory=lambda: list(DEFAULT_RATIOS))
+    criterion: str = "l1"
+    workers: int = 1
+    ray: str | None = None  # a Ray address; runs the entries as Ray tasks
+    cache_dir: str | Path | None = None  # None: no cache (the CLI defaults to `default_cache_dir()`)
+    force: bool = False  # ignore what the cache holds
+    val: str | None = None  # the full validation set, only counted for the guideline check
+    providers: list[str] | None = None
+    batch_size: int = DEFAULT_BATCH
+    groups: list[str] | None = None  # analyze only these group ids (default: every prunable group)
+    round_to: int | None = None  # kept channel counts as `prune --round-to` makes them (None: its default)
+    attention: str = "dims"  # how attention MatMuls are grouped, as in `prune --attention`
+    prefix_budget: int = DEFAULT_PREFIX_BUDGET
+
+    def check(self) -> None:
+        if not self.ratios:
+            raise OnnxPruneError("--ratios: give at least one ratio")
+        for ratio in self.ratios:
+            if not 0 < ratio < 1:
+                raise OnnxPruneError(f"--ratios: {ratio} is not in (0, 1)")
+        if self.workers < 1:
+            raise OnnxPruneError(f"--workers {self.workers} must be >= 1")
+        if self.ray is not None and self.workers > 1:
+            raise OnnxPruneError("give --workers or --ray, not both")
+        if self.round_to is not None and self.round_to < 1:
+            raise OnnxPruneError(f"--round-to {self.round_to} must be >= 1")
+        if self.batch_size < 1:
+            raise OnnxPruneError(f"batch size {self.batch_size} must be >= 1")
+        get_criterion(self.criterion)
+        if self.eval is not None:
+            load_eval(self.eval)
+        if self.ray is not None:
+            require_ray()
+
+
+@dataclass
+class AnalysisResult:
+    table: SensitivityTable
+    evaluated: int  # entries computed by this run
+    cached: int  # entries taken from the cache
+    warnings: list[str]
+    cache_path: Path | None = None
+
+
+def analyze(model: Model, options: AnalyzeOptions, progress: Callable[[Progress], None] | None = None,
+            warn: Callable[[str], None] | None = None) -> AnalysisResult:
+    """Build the sensitivity table of every prunable group (or `options.groups`) at every ratio.
+
+    `progress` is called as entries finish; `warn` with each warning as it arises (they are also in
+    the result).
+    """
+    options.check()
+    warnings: list[str] = []
+
+    def note(text: str) -> None:
+        warnings.append(text)
+        if warn is not None:
+            warn(text)
+
+    groups = find_groups(model, options.attention)
+    targets = _targets(model, groups, options.groups)
+    data = _data(model, options, note)
+    metric = _metric(data, options)
+    for text in _check_data_size(_samples(data, metric), options.val):
+        note(text)
+    proto = io.with_weights(model).SerializeToString()
+    settings = _settings(model, data, metric, options)
+    key = cache_key(hashlib.sha256(proto).hexdigest(), data.digest(), json.dumps(settings, sort_keys=True))
+    cache, problem = AnalysisCache.open(options.cache_dir, key, settings, options.force)
+    if problem:
+        note(problem)
+
+    scores = {g.id: get_criterion(options.criterion)(model, g) for g in targets}
+    planner = Planner(model, groups, scores, options.round_to)  # the channels `prune --spec` would take
+    keys = [ratio_key(r) for r in options.ratios]
+    plans = {(g.id, k): planner.plan({g.id: float(k)}) for g in targets for k in keys}
+    chosen = {(gid, k): removal_digest(plan.groups[gid].removed if gid in plan.groups else [])
+              for (gid, k), plan in plans.items()}
+    todo = [(g, k) for g in targets for k in keys if not cache.has(g.id, k, chosen[(g.id, k)])]
+    payload = Payload(key, proto, metric, options.providers, 0, options.prefix_budget)
+    evaluator = None
+    if cache.baseline is None or (todo and isinstance(metric, Fidelity)):
+        evaluator = Evaluator(payload)
+        baseline = evaluator.baseline()  # also records a fidelity metric's reference outputs
+        if cache.baseline is None:
+            cache.set_baseline(baseline)
+
+    total = len(plans)
+    cached = done = total - len(todo)
+    work = _entries(model, groups, plans, todo)
+    for gid, ratio in work.unchanged:
+        cache.put(gid, ratio, cache.baseline, chosen[(gid, ratio)])
+        done += 1
+    start, evaluated = time.monotonic(), 0
+    if progress is not None:
+        progress(Progress(done, total))
+    if work.jobs:
+        executor = make_executor(options.workers, options.ray, evaluator)
+        for gid, ratio, value in executor.run(payload, split_jobs(work.jobs, options.workers)):
+            for same in [ratio, *work.same.get((gid, ratio), [])]:
+                cache.put(gid, same, value, chosen[(gid, same)])
+                done += 1
+            evaluated += 1
+            if progress is not None:
+                progress(Progress(done, total, evaluated, time.monotonic() - start))
+
+    table = _table(planner, targets, keys, cache, metric, data, options.criterion)
+    for text in _check_flat(table):
+        note(text)
+    return AnalysisResult(table, evaluated, cached, warnings, cache.path)
+
+
+def _targets(model: Model, groups: list[Group], wanted: list[str] | None) -> list[Group]:
+    prunable = candidate_groups(model, groups, [])
+    if wanted is None:
+        if not prunable:
+            raise OnnxPruneError("no prunable channel groups in this model (see `onnxprune inspect`)")
+        return prunable
+    known, allowed = {g.id: g for g in groups}, {g.id for g in prunable}
+    for gid in wanted:
+        if gid not in known:
+            raise OnnxPruneError(f"unknown group {gid!r} (see `onnxprune inspect` for group ids)")
+        if gid not in allowed:
+            raise OnnxPruneError(f"group {gid!r} cannot be pruned: {known[gid].reason or 'single channel'}")
+    return [g for g in prunable if g.id in set(wanted)]
+
+
+def _data(model: Model, options: AnalyzeOptions, note: Callable[[str], None]) -> Dataset:
+    if options.data is not None:
+        return load_data(options.data, model, options.batch_size, user_eval=options.eval is not None)
+    if options.eval is not None:  # the function brings its own data; keep the dataset only for the key
+        return replace(random_data(model, 1, 1), source="from --eval")
+    note(f"no --data: analyzing on {RANDOM_SAMPLES} random inputs with the label-free fidelity metric; "
+         "real data gives a table you can trust")
+    return random_data(model, RANDOM_SAMPLES, options.batch_size)
+
+
+def _metric(data: Dataset, options: AnalyzeOptions) -> Metric:
+    if options.eval is not None:
+        return UserEval(options.eval, data if options.data is not None else None)
+    return Top1(data) if data.labels is not None else Fidelity(data)
+
+
+def _settings(model: Model, data: Dataset, metric: Metric, options: AnalyzeOptions) -> dict:
+    """Every setting that changes a number of the table (ratios do not: entries are keyed by ratio)."""
+    return {
+        "metric": metric.name,
+        "eval_source": eval_source_digest(options.eval) if options.eval else None,
+        "criterion": options.criterion,
+        "round_to": options.round_to,
+        "attention": options.attention,
+        "input_shapes": {k: list(v) for k, v in sorted(model.input_shapes.items())},
+        "providers": list(options.providers or ["CPUExecutionProvider"]),
+        "batch_size": data.batch_size,
+        "data": data.source if options.data is None else Path(data.source).name,
+    }
+
+
+# --- entries -----------------------------------------------------------------------------------------
+
+
+def mask_points(model: Model, group: Group) -> list[MaskPoint] | None:
+    """Where masks reproduce the group's sparse model exactly, or None when only its weights can.
+
+    A node that reads a zeroed weight gets a mask on its output when its sparse output is exactly zero
+    there: always for ZERO_MAKERS, and for ZERO_KEEPERS (f(0, 0) = 0) when its other inputs are masked.
+    """
+    weights = model.weights()
+    if any(isinstance(v, gs.Graph) for node in model.graph.nodes for v in node.attrs.values()):
+        return None  # a subgraph (If, Loop) may read a tensor by name from outside: no renaming there
+    zeroed = {m.tensor for m in group.members if m.role in ZEROED_ROLES and m.tensor in weights}
+    points: list[MaskPoint] = []
+    masked_by: dict[str, object] = {}  # masked tensor -> the node making it
+    for node in model.graph.nodes:
+        used = [t for t in node.inputs if t.name in zeroed]
+        if not used:
+            continue
+        masked = {p.tensor for p in points}
+        others = [t for t in node.inputs if t.name not in weights]
+        keeps_zero = node.op in ZERO_KEEPERS and all(t.name in masked for t in others)
+        if not (node.op in ZERO_MAKERS or keeps_zero) or not node.outputs:
+            return None
+        out = node.outputs[0]
+        members = [m for m in group.members if m.tensor == out.name and not m.is_weight]
+        shape = model.shapes.get(out.name)
+        if not members or shape is None:
+            return None
+        dtype = np.dtype(used[0].values.dtype).name
+        points += [MaskPoint(out.name, m.axis, m.size, len(shape), dtype) for m in members]
+        masked_by[out.name] = node
+    return [p for p in points if not _masked_later(p, masked_by)] or None
+
+
+def _masked_later(point: MaskPoint, masked_by: dict) -> bool:
+    """True when every reader of the point is a channel-wise node whose output is masked anyway: then
+    this mask changes nothing (and leaving it out keeps Conv+BN fusable and the cut later)."""
+    readers = [n for n in masked_by[point.tensor].outputs[0].outputs]
+    masked = {id(n) for n in masked_by.values()}
+    return bool(readers) and all(id(n) in masked and n.op in CHANNELWISE for n in readers)
+
+
+def proto_weights(model: Model, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Zeroed weights under the names the model file uses (a weight the exporter transposed or reshaped
+    at run time is stored as its source), as `io.with_weights` writes them."""
+    named = {}
+    for name, array in values.items():
+        how = model.derived.get(name)
+        named[how.source if how else name] = how.to_source(array) if how else array
+    return named
+
+
+@dataclass
+class _Work:
+    """The entries left to compute: jobs, entries that zero nothing (the baseline's metric), and entries
+    that zero the same channels as another (computed once)."""
+
+    jobs: list[Job] = field(default_factory=list)
+    unchanged: list[tuple[str, str]] = field(default_factory=list)
+    same: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+
+
+def _entries(model: Model, groups: list[Group], plans: dict[tuple[str, str], Plan],
+             todo: list[tuple[Group, str]]) -> _Work:
+    work, jobs = _Work(), {}
+    first: dict[tuple[str, tuple[int, ...]], str] = {}
+    for group, key in todo:
+        plan = plans[(group.id, key)]
+        removed = tuple(plan.groups[group.id].removed) if group.id in plan.groups else ()
+        if not removed:
+            work.unchanged.append((group.id, key))
+            continue
+        earlier = first.setdefault((group.id, removed), key)
+        if earlier != key:
+            work.same.setdefault((group.id, earlier), []).append(key)
+            continue
+        job = jobs.get(group.id)
+        if job is None:
+            points = mask_points(model, group)
+            job = jobs[group.id] = Job(group.id, [], points or [])
+        if job.points:
+            slices = {(m.tensor, m.axis): index for m, index in removed_slices(groups, plan)}
+            zeroed = [slices.get((p.tensor, p.axis), np.zeros(0, np.int64)) for p in job.points]
+            job.entries.append(Entry(key, zeroed=zeroed))
+        else:
+            weights = proto_weights(model, sparse_values(model, groups, plan))
+            job.weights = sorted(set(job.weights) | set(weights))
+            job.entries.append(Entry(key, weights=weights))
+    work.jobs = list(jobs.values())
+    return work
+
+
+# --- the table and its checks ----------------------------------------------------------------------------
+
+
+def _table(planner: Planner, targets: list[Group], keys: list[str], cache: AnalysisCache,
+           metric: Metric, data: Dataset, criterion: str) -> SensitivityTable:
+    rows = {g.id: {k: cache.get(g.id, k) for k in keys} for g in targets}
+    shares = {}
+    for g in targets:
+        macs, _ = planner.cost({g.id: list(range(g.channels))})
+        shares[g.id] = 1 - macs / planner.macs_before if planner.macs_before else 0.0
+    return SensitivityTable(metric.name, float(cache.baseline), rows, {g.id: g.channels for g in targets}, shares,
+                            criterion, {"source": data.source, "samples": _samples(data, metric)})
+
+
+def _samples(data: Dataset, metric: Metric) -> int | None:
+    """How many samples the metric saw (unknown when a user eval brings its own data)."""
+    return None if isinstance(metric, UserEval) and metric.data is None else data.samples
+
+
+def _check_data_size(samples: int | None, val: str | None) -> list[str]:
+    """The Vitis guideline: analyze on at least half of the validation set."""
+    if val is None or samples is None:
+        return []
+    full = count_samples(val)
+    if samples >= MIN_VAL_FRACTION * full:
+        return []
+    return [(f"the analysis data has {samples} samples, less than half of the {full} in {val}; "
+            "use at least half of the validation set")]
+
+
+def _check_flat(table: SensitivityTable) -> list[str]:
+    """A metric that does not move for most groups cannot rank them: the data is too small."""
+    flat = [gid for gid, row in table.groups.items()
+            if all(v is not None and abs(v - table.baseline) <= FLAT for v in row.values())]
+    if not flat or len(flat) * 2 < len(table.groups):
+        return []
+    hint = " or drop 'labels' for the label-free fidelity metric" if table.metric == "top1" else ""
+    return [(f"the metric is flat for {len(flat)} of {len(table.groups)} groups (every ratio scores the "
+            f"baseline): the data is too small to tell the groups apart; use more data{hint}")]

@@ -1,0 +1,206 @@
+"""Evaluate sensitivity entries: the part of analysis that runs models, in whatever process it lives in.
+
+A `Payload` (the model's bytes, the metric with its data, session settings) is built once by `analysis`
+and sent to each worker once; a `Job` is one group's entries. For a job the worker cuts the model where
+the group's change enters it (`split`), runs the prefix once per batch and keeps its outputs while they
+fit in `prefix_budget`, and runs only the suffix for each entry. In mask mode one suffix session serves
+the whole job; in weights mode (groups whose producers are not known to output exact zeros) each entry
+gets a session with its zeroed weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from onnxprune.errors import OnnxPruneError
+from onnxprune.metrics import Fidelity, Metric, feeds_digest
+from onnxprune.runtime import session
+from onnxprune.split import MaskPoint, Split, split
+
+DEFAULT_PREFIX_BUDGET = 1 << 30  # bytes of prefix outputs kept per group (per worker process)
+
+
+@dataclass
+class Payload:
+    """What every worker needs, built once; `key` identifies it (the cache key)."""
+
+    key: str
+    model: bytes
+    metric: Metric
+    providers: list[str] | None = None
+    threads: int = 0  # onnxruntime intra-op threads; 0 = its default
+    prefix_budget: int = DEFAULT_PREFIX_BUDGET
+
+
+@dataclass
+class Entry:
+    """One ratio of a group: the zeroed indices at each mask point, or the group's zeroed weights."""
+
+    ratio: str
+    zeroed: list[np.ndarray] | None = None
+    weights: dict[str, np.ndarray] | None = None
+
+
+@dataclass
+class Job:
+    """Entries of one group; mask mode when `points` is set, else weights mode over `weights`."""
+
+    group: str
+    entries: list[Entry]
+    points: list[MaskPoint] = field(default_factory=list)
+    weights: list[str] = field(default_factory=list)
+
+
+Result = tuple[str, str, float]  # (group id, ratio key, metric)
+
+
+class Evaluator:
+    """Runs baselines and jobs for one payload; keep one per process.
+
+    The prefix outputs of the last job stay at hand: the next job's prefix starts from them (only the
+    part of the network between the two cuts runs), so a pass over all groups costs about one forward
+    pass of prefixes instead of one per group.
+    """
+
+    def __init__(self, payload: Payload):
+        self.payload = payload
+        self.proto = onnx.load_from_string(payload.model)
+        self.outputs = [o.name for o in self.proto.graph.output]
+        self.previous: dict[object, dict[str, np.ndarray]] = {}
+
+    def session(self, model: onnx.ModelProto | bytes) -> ort.InferenceSession:
+        return session(model, self.payload.providers, self.payload.threads)
+
+    def baseline(self) -> float:
+        """The unpruned model's metric; for fidelity, record the reference outputs (fidelity 1 by definition)."""
+        runner = FullRunner(self.session(self.payload.model))
+        metric = self.payload.metric
+        if isinstance(metric, Fidelity):
+            metric.record(runner)
+            return 1.0
+        return metric(runner)
+
+    def run(self, job: Job) -> Iterator[Result]:
+        cut = split(self.proto, masks=job.points, weights=set(job.weights))
+        prefix = _Prefix(cut, self.session, self.previous, self.payload.prefix_budget)
+        shared: list[ort.InferenceSession] = []
+
+        def masked_suffix(dtypes: dict[str, np.dtype]) -> ort.InferenceSession:
+            if not shared:
+                shared.append(self.session(cut.suffix(dtypes)))
+            return shared[0]
+
+        for entry in job.entries:
+            if job.points:
+                masks = {name: point.mask(z) for (name, point), z in zip(cut.masks.items(), entry.zeroed)}
+                runner = SplitRunner(cut, prefix, masked_suffix, masks, self.outputs)
+            else:
+                def own_suffix(dtypes: dict[str, np.dtype], weights=entry.weights) -> ort.InferenceSession:
+                    return self.session(cut.suffix(dtypes, weights))
+
+                runner = SplitRunner(cut, prefix, own_suffix, {}, self.outputs)
+            yield job.group, entry.ratio, self.payload.metric(runner)
+        self.previous = prefix.kept
+
+
+class FullRunner:
+    """Runs a whole model."""
+
+    def __init__(self, sess: ort.InferenceSession):
+        self.sess = sess
+        self.names = [o.name for o in sess.get_outputs()]
+
+    def __call__(self, feeds: Mapping[str, np.ndarray], key: object = None) -> dict[str, np.ndarray]:
+        check_feeds(feeds, [i.name for i in self.sess.get_inputs()])
+        return dict(zip(self.names, self.sess.run(None, dict(feeds))))
+
+
+def check_feeds(feeds: Mapping[str, np.ndarray], inputs: list[str]) -> None:
+    """A user's `run(feeds)` must name exactly the model's inputs."""
+    if set(feeds) != set(inputs):
+        raise OnnxPruneError(f"run() was given inputs {sorted(feeds)}; the model's inputs are {inputs}")
+
+
+class _Prefix:
+    """The cut tensors of each batch: computed once, kept while they fit in the budget.
+
+    A batch whose earlier-cut tensors are in `known` (the previous job's) runs only the part of the
+    network between the cuts; any other batch runs the whole prefix.
+    """
+
+    def __init__(self, cut: Split, make: Callable[[onnx.ModelProto], ort.InferenceSession],
+                 known: dict[object, dict[str, np.ndarray]], budget: int):
+        self.cut = cut
+        self.make = make
+        self.known = known
+        self.sessions: dict[bool, ort.InferenceSession | None] = {}
+        self.kept: dict[object, dict[str, np.ndarray]] = {}
+        self.budget = budget
+        self.used = 0
+
+    def values(self, feeds: Mapping[str, np.ndarray], key: object) -> dict[str, np.ndarray]:
+        computed = self.kept.get(key)
+        if computed is None:
+            given = self.known.get(key, {})
+            computed = {name: given[name] for name in self.cut.prefix_outputs() if name in given}
+            sess = self._session(given)
+            if sess is not None:
+                names = [o.name for o in sess.get_outputs()]
+                available = {**given, **feeds}
+                run = sess.run(names, {i.name: available[i.name] for i in sess.get_inputs()})
+                computed.update(zip(names, run))
+            size = sum(a.nbytes for a in computed.values())
+            if self.used + size <= self.budget:
+                self.kept[key] = computed
+                self.used += size
+        return {name: computed[name] if name in computed else feeds[name]
+                for name in self.cut.cut + self.cut.passthrough}
+
+    def _session(self, given: dict[str, np.ndarray]) -> ort.InferenceSession | None:
+        incremental = bool(given)
+        if incremental not in self.sessions:
+            model = self.cut.prefix({name: a.dtype for name, a in given.items()})
+            self.sessions[incremental] = self.make(model) if model is not None else None
+        return self.sessions[incremental]
+
+
+class SplitRunner:
+    """Runs a model as prefix (cached) + suffix; what a metric sees is the whole model's outputs."""
+
+    def __init__(self, cut: Split, prefix: _Prefix, suffix: Callable[[dict[str, np.dtype]], ort.InferenceSession],
+                 masks: dict[str, np.ndarray], outputs: list[str]):
+        self.cut = cut
+        self.prefix = prefix
+        self.make_suffix = suffix
+        self.masks = masks
+        self.outputs = outputs
+        self.sess: ort.InferenceSession | None = None
+
+    def __call__(self, feeds: Mapping[str, np.ndarray], key: object = None) -> dict[str, np.ndarray]:
+        if key is None:
+            check_feeds(feeds, self.cut.graph_inputs)
+            key = feeds_digest(feeds)
+        values = self.prefix.values(feeds, key)
+        if self.sess is None:
+            self.sess = self.make_suffix({name: values[name].dtype for name in self.cut.cut})
+        results = dict(zip(self.cut.changed_outputs, self.sess.run(
+            self.cut.changed_outputs, {**{n: values[n] for n in self.cut.cut}, **self.masks})))
+        return {name: results[name] if name in results else values[name] for name in self.outputs}
+
+
+# --- one evaluator per worker process (process pool, Ray) -----------------------------------------
+
+_WORKER: dict[str, Evaluator] = {}
+
+
+def worker_evaluator(key: str, load: Callable[[], Payload]) -> Evaluator:
+    """The process's evaluator for payload `key`, built (by `load`) on first use only."""
+    if key not in _WORKER:
+        _WORKER.clear()
+        _WORKER[key] = Evaluator(load())
+    return _WORKER[key]

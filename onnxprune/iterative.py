@@ -1,0 +1,464 @@
+"""The iterative prune -> fine-tune loop behind `onnxprune iterate`.
+
+One pass cannot remove many channels without an accuracy cliff; pruning a little, fine-tuning, and
+repeating with the ratio raised can (the Vitis AI Optimizer's iterative workflow). Each round prunes the
+previous round's fine-tuned model to the next MACs ratio of the schedule, hands the sparse model and its
+masks to the adapter for a few fine-tuning trials (learning rates, decay policies), and keeps the best
+trial if it recovers the metric to within `tolerance`. If no trial does, the round is retried with half
+the step, at most `max_backoffs` times per schedule entry; then the run stops with the best model so far
+and says so. At the end the best model is transformed to the dense model (and encrypted if configured).
+
+How MACs are counted: every model in the loop is *sparse* — the original graph with channels zeroed,
+shapes untouched — because that is what a framework loads back into the module it came from. Counted
+as-is it would cost what the original costs. So a round plans on the sparse model with the channels
+earlier rounds removed counted as removed: they score below every live channel and each group removes at
+least as many channels as it has zeroed (`plan_round`). A round's ratio is thus the cumulative fraction of
+the starting model's MACs, the MACs reported are those of the dense model `transform` will produce, and a
+round only ever adds to what earlier rounds removed.
+
+The work dir (see `onnxprune.workdir`; a step is done when its JSON record exists):
+
+    config.json  baseline.onnx  baseline.json
+    round-01/  plan.json  sparse.onnx  masks.npz  pruned.json  trial-1.onnx  trial-1.json ...
+    dense.onnx  [dense.onnx.enc]  final.json  report.json
+
+Example:
+    config = RunConfig(schedule=Schedule(target=0.6, step=0.2), finetune=FineTune(trials=[{"lr": 1e-2}]))
+    adapter = TorchAdapter(net, torch.zeros(1, 3, 32, 32), train=my_train, evaluate=my_top1)
+    result = run(config, adapter, "work", baseline=adapter.export())
+    print(format_table(result))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from onnxprune import io
+from onnxprune.adapters import Adapter, check_returned
+from onnxprune.channels import Group, find_groups
+from onnxprune.config import RunConfig
+from onnxprune.errors import OnnxPruneError
+from onnxprune.importance import get_criterion
+from onnxprune.io import Model
+from onnxprune.masks import Masks, masks_from_plan
+from onnxprune.plan import Plan, Planner, candidate_groups, uniform_ratios
+from onnxprune.profile import layer_costs, totals
+from onnxprune.pruner import PruneOptions
+from onnxprune.surgery import sparse
+from onnxprune.transform import transform, zero_channels
+from onnxprune.workdir import Workdir
+
+# analyze(model, cache folder) -> sensitivity table (`analyze -o` JSON as a dict): re-analysis per round
+Analyze = Callable[[Model, Path], dict]
+Progress = Callable[[str], None]
+PROGRESS_EPS = 1e-6  # a round must remove at least this fraction of MACs more than the last
+
+
+@dataclass
+class Round:
+    """One row of the report: one attempt at a ratio (a back-off retry is its own round)."""
+
+    round: int
+    ratio_asked: float  # cumulative fraction of the baseline's MACs
+    macs: int  # of the dense model this round's sparse model transforms to
+    params: int
+    macs_removed: float
+    metric_before: float  # pruned, before fine-tuning
+    metric_after: float  # best trial
+    best_trial: int  # 1-based
+    settings: dict[str, Any]
+    accepted: bool
+    backoff: int  # 0 for the first attempt at a schedule entry, k for the k-th smaller step
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunResult:
+    """What a run produced: the rounds, the final dense model, and why it stopped early if it did."""
+
+    baseline_metric: float
+    baseline_macs: int
+    baseline_params: int
+    rounds: list[Round]
+    metric: float  # of the final model
+    macs: int
+    params: int
+    macs_removed: float
+    target: float
+    stopped: str | None  # why the run ended before its target; None when it got there
+    dense: str
+    encrypted: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run(config: RunConfig, adapter: Adapter, workdir: str | os.PathLike,
+        baseline: onnx.ModelProto | str | os.PathLike | None = None, *, analyze: Analyze | None = None,
+        progress: Progress | None = None) -> RunResult:
+    """Run (or resume) the loop in `workdir`; `baseline` defaults to `config.model`.
+
+    With `prune.reanalyze`, each round measures a sensitivity table on its starting model with `analyze`
+    (default: `onnxprune.analysis` with the config's `[analyze]` settings) and allocates by it.
+    """
+    config.check()
+    if config.output and config.model and Path(config.output).resolve() == Path(config.model).resolve():
+        raise OnnxPruneError(f"output {config.output}: would overwrite the starting model; choose another path")
+    if config.prune.reanalyze and analyze is None:
+        analyze = default_analyze(config)
+    if config.encrypt is not None and importlib.util.find_spec("onnxprune.secure") is None:
+        raise OnnxPruneError("encrypt: encryption (onnxprune.secure) is not available in this installation")
+    wd = Workdir(workdir)
+    with wd.locked():
+        return _Loop(config, adapter, wd, analyze, progress or _stderr).run(baseline)
+
+
+def default_analyze(config: RunConfig) -> Analyze:
+    """Re-analysis with `onnxprune.analysis`, cached per round in the work dir (so it resumes too)."""
+    if importlib.util.find_spec("onnxprune.analysis") is None:
+        raise OnnxPruneError("prune.reanalyze: sensitivity analysis (onnxprune.analysis) is not available")
+    from onnxprune.analysis import AnalyzeOptions, analyze
+
+    settings = config.analyze
+    options = AnalyzeOptions(data=settings.data, eval=settings.eval, criterion=config.prune.criterion,
+                             workers=settings.workers)
+    if settings.ratios:
+        options.ratios = list(settings.ratios)
+
+    def run_analysis(model: Model, cache: Path) -> dict:
+        return analyze(model, replace(options, cache_dir=cache)).table.to_dict()
+
+    return run_analysis
+
+
+def plan_round(model: Model, options: PruneOptions, groups: list[Group] | None = None) -> Plan:
+    """Like `pruner.make_plan`, for a model that may already have zeroed channels.
+
+    Zeroed channels score below every live one and each group removes at least as many channels as it
+    has zeroed, so the plan contains everything already removed and `options.ratio` is the cumulative
+    fraction of the full-shaped model's MACs.
+    """
+    options.check()
+    groups = find_groups(model) if groups is None else groups
+    candidates = candidate_groups(model, groups, options.exclude)
+    if not candidates:
+        raise OnnxPruneError("no prunable channel groups in this model (see `onnxprune inspect`)")
+    criterion = get_criterion(options.criterion)
+    scores, floor = {}, {}
+    for group in candidates:
+        score = np.asarray(criterion(model, group), dtype=np.float64).copy()
+        zero = zero_channels(model, group)
+        score[zero] = -1.0
+        scores[group.id] = score
+        floor[group.id] = len(zero) / group.channels
+    planner = Planner(model, groups, scores, options.round_to, options.criterion)
+    if options.sensitivity is not None:
+        from onnxprune.sensitivity import sensitivity_ratios
+
+        ratios_at = sensitivity_ratios(options.sensitivity, candidates)
+    else:
+        ratios_at = uniform_ratios(candidates)
+    return planner.fit(lambda knob: {gid: max(r, floor.get(gid, 0.0)) for gid, r in ratios_at(knob).items()},
+                       options.ratio)
+
+
+def format_table(result: RunResult) -> str:
+    """The per-round report as text."""
+    from onnxprune.report import human
+
+    head = (f"{'round':>5} {'asked':>6} {'MACs':>9} {'removed':>8} {'params':>9} {'before':>8} {'after':>8} "
+            f"{'trial':>5} {'time':>7}  result")
+    base = (f"{'base':>5} {'':>6} {human(result.baseline_macs):>9} {'':>8} {human(result.baseline_params):>9} "
+            f"{'':>8} {_num(result.baseline_metric):>8}")
+    lines = [head, base]
+    for r in result.rounds:
+        verdict = "accepted" if r.accepted else "rejected"
+        if r.backoff:
+            verdict += f" (smaller step {r.backoff})"
+        lines.append(f"{r.round:>5} {r.ratio_asked:>6.1%} {human(r.macs):>9} {r.macs_removed:>8.1%} "
+                     f"{human(r.params):>9} {_num(r.metric_before):>8} {_num(r.metric_after):>8} "
+                     f"{r.best_trial:>5} {r.seconds:>6.1f}s  {verdict}")
+    lines.append(f"{'final':>5} {result.target:>6.1%} {human(result.macs):>9} {result.macs_removed:>8.1%} "
+                 f"{human(result.params):>9} {'':>8} {_num(result.metric):>8}")
+    lines.append(f"dense model: {result.dense}" + (f" (encrypted: {result.encrypted})" if result.encrypted else ""))
+    if result.stopped:
+        lines.append(f"stopped early: {result.stopped}")
+    return "\n".join(lines)
+
+
+# --- the loop ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _State:
+    """The current baseline: the last accepted model."""
+
+    proto: onnx.ModelProto
+    metric: float
+    macs_removed: float
+
+
+class _Loop:
+    def __init__(self, config: RunConfig, adapter: Adapter, wd: Workdir, analyze: Analyze | None,
+                 say: Progress) -> None:
+        self.config = config
+        self.adapter = adapter
+        self.wd = wd
+        self.analyze = analyze
+        self.say = say
+        self.shapes = io.parse_input_shapes(config.input_shapes)
+        self.options = PruneOptions(ratio=0.5, mode="sparse", criterion=config.prune.criterion,
+                                    round_to=config.prune.round_to, exclude=list(config.prune.exclude))
+        self.table: dict | None = None
+
+    def run(self, baseline: onnx.ModelProto | str | os.PathLike | None) -> RunResult:
+        given = self._given(baseline)
+        if self.wd.begin(self.config.run_key()):
+            self.say(f"resuming the run in {self.wd.root}")
+        proto = self._baseline(given)
+        base = self.wd.read_json("baseline.json")
+        if base is None:
+            model = io.from_proto(proto, self.shapes)
+            macs, params = totals(layer_costs(model))
+            start = time.perf_counter()
+            metric = _metric(self.adapter.evaluate(proto), "baseline")
+            base = {"metric": metric, "macs": macs, "params": params, "seconds": time.perf_counter() - start}
+            self.wd.write_json("baseline.json", base)
+        self.say(f"baseline: metric {_num(base['metric'])}, {base['macs']} MACs")
+        state = _State(proto, base["metric"], 0.0)
+        rounds: list[Round] = []
+        stopped = None
+        for goal in self.config.schedule.steps():
+            if state.macs_removed >= goal - PROGRESS_EPS:
+                continue
+            state, stopped = self._reach(goal, state, base, rounds)
+            if stopped:
+                self.say(f"stopping: {stopped}")
+                break
+        target = self.config.schedule.target
+        if not stopped and state.macs_removed < target - 0.01:
+            notes = "; ".join(rounds[-1].notes) if rounds else ""
+            stopped = f"reached {state.macs_removed:.1%} of MACs, not the target {target:.1%}" + (
+                f": {notes}" if notes else "")
+        return self._finish(state, base, rounds, stopped)
+
+    def _given(self, given: onnx.ModelProto | str | os.PathLike | None) -> onnx.ModelProto | None:
+        """The starting model given to `run` or named in the config, read; None when resuming without one."""
+        if given is None and self.config.model is not None:
+            given = self.config.model
+        if isinstance(given, (str, os.PathLike)):
+            given = io.read_proto(given)
+        if given is None and not self.wd.has("baseline.onnx"):
+            raise OnnxPruneError("no baseline model: set `model` in the run config or pass one to run()")
+        return given
+
+    def _baseline(self, given: onnx.ModelProto | None) -> onnx.ModelProto:
+        """The starting model: the work dir's copy when resuming (checked against the one given)."""
+        if self.wd.has("baseline.onnx"):
+            stored = self.wd.read_model("baseline.onnx")
+            if given is not None and _digest(given) != _digest(stored):
+                raise OnnxPruneError(f"--workdir {self.wd.root}: was started from another baseline model; "
+                                     "use a new work dir")
+            return stored
+        self.wd.write_model("baseline.onnx", given)
+        return given
+
+    def _reach(self, goal: float, state: _State, base: dict, rounds: list[Round]) -> tuple[_State, str | None]:
+        """Rounds until `goal` is accepted, backing off to smaller steps; the new state, or why to stop."""
+        ask, backoff = goal, 0
+        while True:
+            number = len(rounds) + 1
+            pruned = self._prune(number, state, ask)
+            if pruned["macs_removed"] <= state.macs_removed + PROGRESS_EPS:
+                notes = "; ".join(pruned["notes"])
+                return state, (f"no more channels can be removed (at most {state.macs_removed:.1%} of MACs)"
+                               + (f": {notes}" if notes else ""))
+            row, best = self._fine_tune(number, state, pruned, base, backoff)
+            rounds.append(row)
+            if row.accepted:
+                state = _State(best(), row.metric_after, row.macs_removed)
+                if ask == goal:
+                    return state, None
+                ask = goal  # a smaller step landed: try the schedule's ratio again from there
+                continue
+            if backoff >= self.config.schedule.max_backoffs:
+                return state, (f"round {number}: no trial recovered the metric to within "
+                               f"{self.config.schedule.tolerance:g} at {ask:.1%} of MACs ({backoff} smaller "
+                               f"step{'' if backoff == 1 else 's'} tried); kept round {self._last_accepted(rounds)}")
+            backoff += 1
+            ask = state.macs_removed + (ask - state.macs_removed) / 2
+            self.say(f"round {number}: rejected; retrying with a smaller step, to {ask:.1%} of MACs")
+
+    @staticmethod
+    def _last_accepted(rounds: list[Round]) -> str:
+        accepted = [r.round for r in rounds if r.accepted]
+        return str(accepted[-1]) if accepted else "0 (the baseline)"
+
+    def _prune(self, number: int, state: _State, ask: float) -> dict[str, Any]:
+        """Step 1 of a round: the sparse model, its masks and plan, and its metric before fine-tuning."""
+        folder = f"round-{number:02d}"
+        done = self.wd.read_json(f"{folder}/pruned.json")
+        if done is not None:
+            if not math.isclose(done["ratio_asked"], ask, rel_tol=0, abs_tol=1e-9):
+                raise OnnxPruneError(f"{self.wd.path(folder)}: was pruned to {done['ratio_asked']} but this run asks "
+                                     f"{ask}; the work dir does not belong to this run")
+            self.say(f"round {number}: pruned to {done['macs_removed']:.1%} of MACs (checkpoint)")
+            return done
+        start = time.perf_counter()
+        model = io.from_proto(state.proto, self.shapes)
+        groups = find_groups(model)
+        options = replace(self.options, ratio=ask, sensitivity=self._sensitivity(model, folder))
+        plan = plan_round(model, options, groups)
+        sparse_proto = sparse(model, groups, plan)
+        masks = masks_from_plan(model, groups, plan)
+        del model
+        metric = _metric(self.adapter.evaluate(sparse_proto), f"round {number} pruned model")
+        self.wd.write_model(f"{folder}/sparse.onnx", sparse_proto)
+        self.wd.write_bytes(f"{folder}/masks.npz", masks.to_npz())
+        self.wd.write_bytes(f"{folder}/plan.json", plan.to_json().encode("utf-8"))
+        done = {"ratio_asked": ask, "macs": plan.macs_after, "params": plan.params_after,
+                "macs_removed": plan.macs_ratio, "metric": metric, "seconds": time.perf_counter() - start,
+                "notes": plan.notes}
+        self.wd.write_json(f"{folder}/pruned.json", done)
+        self.say(f"round {number}: pruned to {plan.macs_ratio:.1%} of MACs (asked {ask:.1%}), metric "
+                 f"{_num(metric)} before fine-tuning")
+        return done
+
+    def _sensitivity(self, model: Model, folder: str) -> dict | None:
+        if self.config.prune.reanalyze:
+            self.say(f"{folder}: analyzing sensitivity")
+            return self.analyze(model, self.wd.path(f"{folder}/analysis"))
+        if self.config.prune.sensitivity and self.table is None:
+            from onnxprune.sensitivity import read_table
+
+            self.table = read_table(self.config.prune.sensitivity)
+        return self.table
+
+    def _fine_tune(self, number: int, state: _State, pruned: dict[str, Any], base: dict,
+                   backoff: int) -> tuple[Round, Callable[[], onnx.ModelProto]]:
+        """Step 2 of a round: every trial (each one a checkpoint), then the verdict."""
+        folder = f"round-{number:02d}"
+        trials = self.config.finetune.trial_settings()
+        inputs: tuple[onnx.ModelProto, Masks] | None = None
+        records = []
+        for index, settings in enumerate(trials, 1):
+            name = f"{folder}/trial-{index}"
+            record = self.wd.read_json(f"{name}.json")
+            if record is None:
+                if inputs is None:
+                    masks = Masks.from_npz(self.wd.read_bytes(f"{folder}/masks.npz"), f"{folder}/masks.npz")
+                    inputs = (self.wd.read_model(f"{folder}/sparse.onnx"), masks)
+                record = self._trial(name, inputs, settings, f"round {number} trial {index}")
+                self.say(f"round {number} trial {index}/{len(trials)} {_brief(settings)}: metric "
+                         f"{_num(record['metric'])} ({record['seconds']:.1f} s)")
+            else:
+                self.say(f"round {number} trial {index}/{len(trials)}: metric {_num(record['metric'])} (checkpoint)")
+            records.append(record)
+        best = max(range(len(records)), key=lambda i: (records[i]["metric"], -i))
+        reference = base["metric"] if self.config.schedule.compare_to == "baseline" else state.metric
+        tolerance = self.config.schedule.tolerance
+        metric = records[best]["metric"]
+        accepted = metric >= reference - tolerance - 1e-12
+        seconds = pruned["seconds"] + sum(r["seconds"] for r in records)
+        row = Round(number, pruned["ratio_asked"], pruned["macs"], pruned["params"], pruned["macs_removed"],
+                    pruned["metric"], metric, best + 1, records[best]["settings"], accepted, backoff, seconds,
+                    list(pruned["notes"]))
+        self.say(f"round {number}: best trial {best + 1}, metric {_num(metric)} "
+                 f"{'>=' if accepted else '<'} {_num(reference)} - {tolerance:g}: "
+                 f"{'accepted' if accepted else 'rejected'}")
+        return row, lambda: self.wd.read_model(f"{folder}/trial-{best + 1}.onnx")
+
+    def _trial(self, name: str, inputs: tuple[onnx.ModelProto, Masks], settings: dict[str, Any],
+               where: str) -> dict[str, Any]:
+        sparse_proto, masks = inputs
+        start = time.perf_counter()
+        tuned = self.adapter.fine_tune(sparse_proto, masks, dict(settings))
+        if not isinstance(tuned, onnx.ModelProto):
+            raise OnnxPruneError(f"{where}: the adapter returned {type(tuned).__name__}, not an ONNX ModelProto")
+        tuned = check_returned(sparse_proto, tuned, masks, f"{where}: fine-tuned model")
+        metric = _metric(self.adapter.evaluate(tuned), where)
+        self.wd.write_model(f"{name}.onnx", tuned)
+        record = {"settings": settings, "metric": metric, "seconds": time.perf_counter() - start}
+        self.wd.write_json(f"{name}.json", record)
+        return record
+
+    def _finish(self, state: _State, base: dict, rounds: list[Round], stopped: str | None) -> RunResult:
+        """The end: the dense model (and its encrypted copy), the report."""
+        final = self.wd.read_json("final.json")
+        dense_proto = None
+        if final is None:
+            start = time.perf_counter()
+            result = transform(io.from_proto(state.proto, self.shapes))
+            dense_proto = result.model
+            self.wd.write_model("dense.onnx", dense_proto)
+            final = {"macs": result.plan.macs_after, "params": result.plan.params_after,
+                     "seconds": time.perf_counter() - start}
+            self.wd.write_json("final.json", final)
+        dense = self.wd.path("dense.onnx")
+        if self.config.output:
+            if dense_proto is None:
+                dense_proto = self.wd.read_model("dense.onnx")
+            io.save(dense_proto, self.config.output)
+            dense = Path(self.config.output)
+        encrypted = self._encrypt(dense) if self.config.encrypt is not None else None
+        result = RunResult(base["metric"], base["macs"], base["params"], rounds, state.metric, final["macs"],
+                           final["params"], 1 - final["macs"] / base["macs"] if base["macs"] else 0.0,
+                           self.config.schedule.target, stopped, str(dense), encrypted)
+        self.wd.write_json("report.json", result.to_dict())
+        self.say(f"done: {result.macs_removed:.1%} of MACs removed, metric {_num(result.metric)} "
+                 f"(baseline {_num(result.baseline_metric)}) -> {dense}")
+        return result
+
+    def _encrypt(self, dense: Path) -> str:
+        from onnxprune.secure import KeySource, encrypt_file
+
+        how = self.config.encrypt
+        if how.key_file is not None:
+            key = KeySource(key_file=how.key_file)
+        else:
+            passphrase = os.environ.get(how.passphrase_env)
+            if not passphrase:
+                raise OnnxPruneError(f"encrypt.passphrase_env: environment variable {how.passphrase_env} is not set")
+            key = KeySource(passphrase=passphrase)
+        target = dense.with_name(dense.name + ".enc")
+        encrypt_file(dense, target, key)
+        return str(target)
+
+
+def _metric(value: Any, where: str) -> float:
+    try:
+        metric = float(value)
+    except (TypeError, ValueError):
+        raise OnnxPruneError(f"{where}: the adapter's evaluate returned {value!r}, not a number") from None
+    if not math.isfinite(metric):
+        raise OnnxPruneError(f"{where}: the adapter's evaluate returned {metric}")
+    return metric
+
+
+def _digest(proto: onnx.ModelProto) -> str:
+    return hashlib.sha256(proto.SerializeToString()).hexdigest()
+
+
+def _num(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def _brief(settings: dict[str, Any]) -> str:
+    return "{" + ", ".join(f"{k}={v}" for k, v in settings.items()) + "}"
+
+
+def _stderr(message: str) -> None:
+    print(f"onnxprune: {message}", file=sys.stderr, flush=True)

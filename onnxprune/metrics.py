@@ -1,0 +1,310 @@
+"""What sensitivity analysis measures: the data it runs on and the metric, built in or the user's.
+
+Data is an `.npz` (read without pickle) whose arrays are named after the model's inputs, N samples on
+axis 0. The metric, higher is better:
+
+- `top1` when the file has an integer array `labels`: the fraction of samples whose arg-max over axis 1
+  of the first output equals the label (per pixel for [N, C, H, W] outputs and [N, H, W] labels).
+- `fidelity` without labels: 1 - mean over samples of |y - y0| / |y0|, the relative L2 distance between
+  the model's outputs y and the unpruned model's outputs y0 on the same sample (all outputs together).
+  It tracks accuracy because a pruned model can only change a decision where its outputs move: a
+  classifier's prediction flips only when the logits move by more than the sample's margin, so a small
+  relative distance means the same predictions, and a growing one means more of them flip. Unlike top-1
+  it is continuous, so a few hundred unlabeled samples already rank the groups, and it works for any
+  head (detection, embeddings, regression).
+- `--eval package.module:function` for anything else (mAP, WER, BLEU): the function is called as
+  `function(run, data) -> float`, where `run(feeds)` takes a dict {input name: array} and returns a
+  dict {output name: array}, and `data` holds every array of `--data` (an empty dict without it).
+  Call `run` with the same batches in the same order every time: analysis reuses the unchanged part
+  of the network for inputs it has seen. The module is imported like `python -m` would, so a module in
+  the current directory works; with `--workers`/`--ray` it must be importable there too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import numbers
+import os
+import sys
+import zipfile
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from onnxprune.errors import OnnxPruneError
+from onnxprune.io import Model
+from onnxprune.shapes import random_input
+
+LABELS = "labels"
+DEFAULT_BATCH = 32
+RANDOM_SAMPLES = 64
+
+
+class Runner(Protocol):
+    """Runs the model being evaluated; `key` names a batch the runner may have seen before."""
+
+    def __call__(self, feeds: Mapping[str, np.ndarray], key: object = None) -> dict[str, np.ndarray]: ...
+
+
+@dataclass
+class InputSpec:
+    """One model input: its shape at batch 1 (fixed dims), dtype, and whether the batch is dynamic."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    dynamic_batch: bool
+
+
+def input_specs(model: Model) -> list[InputSpec]:
+    specs = []
+    for tensor in model.graph.inputs:
+        declared = list(tensor.shape or [])
+        dynamic = not declared or not isinstance(declared[0], int) or declared[0] <= 0
+        specs.append(InputSpec(tensor.name, tuple(model.input_shapes[tensor.name]), np.dtype(tensor.dtype), dynamic))
+    return specs
+
+
+@dataclass
+class Dataset:
+    """Analysis data: one array per model input with N samples on axis 0, and whatever else the file had."""
+
+    inputs: dict[str, np.ndarray]
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # `labels` and arrays for a user eval
+    batch_size: int = DEFAULT_BATCH
+    source: str = "random"
+
+    @property
+    def samples(self) -> int:
+        return len(next(iter(self.inputs.values())))
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        return self.extra.get(LABELS)
+
+    def batches(self) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        """(index, feeds) for each batch, in order."""
+        for k, start in enumerate(range(0, self.samples, self.batch_size)):
+            yield k, {name: a[start:start + self.batch_size] for name, a in self.inputs.items()}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {**self.inputs, **self.extra}
+
+    def digest(self) -> str:
+        """Identifies the data (names, shapes, dtypes and bytes of every array) and the batching."""
+        h = hashlib.sha256(f"batch={self.batch_size}".encode())
+        for name, array in sorted(self.arrays().items()):
+            h.update(f"{name}|{array.dtype.str}|{array.shape}".encode())
+            h.update(np.ascontiguousarray(array).data)
+        return h.hexdigest()
+
+
+def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """All arrays of an .npz file; object arrays (pickles) are refused."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {name: npz[name] for name in npz.files}
+    except FileNotFoundError:
+        raise OnnxPruneError(f"{path}: no such file") from None
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise OnnxPruneError(f"{path}: not a readable .npz of plain arrays ({str(exc).splitlines()[0][:200]})") \
+            from None
+
+
+def count_samples(path: str | os.PathLike) -> int:
+    """Samples in an .npz (the length of its first array), e.g. of a full validation set."""
+    arrays = read_npz(path)
+    if not arrays:
+        raise OnnxPruneError(f"{path}: the file holds no arrays")
+    first = arrays[min(arrays)]
+    return int(first.shape[0]) if first.ndim else 1
+
+
+def load_data(path: str | os.PathLike, model: Model, batch_size: int = DEFAULT_BATCH,
+              user_eval: bool = False) -> Dataset:
+    """Read and check analysis data against the model's inputs (names, shapes, dtypes, sample counts)."""
+    arrays = read_npz(path)
+    specs = input_specs(model)
+    names = [s.name for s in specs]
+    inputs: dict[str, np.ndarray] = {}
+    for spec in specs:
+        if spec.name not in arrays:
+            raise OnnxPruneError(f"{path}: no array named {spec.name!r}; the model's inputs are: {', '.join(names)}")
+        array = arrays.pop(spec.name)
+        if array.dtype != spec.dtype:
+            raise OnnxPruneError(f"{path}: array {spec.name!r} is {array.dtype}, the model wants {spec.dtype}")
+        if array.ndim != len(spec.shape) or tuple(array.shape[1:]) != tuple(spec.shape[1:]):
+            want = ",".join(["N", *map(str, spec.shape[1:])])
+            raise OnnxPruneError(f"{path}: array {spec.name!r} has shape {list(array.shape)}, the model wants [{want}]"
+                                 " (use --input-shape for dynamic dimensions)")
+        inputs[spec.name] = array
+    counts = {len(a) for a in inputs.values()}
+    if len(counts) != 1 or 0 in counts:
+        raise OnnxPruneError(f"{path}: the input arrays must hold the same, nonzero number of samples")
+    n = counts.pop()
+    if LABELS in arrays:
+        labels = arrays[LABELS]
+        if not np.issubdtype(labels.dtype, np.integer) or labels.ndim == 0 or len(labels) != n:
+            raise OnnxPruneError(f"{path}: 'labels' must be integers with one entry per sample ({n})")
+    if arrays and not user_eval and set(arrays) - {LABELS}:
+        extra = ", ".join(sorted(set(arrays) - {LABELS}))
+        raise OnnxPruneError(f"{path}: arrays {extra} are neither model inputs ({', '.join(names)}) nor 'labels'")
+    return Dataset(inputs, arrays, _batch_size(specs, batch_size, n, str(path)), str(path))
+
+
+def random_data(model: Model, samples: int = RANDOM_SAMPLES, batch_size: int = DEFAULT_BATCH,
+                seed: int = 0) -> Dataset:
+    """Deterministic standard-normal inputs: a stand-in when no data is given (fidelity only)."""
+    specs = input_specs(model)
+    fixed = max((s.shape[0] for s in specs if not s.dynamic_batch), default=1)
+    samples = -(-samples // fixed) * fixed  # a whole number of the model's fixed batches
+    inputs = {}
+    for k, spec in enumerate(specs):
+        kind = _ORT_TYPES.get(spec.dtype.name, "tensor(int64)")
+        inputs[spec.name] = random_input(kind, (samples, *spec.shape[1:]), seed + k).astype(spec.dtype)
+    return Dataset(inputs, {}, _batch_size(specs, batch_size, samples, "random inputs"), "random")
+
+
+_ORT_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)", "float64": "tensor(double)",
+              "bool": "tensor(bool)", "int32": "tensor(int32)"}
+
+
+def _batch_size(specs: list[InputSpec], wanted: int, n: int, where: str) -> int:
+    fixed = {s.shape[0] for s in specs if not s.dynamic_batch}
+    if not fixed:
+        return max(1, min(wanted, n))
+    size = fixed.pop()
+    if fixed or n % size:
+        raise OnnxPruneError(f"{where}: the model's batch size is fixed at {size}; the data must hold a multiple "
+                             f"of it (has {n} samples)")
+    return size
+
+
+# --- metrics ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Top1:
+    """Fraction of samples whose arg-max over axis 1 of the first output equals `labels`."""
+
+    data: Dataset
+    name: str = "top1"
+
+    def __call__(self, run: Runner) -> float:
+        labels = self.data.labels
+        correct = 0
+        for k, feeds in self.data.batches():
+            scores = next(iter(run(feeds, key=k).values()))
+            start = k * self.data.batch_size
+            want = labels[start:start + len(scores)]
+            if scores.ndim < 2 or scores.shape[:1] + scores.shape[2:] != want.shape:
+                raise OnnxPruneError(f"top-1 needs the first output to be scores [N, classes, ...] matching labels "
+                                     f"{list(want.shape)}; it is {list(scores.shape)} (use --eval for other tasks)")
+            correct += int(np.count_nonzero(scores.argmax(axis=1) == want))
+        return correct / labels.size
+
+
+@dataclass
+class Fidelity:
+    """1 - mean relative L2 distance of each sample's outputs to the unpruned model's (`reference`)."""
+
+    data: Dataset
+    reference: list[list[np.ndarray]] = field(default_factory=list)  # per batch, per output
+    name: str = "fidelity"
+
+    def record(self, run: Runner) -> None:
+        """Take the reference outputs from the unpruned model."""
+        self.reference = [list(run(feeds, key=k).values()) for k, feeds in self.data.batches()]
+
+    def __call__(self, run: Runner) -> float:
+        total = 0.0
+        for k, feeds in self.data.batches():
+            outputs = list(run(feeds, key=k).values())
+            n = len(next(iter(feeds.values())))
+            total += float(np.sum(relative_distance(outputs, self.reference[k], n)))
+        return 1.0 - total / self.data.samples
+
+
+def relative_distance(outputs: list[np.ndarray], reference: list[np.ndarray], n: int) -> np.ndarray:
+    """Per sample: |y - y0| / |y0| over all outputs together (|y - y0| where y0 is all zero)."""
+    diff = np.zeros(n)
+    norm = np.zeros(n)
+    for y, y0 in zip(outputs, reference):
+        if y0.ndim == 0 or y0.shape[0] != n:
+            raise OnnxPruneError(f"fidelity needs every output to have the batch on axis 0; an output has shape "
+                                 f"{list(y0.shape)} (use --eval for this model)")
+        a, b = y.reshape(n, -1).astype(np.float64), y0.reshape(n, -1).astype(np.float64)
+        diff += np.sum((a - b) ** 2, axis=1)
+        norm += np.sum(b**2, axis=1)
+    return np.sqrt(diff) / np.where(norm > 0, np.sqrt(norm), 1.0)
+
+
+@dataclass
+class UserEval:
+    """`function(run, data) -> float` named by `spec` ("package.module:function"); higher is better."""
+
+    spec: str
+    data: Dataset | None = None
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        self.name = self.name or f"eval:{self.spec}"
+
+    def __call__(self, run: Runner) -> float:
+        fn = load_eval(self.spec)
+        arrays = self.data.arrays() if self.data is not None else {}
+        value = fn(lambda feeds: run(feeds, key=None), arrays)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise OnnxPruneError(f"--eval {self.spec} returned {type(value).__name__}, not a number")
+        return float(value)
+
+
+Metric = Top1 | Fidelity | UserEval
+
+
+def load_eval(spec: str) -> Callable:
+    """Import `package.module:function`; the current directory is searched first, as `python -m` does."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr or not all(p.isidentifier() for p in module_name.split(".") + [attr]):
+        raise OnnxPruneError(f"--eval {spec!r}: expected package.module:function")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise OnnxPruneError(f"--eval {spec}: cannot import {module_name!r} ({exc})") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise OnnxPruneError(f"--eval {spec}: {module_name} has no function {attr!r}")
+    try:
+        inspect.signature(fn).bind(None, None)
+    except TypeError:
+        raise OnnxPruneError(f"--eval {spec}: the function must take (run, data)") from None
+    except ValueError:
+        pass  # builtins without a signature: trust them
+    return fn
+
+
+def eval_source_digest(spec: str) -> str:
+    """A digest of the eval function's source file, so editing it invalidates cached results."""
+    fn = load_eval(spec)
+    try:
+        source = Path(inspect.getsourcefile(fn) or "").read_bytes()
+    except (OSError, TypeError):
+        source = spec.encode()
+    return hashlib.sha256(source).hexdigest()
+
+
+def feeds_digest(feeds: Mapping[str, np.ndarray]) -> str:
+    """Identifies a batch a user eval feeds, to reuse the unchanged part of the network."""
+    h = hashlib.blake2b(digest_size=20)
+    for name in sorted(feeds):
+        array = np.ascontiguousarray(feeds[name])
+        h.update(f"{name}|{array.dtype.str}|{array.shape}".encode())
+        h.update(array.data)
+    return h.hexdigest()

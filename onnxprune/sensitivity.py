@@ -1,0 +1,284 @@
+"""The sensitivity table: per group and ratio, the metric with that fraction of the group's channels zeroed.
+
+`analyze -o SENS.json` writes it (the contract: `{"metric", "baseline", "groups": {id: {"0.1": m, ...}}}`
+plus `group_info` and `data` for people), a CSV beside it and, with `--plot`, metric-vs-ratio curves.
+`prune --sens` reads it back: `sensitivity_ratios` turns it into per-group channel ratios driven by one
+knob — a threshold on the metric loss — that the planner bisects until the MACs land on the target.
+
+A metric of `null` means the pruned model produced no finite metric (NaN outputs): the worst possible.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from onnxprune.atomic import write_bytes, write_text
+from onnxprune.channels import Group
+from onnxprune.errors import OnnxPruneError
+
+TABLE_VERSION = 1
+DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+TOLERATED_LOSS = 0.01  # "within 1% loss": relative to the baseline metric
+TIE_SLOPE = 1e-6  # tiny loss per unit ratio: equally tolerant groups are pruned alike, never by luck
+
+
+def ratio_key(ratio: float) -> str:
+    """The JSON key of a ratio: its shortest decimal form ("0.1", "0.25")."""
+    return repr(round(float(ratio), 6))
+
+
+def parse_ratios(text: str) -> list[float]:
+    """`--ratios 0.1,0.2,...` -> sorted unique ratios, each in (0, 1)."""
+    ratios = []
+    for item in text.split(","):
+        try:
+            value = round(float(item), 6)
+        except ValueError:
+            raise OnnxPruneError(f"--ratios: {item.strip()!r} is not a number") from None
+        if not 0 < value < 1:
+            raise OnnxPruneError(f"--ratios: {value} is not in (0, 1)")
+        ratios.append(value)
+    return sorted(set(ratios))
+
+
+@dataclass
+class SensitivityTable:
+    """{group: {ratio key: metric}} plus the baseline; higher metric is better."""
+
+    metric: str
+    baseline: float
+    groups: dict[str, dict[str, float | None]]
+    channels: dict[str, int] = field(default_factory=dict)
+    macs_share: dict[str, float] = field(default_factory=dict)  # MACs that scale with the group's channels
+    criterion: str = "l1"
+    data: dict = field(default_factory=dict)  # where the numbers come from: source, samples
+
+    def curve(self, gid: str) -> list[tuple[float, float]]:
+        """(ratio, metric loss) sorted by ratio; a non-finite metric is an infinite loss."""
+        points = []
+        for key, value in self.groups[gid].items():
+            loss = math.inf if value is None else self.baseline - value
+            points.append((float(key), loss))
+        return sorted(points)
+
+    def tolerated(self, gid: str, loss: float = TOLERATED_LOSS) -> float:
+        """The largest ratio such that it and every smaller ratio lose at most `loss` of the baseline."""
+        best = 0.0
+        for ratio, lost in self.curve(gid):
+            if lost > loss * abs(self.baseline) + 1e-12:
+                break
+            best = ratio
+        return best
+
+    def sensitivity(self, gid: str) -> float:
+        """Mean loss over the ratios: how much this group hurts when pruned (the plot marks the largest)."""
+        losses = [min(lost, 1e30) for _, lost in self.curve(gid)]
+        return sum(losses) / len(losses) if losses else 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "version": TABLE_VERSION,
+            "metric": self.metric,
+            "baseline": self.baseline,
+            "criterion": self.criterion,
+            "data": self.data,
+            "groups": self.groups,
+            "group_info": {gid: {"channels": self.channels.get(gid), "macs_share": self.macs_share.get(gid),
+                                 "max_ratio_within_1pct": self.tolerated(gid)} for gid in self.groups},
+        }
+
+    @staticmethod
+    def from_dict(data: object, where: str = "sensitivity table") -> SensitivityTable:
+        """Check a table read from JSON; any defect is an `OnnxPruneError` naming what is wrong."""
+        if not isinstance(data, dict):
+            raise OnnxPruneError(f"{where}: not a sensitivity table (expected a JSON object)")
+        metric, baseline, groups = data.get("metric"), data.get("baseline"), data.get("groups")
+        if not isinstance(metric, str) or not is_number(baseline) or not isinstance(groups, dict):
+            raise OnnxPruneError(f"{where}: not a sensitivity table (needs 'metric', 'baseline' and 'groups')")
+        checked: dict[str, dict[str, float | None]] = {}
+        for gid, row in groups.items():
+            if not isinstance(row, dict) or not row:
+                raise OnnxPruneError(f"{where}: group {gid!r} has no {{ratio: metric}} entries")
+            checked[gid] = {}
+            for key, value in row.items():
+                try:
+                    ratio = float(key)
+                except ValueError:
+                    raise OnnxPruneError(f"{where}: group {gid!r}: ratio {key!r} is not a number") from None
+                if not 0 < ratio < 1:
+                    raise OnnxPruneError(f"{where}: group {gid!r}: ratio {key} is not in (0, 1)")
+                if value is not None and not is_number(value):
+                    raise OnnxPruneError(f"{where}: group {gid!r}: metric {value!r} at {key} is not a number")
+                checked[gid][ratio_key(ratio)] = None if value is None else float(value)
+        info = data.get("group_info") if isinstance(data.get("group_info"), dict) else {}
+        channels = {g: v["channels"] for g, v in info.items()
+                    if isinstance(v, dict) and isinstance(v.get("channels"), int)}
+        shares = {g: float(v["macs_share"]) for g, v in info.items()
+                  if isinstance(v, dict) and is_number(v.get("macs_share"))}
+        return SensitivityTable(metric, float(baseline), checked, channels, shares,
+                                str(data.get("criterion", "l1")), data.get("data") or {})
+
+
+def is_number(value: object) -> bool:
+    """A finite int or float (not a bool): what a metric in a table or cache must be."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# --- files -----------------------------------------------------------------------------------------
+
+
+def read_table(path: str | Path) -> dict:
+    """Read and check `analyze -o` output; returns the table as a dict (see `SensitivityTable.to_dict`)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise OnnxPruneError(f"{path}: no such file") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise OnnxPruneError(f"{path}: not a JSON sensitivity table ({exc})") from None
+    return SensitivityTable.from_dict(data, str(path)).to_dict()
+
+
+def csv_path(json_path: str | Path) -> Path:
+    """Where the CSV twin of a JSON table goes: same name, `.csv`."""
+    return Path(json_path).with_suffix(".csv")
+
+
+def write_table(table: SensitivityTable, path: str | Path) -> list[Path]:
+    """Write the JSON table and its CSV twin, each atomically; returns both paths."""
+    write_text(path, json.dumps(table.to_dict(), indent=1) + "\n")
+    twin = csv_path(path)
+    if twin == Path(path):
+        twin = Path(f"{path}.csv")
+    write_text(twin, table_csv(table))
+    return [Path(path), twin]
+
+
+def table_csv(table: SensitivityTable) -> str:
+    """One row per group: channels, MACs share, max ratio within 1% loss, then the metric at each ratio."""
+    keys = _ratio_keys(table)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["group", "channels", "macs_share", "max_ratio_within_1pct", "baseline", *keys])
+    for gid, row in table.groups.items():
+        writer.writerow([gid, table.channels.get(gid, ""), _fmt(table.macs_share.get(gid)), table.tolerated(gid),
+                         table.baseline, *[_fmt(row.get(k)) for k in keys]])
+    return out.getvalue()
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else repr(value)
+
+
+def _ratio_keys(table: SensitivityTable) -> list[str]:
+    return sorted({k for row in table.groups.values() for k in row}, key=float)
+
+
+def format_table(table: SensitivityTable, width: int = 40) -> str:
+    """The per-group summary printed at the end of `analyze`."""
+    keys = _ratio_keys(table)
+    head = f"{'group':<{width}} {'ch':>5} {'MACs':>6} {'<=1%':>5} " + " ".join(f"{k:>6}" for k in keys)
+    title = (f"metric: {table.metric}, baseline {table.baseline:.4f}; columns: the metric with that ratio of the "
+             "group's channels zeroed")
+    lines = [title, head]
+    for gid, row in table.groups.items():
+        share = table.macs_share.get(gid)
+        cells = " ".join(f"{'nan' if row.get(k) is None else format(row[k], '.4f'):>6}" if k in row else f"{'':>6}"
+                         for k in keys)
+        name = gid if len(gid) <= width else "…" + gid[-(width - 1):]
+        lines.append(f"{name:<{width}} {table.channels.get(gid, ''):>5} "
+                     f"{'' if share is None else format(share, '.1%'):>6} {table.tolerated(gid):>5.2f} {cells}")
+    return "\n".join(lines)
+
+
+def plot_table(table: SensitivityTable, path: str | Path, highlight: int = 5) -> None:
+    """Metric-vs-ratio curves per group (as Distiller draws them); the most sensitive groups in color."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise OnnxPruneError("--plot needs matplotlib: pip install 'onnxprune[plots]'") from None
+    ranked = sorted(table.groups, key=table.sensitivity, reverse=True)
+    marked = ranked[:highlight]
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for gid in ranked[highlight:] + marked:  # the marked ones on top, and in rank order in the legend
+        row = table.groups[gid]
+        keys = sorted(row, key=float)
+        xs = [0.0] + [float(k) for k in keys]
+        ys = [table.baseline] + [math.nan if row[k] is None else row[k] for k in keys]
+        if gid in marked:
+            ax.plot(xs, ys, marker="o", linewidth=2, label=f"#{marked.index(gid) + 1} {gid}")
+        else:
+            ax.plot(xs, ys, color="0.75", linewidth=1)
+    ax.axhline(table.baseline - TOLERATED_LOSS * abs(table.baseline), color="k", linestyle="--", linewidth=1,
+               label="1% loss")
+    ax.set_xlabel("fraction of the group's channels zeroed")
+    ax.set_ylabel(table.metric)
+    rest = f"; gray: the other {len(ranked) - len(marked)}" if len(ranked) > len(marked) else ""
+    ax.set_title(f"Sensitivity of {len(ranked)} channel groups (colored: the {len(marked)} most sensitive{rest})")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small", loc="lower left")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    write_bytes(path, buffer.getvalue())
+
+
+# --- allocation: per-group ratios from the table -----------------------------------------------------
+
+
+def sensitivity_ratios(table: dict, candidates: list[Group]) -> Callable[[float], dict[str, float]]:
+    """Per-group channel ratios for a knob in [0, 1]: each group takes the largest ratio whose loss stays
+    under a threshold (knob x the largest loss in the table).
+
+    Losses are read off each group's curve made monotone (a ratio counts only if no smaller ratio lost
+    more: small data makes curves noisy) and interpolated between the table's ratios, so the MACs move
+    smoothly with the knob and `Planner.fit` can land them on a target. Groups the table does not name
+    are left whole; a ratio is never larger than the largest the table measured.
+    """
+    parsed = SensitivityTable.from_dict(table)
+    known = [g for g in candidates if g.id in parsed.groups]
+    if candidates and not known:
+        raise OnnxPruneError("the sensitivity table names none of this model's prunable groups "
+                             "(was it made for another model?)")
+    for g in known:
+        channels = parsed.channels.get(g.id)
+        if channels is not None and channels != g.channels:
+            raise OnnxPruneError(f"sensitivity table: group {g.id!r} has {channels} channels there but "
+                                 f"{g.channels} in this model (was it made for another model?)")
+    curves = {g.id: _envelope(parsed.curve(g.id)) for g in known}
+    top = max((loss for curve in curves.values() for _, loss in curve if math.isfinite(loss)), default=0.0)
+
+    def ratios_at(knob: float) -> dict[str, float]:
+        threshold = knob * top
+        return {gid: _largest_ratio(curve, threshold) for gid, curve in curves.items()}
+
+    return ratios_at
+
+
+def _envelope(curve: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """(0, 0) then the running maximum of the loss (never below 0), plus a tiny slope to break ties."""
+    points, worst = [(0.0, 0.0)], 0.0
+    for ratio, loss in curve:
+        worst = max(worst, loss)
+        points.append((ratio, worst + TIE_SLOPE * ratio))
+    return points
+
+
+def _largest_ratio(curve: list[tuple[float, float]], threshold: float) -> float:
+    """The largest ratio whose interpolated loss is <= threshold (the curve strictly increases)."""
+    for (r0, l0), (r1, l1) in itertools.pairwise(curve):
+        if l1 > threshold:
+            if not math.isfinite(l1) or threshold <= l0:
+                return r0
+            return r0 + (threshold - l0) / (l1 - l0) * (r1 - r0)
+    return curve[-1][0]
