@@ -37,7 +37,7 @@ from onnxprune.errors import OnnxPruneError
 from onnxprune.evaluator import DEFAULT_PREFIX_BUDGET, Entry, Evaluator, Job, Payload
 from onnxprune.executors import make_executor, require_ray, split_jobs
 from onnxprune.importance import get_criterion
-from onnxprune.io import Model
+from onnxprune.io import Model, stored_values
 from onnxprune.metrics import (
     DEFAULT_BATCH,
     RANDOM_SAMPLES,
@@ -280,16 +280,6 @@ def _masked_later(point: MaskPoint, masked_by: dict) -> bool:
     return bool(readers) and all(id(n) in masked and n.op in CHANNELWISE for n in readers)
 
 
-def proto_weights(model: Model, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Zeroed weights under the names the model file uses (a weight the exporter transposed or reshaped
-    at run time is stored as its source), as `io.with_weights` writes them."""
-    named = {}
-    for name, array in values.items():
-        how = model.derived.get(name)
-        named[how.source if how else name] = how.to_source(array) if how else array
-    return named
-
-
 @dataclass
 class _Work:
     """The entries left to compute: jobs, entries that zero nothing (the baseline's metric), and entries
@@ -323,7 +313,7 @@ def _entries(model: Model, groups: list[Group], plans: dict[tuple[str, str], Pla
             zeroed = [slices.get((p.tensor, p.axis), np.zeros(0, np.int64)) for p in job.points]
             job.entries.append(Entry(key, zeroed=zeroed))
         else:
-            weights = proto_weights(model, sparse_values(model, groups, plan))
+            weights = stored_values(model, sparse_values(model, groups, plan))
             job.weights = sorted(set(job.weights) | set(weights))
             job.entries.append(Entry(key, weights=weights))
     work.jobs = list(jobs.values())

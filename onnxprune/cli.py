@@ -97,9 +97,8 @@ def cmd_transform(args: argparse.Namespace) -> int:
     if key is None:
         io.save(result.model, args.output)
     else:
-        from onnxprune.secure import encrypt_bytes
-
         from onnxprune.atomic import write_bytes
+        from onnxprune.secure import encrypt_bytes
 
         write_bytes(args.output, encrypt_bytes(result.model.SerializeToString(), key))
     _print_prune_summary(result, args.output)
@@ -173,7 +172,7 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """Run a model (plain, or encrypted with a key: decrypted in memory only) on a data file or on a
     random batch, and write its outputs to an .npz (one array per output)."""
-    from onnxprune.data import read_npz, write_npz
+    from onnxprune.data import read_feeds, write_npz
     from onnxprune.runtime import parse_providers, random_feeds
     from onnxprune.secure import KeySource, is_encrypted, load_session
 
@@ -191,7 +190,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         secret = KeySource.raw_key(key) if key.passphrase is None else None
         sess = load_session(args.model, key=secret, passphrase=key.passphrase, providers=providers)
     if args.data:
-        feeds = read_npz(args.data, sess.get_inputs()).inputs
+        feeds = read_feeds(args.data, sess.get_inputs()).inputs
     else:
         shapes = io.parse_input_shapes(args.input_shape)
         for inp in sess.get_inputs():
@@ -419,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("onnxprune: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, exit 1
+    except Exception as exc:
         if args.debug:
             raise
         text = str(exc).strip().splitlines()

@@ -1,8 +1,11 @@
-"""Data files: `.npz` archives whose arrays are named after the model's inputs, plus optional `labels`."""
+"""Data files: `.npz` archives whose arrays are named after the model's inputs (plus optional `labels`),
+and the JSON files users hand in (specs, sensitivity tables)."""
 
 from __future__ import annotations
 
 import io as _io
+import json
+import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,15 +34,31 @@ class Dataset:
         return len(next(iter(self.inputs.values())))
 
 
-def read_npz(path: str | Path, inputs: list[ort.NodeArg]) -> Dataset:
-    """Read and check a data file against a session's inputs (names, ranks, fixed dims, dtypes)."""
+def read_json(path: str | Path, what: str) -> object:
+    """A JSON file's content; a missing or malformed file is the user's error, said in one line."""
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
+        return json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise OnnxPruneError(f"{path}: no such file") from None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise OnnxPruneError(f"{path}: not a readable .npz file ({str(exc).splitlines()[0]})") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise OnnxPruneError(f"{path}: not a JSON {what} ({exc})") from None
+
+
+def read_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """All arrays of an .npz file; object arrays (pickles, which could run code) are refused."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {name: npz[name] for name in npz.files}
+    except FileNotFoundError:
+        raise OnnxPruneError(f"{path}: no such file") from None
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise OnnxPruneError(f"{path}: not a readable .npz of plain arrays ({str(exc).splitlines()[0][:200]})") \
+            from None
+
+
+def read_feeds(path: str | Path, inputs: list[ort.NodeArg]) -> Dataset:
+    """Read and check a data file against a session's inputs (names, ranks, fixed dims, dtypes)."""
+    arrays = read_arrays(path)
     labels = arrays.pop("labels", None)
     expected = {i.name for i in inputs}
     missing, extra = expected - set(arrays), set(arrays) - expected

@@ -67,6 +67,8 @@ class ProcessPool:
                 except queue.Empty:
                     if any(p.exitcode not in (None, 0) for p in processes):
                         raise RuntimeError("an analysis worker process died") from None
+                    if all(p.exitcode is not None for p in processes) and results.empty():
+                        raise RuntimeError("analysis workers exited before sending every result") from None
                     continue
                 if message[0] == "error":
                     _raise_remote(message[1], message[2])
@@ -82,8 +84,8 @@ class ProcessPool:
 
 def _pool_worker(payload: Payload, tasks, results) -> None:
     """Run jobs until the sentinel; stop as soon as the parent is gone (killed), instead of computing
-    on for nobody (and never block at exit on results nobody reads)."""
-    results.cancel_join_thread()
+    on for nobody. At exit the queue's feeder thread is joined, so no result is lost (a dead parent
+    makes its writes fail rather than block)."""
     parent = multiprocessing.parent_process()
     evaluator = Evaluator(payload)
     while (job := tasks.get()) is not None:

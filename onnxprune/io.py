@@ -177,34 +177,43 @@ def to_proto(graph: gs.Graph, like: onnx.ModelProto, consume: bool = False) -> o
     return proto
 
 
+def stored_values(model: Model, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Weight values under the names and in the layout the file stores them: a weight the exporter
+    transposed or reshaped at run time (folded at load) is stored as its source."""
+    stored = {}
+    for name, array in values.items():
+        how = model.derived.get(name)
+        stored[how.source if how else name] = how.to_source(array) if how else array
+    return stored
+
+
+def weight_tensors(proto: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """Every weight stored in a file by name: initializers and `Constant` node values."""
+    tensors = {t.name: t for t in proto.graph.initializer}
+    for node in proto.graph.node:
+        if node.op_type == "Constant" and node.output:
+            for attr in node.attribute:
+                if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
+                    tensors[node.output[0]] = attr.t
+    return tensors
+
+
 def with_weights(model: Model, values: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
     """The original graph (the skeleton) filled with the model's weights, `values` overriding some.
 
     This is how a sparse model is written: same nodes, same names, same shapes, other values.
     """
-    values = dict(values or {})
-    for name, how in model.derived.items():
-        if name in values:
-            values[how.source] = how.to_source(values.pop(name))
+    values = stored_values(model, values or {})
     proto = onnx.ModelProto()
     proto.CopyFrom(model.skeleton)
     weights = model.weights()
-
-    def fill(tensor: onnx.TensorProto, name: str) -> None:
+    for name, tensor in weight_tensors(proto).items():
         if name not in weights and name not in values:
-            return  # not a weight the graph uses: the skeleton kept its bytes
+            continue  # not a weight the graph uses: the skeleton kept its bytes
         array = values.get(name)
         if array is None:
             array = weights[name].values
         tensor.CopyFrom(numpy_helper.from_array(np.asarray(array, dtype=_np_dtype(tensor)), tensor.name))
-
-    for init in proto.graph.initializer:
-        fill(init, init.name)
-    for node in proto.graph.node:
-        if node.op_type == "Constant" and node.output:
-            for attr in node.attribute:
-                if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
-                    fill(attr.t, node.output[0])
     return proto
 
 

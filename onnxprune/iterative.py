@@ -42,7 +42,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 
 from onnxprune import io
@@ -50,14 +49,13 @@ from onnxprune.adapters import Adapter, check_returned
 from onnxprune.channels import Group, find_groups
 from onnxprune.config import RunConfig
 from onnxprune.errors import OnnxPruneError
-from onnxprune.importance import get_criterion
 from onnxprune.io import Model
 from onnxprune.masks import Masks, masks_from_plan
-from onnxprune.plan import Plan, Planner, candidate_groups, uniform_ratios
+from onnxprune.plan import Plan
 from onnxprune.profile import layer_costs, totals
-from onnxprune.pruner import PruneOptions
+from onnxprune.pruner import PruneOptions, make_plan
 from onnxprune.surgery import sparse
-from onnxprune.transform import transform, zero_channels
+from onnxprune.transform import transform
 from onnxprune.workdir import Workdir
 
 # analyze(model, cache folder) -> sensitivity table (`analyze -o` JSON as a dict): re-analysis per round
@@ -145,34 +143,9 @@ def default_analyze(config: RunConfig) -> Analyze:
 
 
 def plan_round(model: Model, options: PruneOptions, groups: list[Group] | None = None) -> Plan:
-    """Like `pruner.make_plan`, for a model that may already have zeroed channels.
-
-    Zeroed channels score below every live one and each group removes at least as many channels as it
-    has zeroed, so the plan contains everything already removed and `options.ratio` is the cumulative
-    fraction of the full-shaped model's MACs.
-    """
-    options.check()
-    groups = find_groups(model) if groups is None else groups
-    candidates = candidate_groups(model, groups, options.exclude)
-    if not candidates:
-        raise OnnxPruneError("no prunable channel groups in this model (see `onnxprune inspect`)")
-    criterion = get_criterion(options.criterion)
-    scores, floor = {}, {}
-    for group in candidates:
-        score = np.asarray(criterion(model, group), dtype=np.float64).copy()
-        zero = zero_channels(model, group)
-        score[zero] = -1.0
-        scores[group.id] = score
-        floor[group.id] = len(zero) / group.channels
-    planner = Planner(model, groups, scores, options.round_to, options.criterion)
-    if options.sensitivity is not None:
-        from onnxprune.sensitivity import sensitivity_ratios
-
-        ratios_at = sensitivity_ratios(options.sensitivity, candidates)
-    else:
-        ratios_at = uniform_ratios(candidates)
-    return planner.fit(lambda knob: {gid: max(r, floor.get(gid, 0.0)) for gid, r in ratios_at(knob).items()},
-                       options.ratio)
+    """`pruner.make_plan` for a model that may already have zeroed channels: they count as removed, so
+    `options.ratio` is the cumulative fraction of the full-shaped model's MACs."""
+    return make_plan(model, replace(options, cumulative=True), groups)
 
 
 def format_table(result: RunResult) -> str:
@@ -319,7 +292,7 @@ class _Loop:
             return done
         start = time.perf_counter()
         model = io.from_proto(state.proto, self.shapes)
-        groups = find_groups(model)
+        groups = find_groups(model, self.options.attention)
         options = replace(self.options, ratio=ask, sensitivity=self._sensitivity(model, folder))
         plan = plan_round(model, options, groups)
         sparse_proto = sparse(model, groups, plan)

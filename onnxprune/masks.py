@@ -22,10 +22,9 @@ from onnx import numpy_helper
 
 from onnxprune.channels import Group
 from onnxprune.errors import OnnxPruneError
-from onnxprune.io import Model
+from onnxprune.io import Model, stored_values, weight_tensors
 from onnxprune.plan import Plan
-from onnxprune.rules import ZEROED_ROLES
-from onnxprune.surgery import removed_slices
+from onnxprune.surgery import zeroed_slices
 
 
 @dataclass
@@ -57,37 +56,13 @@ class Masks:
 def masks_from_plan(model: Model, groups: list[Group], plan: Plan) -> Masks:
     """The masks of the sparse model `surgery.sparse(model, groups, plan)`: every producer slice
     (weights, biases, BatchNorm scale and bias, per-channel constants) of every removed channel."""
-    weights = model.weights()
     zero: dict[str, np.ndarray] = {}
-    for member, index in removed_slices(groups, plan):
-        if member.role not in ZEROED_ROLES or member.tensor not in weights:
-            continue
-        mask = zero.get(member.tensor)
-        if mask is None:
-            mask = zero[member.tensor] = np.zeros(np.shape(weights[member.tensor].values), dtype=bool)
-        where = [slice(None)] * mask.ndim
-        where[member.axis] = index
-        mask[tuple(where)] = True
-    return Masks(dict(_stored_layout(model, name, mask) for name, mask in zero.items()))
-
-
-def _stored_layout(model: Model, name: str, mask: np.ndarray) -> tuple[str, np.ndarray]:
-    """A lifted weight's mask in the layout and under the name the file stores it."""
-    how = model.derived.get(name)
-    if how is None:
-        return name, mask
-    return how.source, how.to_source(mask.astype(np.float32)) != 0
-
-
-def weight_tensors(proto: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
-    """Every weight stored in the file by name: initializers and `Constant` node values."""
-    tensors = {t.name: t for t in proto.graph.initializer}
-    for node in proto.graph.node:
-        if node.op_type == "Constant" and node.output:
-            for attr in node.attribute:
-                if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
-                    tensors[node.output[0]] = attr.t
-    return tensors
+    for weight, where in zeroed_slices(model, groups, plan):
+        if weight.name not in zero:
+            zero[weight.name] = np.zeros(np.shape(weight.values), dtype=bool)
+        zero[weight.name][where] = True
+    stored = stored_values(model, {name: mask.astype(np.float32) for name, mask in zero.items()})
+    return Masks({name: values != 0 for name, values in stored.items()})
 
 
 def weight_arrays(proto: onnx.ModelProto) -> dict[str, np.ndarray]:

@@ -28,7 +28,6 @@ import inspect
 import numbers
 import os
 import sys
-import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ from typing import Protocol
 
 import numpy as np
 
+from onnxprune.data import read_arrays
 from onnxprune.errors import OnnxPruneError
 from onnxprune.io import Model
 from onnxprune.shapes import random_input
@@ -104,21 +104,9 @@ class Dataset:
         return h.hexdigest()
 
 
-def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """All arrays of an .npz file; object arrays (pickles) are refused."""
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {name: npz[name] for name in npz.files}
-    except FileNotFoundError:
-        raise OnnxPruneError(f"{path}: no such file") from None
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise OnnxPruneError(f"{path}: not a readable .npz of plain arrays ({str(exc).splitlines()[0][:200]})") \
-            from None
-
-
 def count_samples(path: str | os.PathLike) -> int:
     """Samples in an .npz (the length of its first array), e.g. of a full validation set."""
-    arrays = read_npz(path)
+    arrays = read_arrays(path)
     if not arrays:
         raise OnnxPruneError(f"{path}: the file holds no arrays")
     first = arrays[min(arrays)]
@@ -128,7 +116,7 @@ def count_samples(path: str | os.PathLike) -> int:
 def load_data(path: str | os.PathLike, model: Model, batch_size: int = DEFAULT_BATCH,
               user_eval: bool = False) -> Dataset:
     """Read and check analysis data against the model's inputs (names, shapes, dtypes, sample counts)."""
-    arrays = read_npz(path)
+    arrays = read_arrays(path)
     specs = input_specs(model)
     names = [s.name for s in specs]
     inputs: dict[str, np.ndarray] = {}

@@ -13,11 +13,11 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from fnmatch import fnmatch
-from pathlib import Path
 
 import numpy as np
 
 from onnxprune.channels import Group
+from onnxprune.data import read_json
 from onnxprune.errors import OnnxPruneError
 from onnxprune.io import Model
 from onnxprune.profile import layer_costs, totals
@@ -246,12 +246,8 @@ def spec_ratios(spec: dict[str, float], groups: list[Group], all_groups: list[Gr
 
 
 def read_spec(path: str) -> dict[str, float]:
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise OnnxPruneError(f"{path}: no such file") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise OnnxPruneError(f"{path}: not a JSON spec ({exc})") from None
+    """A `--spec` file: {group id: ratio}, or a plan file (whose groups' ratios are taken)."""
+    data = read_json(path, "spec")
     if isinstance(data, dict) and isinstance(data.get("groups"), dict):
         data = {k: (v["ratio"] if isinstance(v, dict) else v) for k, v in data["groups"].items()}
     if not isinstance(data, dict):

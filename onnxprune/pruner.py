@@ -17,7 +17,7 @@ import onnx_graphsurgeon as gs
 
 from onnxprune.channels import Group, find_groups
 from onnxprune.errors import OnnxPruneError
-from onnxprune.importance import get_criterion
+from onnxprune.importance import get_criterion, zero_channels
 from onnxprune.io import Model, to_proto
 from onnxprune.plan import Plan, Planner, candidate_groups, spec_ratios, uniform_ratios
 from onnxprune.runtime import graph_feeds, max_relative_difference, run_graph
@@ -38,6 +38,7 @@ class PruneOptions:
     exclude: list[str] = field(default_factory=list)
     mode: str = "slim"  # or "sparse"
     attention: str = "dims"  # MatMul attention loses head_dim positions ("dims") or whole heads ("heads")
+    cumulative: bool = False  # channels already all zero count as removed (a sparse model pruned again)
     verify: bool = True
     providers: list[str] | None = None
 
@@ -68,7 +69,13 @@ def make_plan(model: Model, options: PruneOptions, groups: list[Group] | None = 
     groups = find_groups(model, options.attention) if groups is None else groups
     candidates = candidate_groups(model, groups, options.exclude)
     criterion = get_criterion(options.criterion)
-    scores = {g.id: criterion(model, g) for g in candidates}
+    scores = {g.id: np.asarray(criterion(model, g), dtype=np.float64) for g in candidates}
+    floor: dict[str, float] = {}
+    if options.cumulative:  # zero channels score below every live one, and are never given back
+        for group in candidates:
+            zero = zero_channels(model, group)
+            scores[group.id][zero] = -1.0
+            floor[group.id] = len(zero) / group.channels
     planner = Planner(model, groups, scores, options.round_to, options.criterion)
     if options.spec is not None:
         return planner.plan(spec_ratios(options.spec, candidates, groups))
@@ -77,8 +84,10 @@ def make_plan(model: Model, options: PruneOptions, groups: list[Group] | None = 
     if options.sensitivity is not None:
         from onnxprune.sensitivity import sensitivity_ratios
 
-        return planner.fit(sensitivity_ratios(options.sensitivity, candidates), options.ratio)
-    return planner.fit(uniform_ratios(candidates), options.ratio)
+        ratios_at = sensitivity_ratios(options.sensitivity, candidates)
+    else:
+        ratios_at = uniform_ratios(candidates)
+    return planner.fit(lambda knob: {g: max(r, floor.get(g, 0.0)) for g, r in ratios_at(knob).items()}, options.ratio)
 
 
 def prune(model: Model, options: PruneOptions) -> PruneResult:

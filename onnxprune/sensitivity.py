@@ -21,6 +21,7 @@ from pathlib import Path
 
 from onnxprune.atomic import write_bytes, write_text
 from onnxprune.channels import Group
+from onnxprune.data import read_json
 from onnxprune.errors import OnnxPruneError
 
 TABLE_VERSION = 1
@@ -136,12 +137,7 @@ def is_number(value: object) -> bool:
 
 def read_table(path: str | Path) -> dict:
     """Read and check `analyze -o` output; returns the table as a dict (see `SensitivityTable.to_dict`)."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise OnnxPruneError(f"{path}: no such file") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise OnnxPruneError(f"{path}: not a JSON sensitivity table ({exc})") from None
+    data = read_json(path, "sensitivity table")
     return SensitivityTable.from_dict(data, str(path)).to_dict()
 
 

@@ -42,19 +42,28 @@ def removed_slices(groups: list[Group], plan: Plan) -> list[tuple[Member, np.nda
     return slices
 
 
+def zeroed_slices(model: Model, groups: list[Group], plan: Plan) -> Iterator[tuple[gs.Constant, tuple]]:
+    """Every weight slice the sparse model sets to zero: (weight, index tuple into its values).
+
+    The producer slices (weights, biases, BatchNorm scale and bias, per-channel constants) of every
+    removed channel; consumer columns and statistics are left as they are.
+    """
+    weights = model.weights()
+    for member, index in removed_slices(groups, plan):
+        if member.role in ZEROED_ROLES and member.tensor in weights:
+            weight = weights[member.tensor]
+            where = [slice(None)] * weight.values.ndim
+            where[member.axis] = index
+            yield weight, tuple(where)
+
+
 def sparse_values(model: Model, groups: list[Group], plan: Plan) -> dict[str, np.ndarray]:
     """New values of the weights a sparse model changes (producer slices set to zero)."""
-    weights = model.weights()
     values: dict[str, np.ndarray] = {}
-    for member, index in removed_slices(groups, plan):
-        if member.role not in ZEROED_ROLES or member.tensor not in weights:
-            continue
-        array = values.get(member.tensor)
-        if array is None:
-            array = values[member.tensor] = np.array(weights[member.tensor].values, copy=True)
-        where = [slice(None)] * array.ndim
-        where[member.axis] = index
-        array[tuple(where)] = 0
+    for weight, where in zeroed_slices(model, groups, plan):
+        if weight.name not in values:
+            values[weight.name] = np.array(weight.values, copy=True)
+        values[weight.name][where] = 0
     return values
 
 
@@ -65,18 +74,13 @@ def zeroed_in_place(model: Model, groups: list[Group], plan: Plan) -> Iterator[M
     Only the zeroed slices are saved (to be restored on exit, even on errors): checking a big model this
     way costs a fraction of a copy of it.
     """
-    weights = model.weights()
     saved = []
-    for member, index in removed_slices(groups, plan):
-        if member.role not in ZEROED_ROLES or member.tensor not in weights:
-            continue
-        array = weights[member.tensor].values
-        if not array.flags.writeable:
-            array = weights[member.tensor].values = np.array(array)
-        where = [slice(None)] * array.ndim
-        where[member.axis] = index
-        saved.append((array, tuple(where), array[tuple(where)].copy()))
-        array[tuple(where)] = 0
+    for weight, where in zeroed_slices(model, groups, plan):
+        if not weight.values.flags.writeable:
+            weight.values = np.array(weight.values)
+        array = weight.values
+        saved.append((array, where, array[where].copy()))
+        array[where] = 0
     try:
         yield model
     finally:

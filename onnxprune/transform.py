@@ -12,11 +12,11 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from onnxprune.channels import Group, find_groups
+from onnxprune.channels import find_groups
+from onnxprune.importance import zero_channels
 from onnxprune.io import Model, to_proto
 from onnxprune.plan import Plan, Planner
 from onnxprune.pruner import check_same_function
-from onnxprune.rules import ZEROED_ROLES
 from onnxprune.surgery import slim_graph
 
 
@@ -25,21 +25,6 @@ class TransformResult:
     plan: Plan  # what was found zero and removed
     model: onnx.ModelProto
     difference: float | None = None  # measured dense-vs-sparse difference when verified
-
-
-def zero_channels(model: Model, group: Group) -> list[int]:
-    """Group channels whose producing slices are all exactly zero."""
-    weights = model.weights()
-    producing = [m for m in group.members if m.role in ZEROED_ROLES and m.tensor in weights]
-    if not producing:
-        return []
-    zero = np.ones(group.channels, dtype=bool)
-    for member in producing:
-        values = np.asarray(weights[member.tensor].values)
-        slices = np.moveaxis(np.take(values, member.index, axis=member.axis), member.axis, 0)
-        nonzero = np.any(slices.reshape(len(member.index), -1) != 0, axis=1)
-        zero[np.unique(member.channel[nonzero])] = False
-    return np.flatnonzero(zero).tolist()
 
 
 def transform(model: Model, verify: bool = True, providers: list[str] | None = None,

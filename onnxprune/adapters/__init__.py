@@ -27,7 +27,8 @@ from typing import Any, Protocol, runtime_checkable
 import onnx
 
 from onnxprune.errors import OnnxPruneError
-from onnxprune.masks import Masks, enforce, weight_tensors
+from onnxprune.io import weight_tensors
+from onnxprune.masks import Masks, enforce
 
 Settings = dict[str, Any]
 
