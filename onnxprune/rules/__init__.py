@@ -1,0 +1,126 @@
+"""Per-operator channel rules: how a channel index on one tensor axis maps to the node's other tensors.
+
+A rule answers one question: "channel axis `axis` of the tensor at `port` of `node` is being pruned —
+which axes of the node's other tensors must lose the same channels?" It answers with `Bundle`s: a bundle
+is an index space (for a Conv's output: its output channels) and the tensor axes tied to it, each with
+the pairs (space index, index along that axis). A `Stop` says the axis cannot be pruned, and why.
+
+Example (Conv with weight W [O, I, k, k] and bias B, arriving at output Y's axis 1):
+
+    Bundle(O, [Tie(Y, 1, identity(O)), Tie(W, 0, identity(O), role=OUT), Tie(B, 0, identity(O), role=OUT)])
+
+Roles of weights say what sparse pruning does with them: OUT and AFFINE slices are zeroed (they produce
+the channel), IN slices (consumer weights) and KEEP slices (BN statistics, divisors) are left as they are;
+slim pruning deletes every tied slice. CONTRACT ties two activations summed over in a MatMul.
+
+Each rule also names how the *value of a removed channel* flows through the node (`value`, see
+`channels.py`) and may have a `fixup` that rewrites attributes and shape inputs after slim pruning.
+An operator without a rule stops every group that reaches it: unknown means unprunable, never guessed.
+
+The rules live by kind in `elementwise`, `weighted`, `layout` and `spatial`; `RULES` below maps operator
+types to them. A new operator is one entry here (and one fixture).
+"""
+
+from __future__ import annotations
+
+from onnxprune.rules.base import (
+    AFFINE,
+    CONTRACT,
+    IN,
+    KEEP,
+    OUT,
+    ZEROED_ROLES,
+    Bundle,
+    Context,
+    Port,
+    Removed,
+    Rule,
+    Stop,
+    Tie,
+    Value,
+)
+from onnxprune.rules.elementwise import UNARY, elementwise, neutral, passthrough
+from onnxprune.rules.layout import (
+    concat,
+    fix_reshape,
+    fix_slice,
+    fix_split,
+    reshape,
+    shape_of,
+    slice_,
+    split,
+    squeeze_like,
+    transpose,
+)
+from onnxprune.rules.spatial import (
+    fix_resize,
+    group_norm,
+    layer_norm_axis,
+    normalized_from,
+    reduce,
+    softmax_axis,
+    spatial,
+)
+from onnxprune.rules.weighted import (
+    conv,
+    conv_transpose,
+    fix_conv_groups,
+    gather,
+    gemm,
+    matmul,
+    normalization,
+)
+
+__all__ = [
+    "AFFINE", "CONTRACT", "IN", "KEEP", "OUT", "RULES", "ZEROED_ROLES", "Bundle", "Context", "Port", "Removed",
+    "Rule", "Stop", "Tie", "Value",
+]
+
+
+def _build_rules() -> dict[str, Rule]:
+    rules: dict[str, Rule] = {}
+    for op, fn in UNARY.items():
+        rules[op] = Rule(passthrough, Value.UNARY, unary=fn)
+    rules["PRelu"] = Rule(elementwise, Value.UNARY, unary=UNARY["PRelu"])
+    for op, kind in {"Add": "add", "Sum": "add", "Sub": "sub", "Mul": "mul", "Max": "max", "Min": "min"}.items():
+        rules[op] = Rule(elementwise, Value.BINARY, binary=kind)
+    rules["Div"] = Rule(elementwise, Value.BINARY, binary="div")
+    rules["Pow"] = Rule(elementwise, Value.BINARY, binary="pow")
+    rules["Where"] = Rule(elementwise, Value.UNKNOWN)
+    rules["Conv"] = Rule(conv, Value.LINEAR, fixup=fix_conv_groups)
+    rules["ConvTranspose"] = Rule(conv_transpose, Value.LINEAR, fixup=fix_conv_groups)
+    rules["Gemm"] = Rule(gemm, Value.LINEAR)
+    rules["MatMul"] = Rule(matmul, Value.LINEAR)
+    rules["BatchNormalization"] = Rule(normalization, Value.LINEAR)
+    rules["InstanceNormalization"] = Rule(normalization, Value.LINEAR)
+    rules["Concat"] = Rule(concat, Value.COPY)
+    rules["Split"] = Rule(split, Value.COPY, fixup=fix_split)
+    rules["Slice"] = Rule(slice_, Value.COPY, fixup=fix_slice)
+    rules["Transpose"] = Rule(transpose, Value.COPY)
+    rules["Squeeze"] = Rule(squeeze_like, Value.COPY)
+    rules["Unsqueeze"] = Rule(squeeze_like, Value.COPY)
+    rules["Reshape"] = Rule(reshape, Value.COPY, fixup=fix_reshape)
+    rules["Flatten"] = Rule(reshape, Value.COPY)
+    for op in ("MaxPool", "GlobalMaxPool", "GlobalAveragePool"):
+        rules[op] = Rule(spatial, Value.COPY)
+    for op in ("AveragePool", "LpPool", "GlobalLpPool", "Pad"):
+        rules[op] = Rule(spatial, Value.ZERO)
+    rules["Resize"] = Rule(spatial, Value.COPY, fixup=fix_resize)
+    rules["Upsample"] = Rule(spatial, Value.COPY)
+    for op in ("ReduceMean", "ReduceMax", "ReduceMin"):
+        rules[op] = Rule(reduce, Value.COPY)
+    for op in ("ReduceSum", "ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceLogSumExp", "ReduceProd"):
+        rules[op] = Rule(reduce, Value.ZERO)
+    for op in ("Softmax", "LogSoftmax", "Hardmax"):
+        rules[op] = Rule(normalized_from(softmax_axis), Value.UNKNOWN)
+    rules["LayerNormalization"] = Rule(normalized_from(layer_norm_axis), Value.UNKNOWN)
+    rules["GroupNormalization"] = Rule(group_norm, Value.UNKNOWN)
+    rules["Gather"] = Rule(gather, Value.LINEAR)
+    rules["Shape"] = Rule(shape_of)
+    for op in ("Size", "NonZero"):
+        rules[op] = Rule(lambda n, p, a, c: Stop(f"{n.op} '{n.name}' reads the channel count"))
+    rules["ConstantOfShape"] = Rule(neutral)
+    return rules
+
+
+RULES: dict[str, Rule] = _build_rules()

@@ -1,0 +1,170 @@
+"""The vocabulary of channel rules: ties, bundles, stops, weight roles, the context rules read, and
+the small helpers they share (see the package docstring for how they fit)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+OUT, IN, AFFINE, KEEP, CONTRACT = "out", "in", "affine", "keep", "contract"
+ZEROED_ROLES = (OUT, AFFINE)
+
+
+@dataclass
+class Tie:
+    """Axis `axis` of `tensor` belongs to a bundle: `pairs[:, 0]` space indices, `pairs[:, 1]` axis indices."""
+
+    tensor: gs.Tensor
+    axis: int
+    pairs: np.ndarray
+    role: str | None = None
+
+
+@dataclass
+class Bundle:
+    """An index space of `size` channels and the tensor axes that carry them."""
+
+    size: int
+    ties: list[Tie]
+
+
+@dataclass
+class Stop:
+    """The arriving axis cannot be pruned: `reason` says why, in words a user understands."""
+
+    reason: str
+
+
+class Value(Enum):
+    """How the (spatially uniform) value of a removed channel goes through a node."""
+
+    LINEAR = "linear"  # zero when any tied input is zero (weights of removed channels are zeroed)
+    COPY = "copy"  # the output channel holds the input channel's value
+    ZERO = "zero"  # zero stays zero; any other value becomes unknown
+    UNARY = "unary"  # elementwise function of the input value
+    BINARY = "binary"  # elementwise arithmetic of several inputs, with broadcasting
+    UNKNOWN = "unknown"
+
+
+@dataclass
+class Port:
+    """Where a tensor sits on a node."""
+
+    is_input: bool
+    index: int
+
+    def tensor(self, node: gs.Node) -> gs.Tensor:
+        return node.inputs[self.index] if self.is_input else node.outputs[self.index]
+
+
+class Context:
+    """What rules may read: concrete shapes at batch 1, constant values, a memo per node."""
+
+    def __init__(self, shapes: dict[str, tuple[int, ...]], opset: int, values: dict[str, np.ndarray] | None = None,
+                 attention: str = "dims"):
+        self.shapes = shapes
+        self.opset = opset
+        self.values = values or {}  # small integer tensors computed from Shape ops, at batch 1
+        self.attention = attention  # "dims": prune head_dim uniformly over heads; "heads": whole heads
+        self.memo: dict[tuple[int, str], object] = {}
+
+    def shape(self, tensor: gs.Tensor) -> tuple[int, ...] | None:
+        if isinstance(tensor, gs.Constant):
+            return tuple(tensor.values.shape)
+        return self.shapes.get(tensor.name)
+
+    def const(self, tensor: gs.Tensor | None) -> np.ndarray | None:
+        """Values of a weight or constant; None for anything computed at run time."""
+        if isinstance(tensor, gs.Constant):
+            return np.asarray(tensor.values)
+        return None
+
+    def value(self, tensor: gs.Tensor | None) -> np.ndarray | None:
+        """Like `const`, but also knows shape computations (their value at batch 1)."""
+        if tensor is None or isinstance(tensor, gs.Constant):
+            return self.const(tensor)
+        return self.values.get(tensor.name)
+
+
+RuleFn = Callable[[gs.Node, Port, int, Context], "list[Bundle] | Stop"]
+FixupFn = Callable[[gs.Node, "Removed", Context], None]
+
+
+@dataclass
+class Rule:
+    """One operator's entry: its bundles, how removed values pass, and its slim-time fixup."""
+
+    bundles: RuleFn
+    value: Value = Value.UNKNOWN
+    unary: Callable[[np.ndarray, gs.Node], np.ndarray] | None = None
+    binary: str | None = None
+    fixup: FixupFn | None = None
+
+
+class Removed:
+    """Slim-time view: which indices are removed from each tensor axis, and the tensors' new sizes."""
+
+    def __init__(self, indices: dict[tuple[str, int], np.ndarray], shapes: dict[str, tuple[int, ...]]):
+        self.indices = indices
+        self.old_shapes = shapes
+
+    def of(self, tensor: gs.Tensor, axis: int) -> np.ndarray:
+        return self.indices.get((tensor.name, axis), np.zeros(0, dtype=np.int64))
+
+    def kept(self, tensor: gs.Tensor, axis: int, size: int) -> np.ndarray:
+        return np.setdiff1d(np.arange(size), self.of(tensor, axis))
+
+
+# --- small helpers -----------------------------------------------------------------------------------
+
+
+def identity(n: int) -> np.ndarray:
+    idx = np.arange(n, dtype=np.int64)
+    return np.stack([idx, idx], axis=1)
+
+
+def tie(tensor: gs.Tensor, axis: int, n: int, role: str | None = None) -> Tie:
+    return Tie(tensor, axis, identity(n), role)
+
+
+def weight_role(tensor: gs.Tensor, role: str) -> str | None:
+    return role if isinstance(tensor, gs.Constant) else None
+
+
+def present(tensor: gs.Tensor | None) -> bool:
+    """Optional inputs are empty Variables in onnx-graphsurgeon."""
+    return tensor is not None and not (isinstance(tensor, gs.Variable) and not tensor.name)
+
+
+def norm_axis(axis: int, rank: int) -> int:
+    return axis + rank if axis < 0 else axis
+
+
+def ints_input(node: gs.Node, index: int, attr: str, ctx: Context) -> list[int] | None:
+    """An int list given as attribute (older opsets) or as input (newer), constant or computed from
+    shapes; [] when absent, None when it depends on data."""
+    if attr in node.attrs:
+        return [int(v) for v in np.atleast_1d(node.attrs[attr])]
+    if index < len(node.inputs) and present(node.inputs[index]):
+        values = ctx.value(node.inputs[index])
+        return None if values is None else [int(v) for v in np.atleast_1d(values)]
+    return []
+
+
+def computed_input(node: gs.Node, index: int) -> bool:
+    """True when an input exists and is computed at run time (so it adapts to new channel counts)."""
+    return index < len(node.inputs) and present(node.inputs[index]) and not isinstance(node.inputs[index], gs.Constant)
+
+
+def shapes_or_stop(ctx: Context, *tensors: gs.Tensor) -> list[tuple[int, ...]] | Stop:
+    shapes = []
+    for tensor in tensors:
+        shape = ctx.shape(tensor)
+        if shape is None:
+            return Stop(f"shape of '{tensor.name}' is unknown")
+        shapes.append(shape)
+    return shapes
