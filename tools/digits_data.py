@@ -53,3 +53,26 @@ class DigitsCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+
+def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, lr: float, weight_decay: float = 1e-4,
+        cosine: bool = True, seed: int = 0, batch: int = 64) -> None:
+    """Adam over shuffled mini-batches, cosine-annealed to zero when asked; the shuffles come from
+    `seed`, so training is deterministic. Leaves the model in eval mode."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    steps = epochs * -(-len(x) // batch)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps) if cosine else None
+    loss_fn = nn.CrossEntropyLoss()
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(xt), generator=generator)
+        for start in range(0, len(xt), batch):
+            idx = order[start:start + batch]
+            optimizer.zero_grad()
+            loss_fn(model(xt[idx]), yt[idx]).backward()
+            optimizer.step()
+            if schedule is not None:
+                schedule.step()
+    model.eval()

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # so `python tools/train_digits.py` can import tools.*
     sys.path.insert(0, str(ROOT))
 
-from tools.digits_data import DIGITS_INPUT_SHAPE, DigitsCNN, load_digits_split
+from tools.digits_data import DIGITS_INPUT_SHAPE, DigitsCNN, fit, load_digits_split
 from tools.make_fixtures import (
     check_against_torch,
     export_torchscript,
@@ -39,23 +39,8 @@ def train(x_train: np.ndarray, y_train: np.ndarray) -> DigitsCNN:
     """Adam with a cosine schedule over shuffled mini-batches; every random draw comes from seed 0."""
     torch.manual_seed(0)
     model = DigitsCNN()
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3, weight_decay=1e-4)
-    steps_per_epoch = -(-len(x_train) // BATCH)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, EPOCHS * steps_per_epoch)
-    loss_fn = nn.CrossEntropyLoss()
-    x = torch.from_numpy(x_train)
-    y = torch.from_numpy(y_train)
-    generator = torch.Generator().manual_seed(0)
-    model.train()
-    for _ in range(EPOCHS):
-        order = torch.randperm(len(x), generator=generator)
-        for start in range(0, len(x), BATCH):
-            idx = order[start : start + BATCH]
-            optimizer.zero_grad()
-            loss_fn(model(x[idx]), y[idx]).backward()
-            optimizer.step()
-            schedule.step()
-    return model.eval()
+    fit(model, x_train, y_train, EPOCHS, lr=3e-3, weight_decay=1e-4, cosine=True, seed=0, batch=BATCH)
+    return model
 
 
 def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:

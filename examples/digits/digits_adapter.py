@@ -24,7 +24,7 @@ if str(ROOT) not in sys.path:  # so `python examples/digits/run.py` can import t
     sys.path.insert(0, str(ROOT))
 
 from onnxprune.adapters.torch import TorchAdapter
-from tools.digits_data import DIGITS_INPUT_SHAPE, DigitsCNN, load_digits_split
+from tools.digits_data import DIGITS_INPUT_SHAPE, DigitsCNN, fit, load_digits_split
 
 OUT = Path(__file__).resolve().parent / "out"
 BASELINE = OUT / "baseline.onnx"
@@ -45,26 +45,9 @@ def train(module: nn.Module, settings: dict[str, Any]) -> None:
     weight_decay, seed. Deterministic for given settings."""
     torch.manual_seed(int(settings.get("seed", 0)))
     data = split()
-    x, y = torch.from_numpy(data["x_fit"]), torch.from_numpy(data["y_fit"])
-    epochs = int(settings.get("epochs", 10))
-    optimizer = torch.optim.Adam(module.parameters(), lr=float(settings.get("lr", 3e-3)),
-                                 weight_decay=float(settings.get("weight_decay", 1e-4)))
-    steps = epochs * -(-len(x) // BATCH)
-    decay = settings.get("decay", "cosine")
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps) if decay == "cosine" else None
-    loss_fn = nn.CrossEntropyLoss()
-    generator = torch.Generator().manual_seed(int(settings.get("seed", 0)))
-    module.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(x), generator=generator)
-        for start in range(0, len(x), BATCH):
-            idx = order[start:start + BATCH]
-            optimizer.zero_grad()
-            loss_fn(module(x[idx]), y[idx]).backward()
-            optimizer.step()
-            if schedule is not None:
-                schedule.step()
-    module.eval()
+    fit(module, data["x_fit"], data["y_fit"], int(settings.get("epochs", 10)), lr=float(settings.get("lr", 3e-3)),
+        weight_decay=float(settings.get("weight_decay", 1e-4)), cosine=settings.get("decay", "cosine") == "cosine",
+        seed=int(settings.get("seed", 0)), batch=BATCH)
 
 
 def top1(module: nn.Module, part: str = "val") -> float:
