@@ -1,6 +1,6 @@
 """`analyze`: the sensitivity table — per channel group and ratio, the metric with those channels zeroed.
 
-For each entry the channels are chosen exactly as `prune` chooses them (`Planner.removal` with the same
+For each entry the channels are chosen exactly as `prune` chooses them (`Planner.plan` with the same
 criterion), and the metric is that of the sparse model `surgery` would write: what you analyze is what
 you get. Entries run through an executor (this process, a process pool, Ray), each finished entry is
 written to the resumable cache, and the part of the network before a group is computed once per group.

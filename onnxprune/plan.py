@@ -58,17 +58,6 @@ class Plan:
         data = {"version": PLAN_VERSION, **asdict(self)}
         return json.dumps(data, indent=1)
 
-    @staticmethod
-    def from_json(text: str, where: str = "plan") -> Plan:
-        try:
-            data = json.loads(text)
-            if data.pop("version", None) != PLAN_VERSION:
-                raise ValueError("unknown plan version")
-            data["groups"] = {k: GroupPlan(**v) for k, v in data["groups"].items()}
-            return Plan(**data)
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise OnnxPruneError(f"{where}: not a plan file ({exc})") from None
-
 
 def alignment(channels: int, round_to: int | None = None) -> int:
     """Kept channel counts are multiples of this. Given (`--round-to N`) it is N; automatic (None) it is
@@ -125,11 +114,8 @@ class Planner:
         """The alignment of a group's kept channel count."""
         return alignment(self.groups[gid].channels, self.round_to)
 
-    def removal(self, ratios: dict[str, float]) -> dict[str, list[int]]:
-        """Lowest-scoring channels of each group, never emptying any tensor axis the group lives on."""
-        return self.removal_of(self.counts(ratios))
-
     def removal_of(self, counts: dict[str, int]) -> dict[str, list[int]]:
+        """Lowest-scoring channels of each group, never emptying any tensor axis the group lives on."""
         removed = {}
         for gid, n in counts.items():
             if n > 0:

@@ -105,10 +105,9 @@ def prune(model: Model, options: PruneOptions) -> PruneResult:
     return PruneResult(plan, to_proto(graph, model.skeleton, consume=True), difference)
 
 
-def check_same_function(model: Model, candidate: gs.Graph, values: dict[str, np.ndarray] | None = None,
-                        providers: list[str] | None = None) -> float:
-    """Run the candidate graph and the model (with `values` overriding weights: the sparse model) on the
-    same random batch; refuse a candidate that computes otherwise.
+def check_same_function(model: Model, candidate: gs.Graph, providers: list[str] | None = None) -> float:
+    """Run the candidate graph and the model on the same random batch; refuse a candidate that computes
+    otherwise. To check against the sparse model, run it inside `surgery.zeroed_in_place`.
 
     Both run with their weights fed as inputs, so the check costs no copy of the model. The bar is the
     invariant's 1e-4 relative difference. Deep models whose outputs are tiny on random input (a
@@ -118,11 +117,11 @@ def check_same_function(model: Model, candidate: gs.Graph, values: dict[str, np.
     """
     feeds = graph_feeds(model.graph, model.input_shapes, batch=2)
     try:
-        expected = run_graph(model.graph, model.skeleton, feeds, values, providers)
-        difference = max_relative_difference(expected, run_graph(candidate, model.skeleton, feeds, None, providers))
+        expected = run_graph(model.graph, model.skeleton, feeds, providers)
+        difference = max_relative_difference(expected, run_graph(candidate, model.skeleton, feeds, providers))
         bar = TOLERANCE
         if difference > bar:
-            rerun = run_graph(model.graph, model.skeleton, feeds, values, providers, optimize=False)
+            rerun = run_graph(model.graph, model.skeleton, feeds, providers, optimize=False)
             bar = max(TOLERANCE, 10 * max_relative_difference(expected, rerun))
     except Exception as exc:
         raise RuntimeError(f"the pruned model does not run: {str(exc).splitlines()[0][:300]}") from exc

@@ -51,24 +51,20 @@ FED_LIMIT = 1024  # weights with more elements are fed as inputs by `run_graph` 
 
 
 def run_graph(graph: gs.Graph, like: onnx.ModelProto, feeds: dict[str, np.ndarray],
-              values: dict[str, np.ndarray] | None = None, providers: list[str] | None = None,
-              optimize: bool = True) -> list[np.ndarray]:
+              providers: list[str] | None = None, optimize: bool = True) -> list[np.ndarray]:
     """Run an IR graph once without copying its weights: they are fed as inputs.
 
     A session built from a serialized model holds the protobuf, its bytes and onnxruntime's own copy of
     every weight; feeding numpy arrays costs nothing. Slower per run (no prepacking), which does not
-    matter for a single check. `values` overrides some weights (e.g. the zeroed ones of a sparse model).
+    matter for a single check.
     """
     from onnxprune.io import to_proto
 
-    values = values or {}
     structure = graph.copy()
     weights: dict[str, np.ndarray] = {}
     for tensor in list(structure.tensors().values()):
-        if isinstance(tensor, gs.Constant) and tensor.name in values and tensor.values.size <= FED_LIMIT:
-            tensor.values = values[tensor.name]  # a copy of the IR: the model's own stays as it was
-        elif isinstance(tensor, gs.Constant) and tensor.values.size > FED_LIMIT:
-            array = np.ascontiguousarray(values.get(tensor.name, tensor.values))
+        if isinstance(tensor, gs.Constant) and tensor.values.size > FED_LIMIT:
+            array = np.ascontiguousarray(tensor.values)
             weights[tensor.name] = array
             variable = gs.Variable(tensor.name, dtype=array.dtype, shape=array.shape)
             for consumer in list(tensor.outputs):

@@ -87,7 +87,7 @@ def _shapes_from_runtime(
     proto: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]], names: list[str]
 ) -> dict[str, tuple[int, ...]]:
     """Run the model once with every unknown tensor as an extra output and read the shapes off."""
-    import onnxruntime as ort
+    from onnxprune.runtime import session  # runtime imports this module
 
     probe = onnx.ModelProto()
     probe.CopyFrom(proto)
@@ -96,12 +96,9 @@ def _shapes_from_runtime(
         if name not in known_outputs:
             probe.graph.output.append(onnx.ValueInfoProto(name=name))
     try:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        options.log_severity_level = 3
-        session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        feeds = {i.name: random_input(i.type, input_shapes[i.name]) for i in session.get_inputs()}
-        values = session.run(names, feeds)
+        sess = session(probe, optimize=False)
+        feeds = {i.name: random_input(i.type, input_shapes[i.name]) for i in sess.get_inputs()}
+        values = sess.run(names, feeds)
     except Exception:  # noqa: BLE001 - no shapes is a valid answer: rules needing them stop their group
         return {}
     return {name: tuple(np.shape(v)) for name, v in zip(names, values)}

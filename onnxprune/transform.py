@@ -40,5 +40,5 @@ def transform(model: Model, verify: bool = True, providers: list[str] | None = N
     planner = Planner(model, groups, scores)
     plan = planner.plan({gid: len(r) / planner.groups[gid].channels for gid, r in removed.items() if r})
     dense = slim_graph(model, groups, plan)
-    difference = check_same_function(model, dense, None, providers) if verify and plan.groups else None
+    difference = check_same_function(model, dense, providers) if verify and plan.groups else None
     return TransformResult(plan, to_proto(dense, model.skeleton, consume=True), difference)

@@ -38,7 +38,6 @@ from onnxprune.errors import OnnxPruneError
 from onnxprune.masks import Masks
 
 Command = str | Sequence[str]
-TRAIN_FIELDS = ("input", "output", "masks", "settings")
 
 
 class CommandAdapter:

@@ -124,9 +124,6 @@ class ContainerHeader:
     def chunk_plain_size(self, index: int) -> int:
         return min(self.chunk_size, self.payload_size - index * self.chunk_size)
 
-    def chunk_offset(self, index: int) -> int:
-        return self.data_offset + index * (self.chunk_size + TAG_SIZE)
-
 
 @dataclass(frozen=True)
 class Manifest:
