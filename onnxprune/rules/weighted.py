@@ -28,21 +28,28 @@ from onnxprune.rules.base import (
 # --- weighted layers -------------------------------------------------------------------------------
 
 
+def _conv_parts(node: gs.Node) -> tuple[gs.Tensor, gs.Constant, gs.Tensor | None, gs.Tensor, int] | Stop:
+    """(input, weight, bias or None, output, group) of a Conv or ConvTranspose with constant weights."""
+    w = node.inputs[1]
+    if not isinstance(w, gs.Constant):
+        return Stop(f"{node.op} '{node.name}' has weights computed at run time")
+    bias = node.inputs[2] if len(node.inputs) > 2 and present(node.inputs[2]) else None
+    return node.inputs[0], w, bias, node.outputs[0], int(node.attrs.get("group", 1))
+
+
 def conv(node: gs.Node, port: Port, axis: int, ctx: Context) -> list[Bundle] | Stop:
     """Conv: output channels tie weight rows and bias; input channels tie weight columns.
 
     Depthwise (one input channel per group) ties output channel o to input channel o // multiplier.
     Grouped convs keep their group count: channel q of every group goes together, so groups stay equal.
     """
-    x, w = node.inputs[0], node.inputs[1]
-    y = node.outputs[0]
-    if not isinstance(w, gs.Constant):
-        return Stop(f"Conv '{node.name}' has weights computed at run time")
-    groups = int(node.attrs.get("group", 1))
+    parts = _conv_parts(node)
+    if isinstance(parts, Stop):
+        return parts
+    x, w, bias, y, groups = parts
     out_ch, in_per_group = w.values.shape[0], w.values.shape[1]
     in_ch = in_per_group * groups
     out_per_group = out_ch // groups
-    bias = node.inputs[2] if len(node.inputs) > 2 and present(node.inputs[2]) else None
     tensor = port.tensor(node)
     on_output = (tensor is y and axis == 1) or (tensor is w and axis == 0) or (tensor is bias and axis == 0)
     on_input = (tensor is x and axis == 1) or (tensor is w and axis == 1)
@@ -67,15 +74,13 @@ def conv(node: gs.Node, port: Port, axis: int, ctx: Context) -> list[Bundle] | S
 
 def conv_transpose(node: gs.Node, port: Port, axis: int, ctx: Context) -> list[Bundle] | Stop:
     """ConvTranspose: weight is [C_in, C_out / group, k...]; output channels tie weight axis 1."""
-    x, w = node.inputs[0], node.inputs[1]
-    y = node.outputs[0]
-    if not isinstance(w, gs.Constant):
-        return Stop(f"ConvTranspose '{node.name}' has weights computed at run time")
-    groups = int(node.attrs.get("group", 1))
+    parts = _conv_parts(node)
+    if isinstance(parts, Stop):
+        return parts
+    x, w, bias, y, groups = parts
     in_ch, out_per_group = w.values.shape[0], w.values.shape[1]
     out_ch = out_per_group * groups
     in_per_group = in_ch // groups
-    bias = node.inputs[2] if len(node.inputs) > 2 and present(node.inputs[2]) else None
     tensor = port.tensor(node)
     on_output = (tensor is y and axis == 1) or (tensor is w and axis == 1) or (tensor is bias and axis == 0)
     on_input = (tensor is x and axis == 1) or (tensor is w and axis == 0)
