@@ -39,8 +39,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     """Remove channels: --ratio R removes R of the MACs (uniformly, or guided by --sens); --spec sets
-    per-group channel ratios. Slim mode (default) removes channels; sparse mode zeroes them."""
+    per-group channel ratios. Slim mode (default) removes channels; sparse mode zeroes them.
+
+    With --data CALIB.npz (a few hundred unlabeled samples) the layers that read removed channels are
+    re-solved by least squares to compute what the unpruned model computes (no training), and
+    --criterion act chooses channels by what they carry on that data."""
     from onnxprune.plan import read_spec
+    from onnxprune.progress import ProgressBar
     from onnxprune.pruner import PruneOptions, prune
     from onnxprune.runtime import parse_providers
 
@@ -49,11 +54,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
         ratio=args.ratio, spec=read_spec(args.spec) if args.spec else None,
         sensitivity=_read_sensitivity(args.sens) if args.sens else None, criterion=args.criterion,
         round_to=args.round_to, exclude=args.exclude or [], mode=args.mode, verify=not args.no_verify,
-        attention=args.attention,
-        providers=parse_providers(args.providers),
+        attention=args.attention, providers=parse_providers(args.providers), data=args.data,
+        reconstruct=args.reconstruct, allocation=args.allocation,
     )
     options.check()
-    result = prune(_load(args), options)
+    with ProgressBar(sys.stderr, label="reconstruct", unit="layers") as bar:
+        result = prune(_load(args), options, progress=bar.update)
     _free_memory()  # the loaded model (a reference cycle) goes before the output is serialized
     io.save(result.model, args.output)
     if args.plan_out:
@@ -79,6 +85,9 @@ def _print_prune_summary(result, output: str) -> None:
     for name, before, after in rows:
         print(f"{name:8} {human(before):>10} {human(after):>10} {after / max(before, 1):>7.3f}", file=sys.stderr)
     print(f"pruned {len(plan.groups)} groups, {plan.macs_ratio:.1%} of MACs removed -> {output}", file=sys.stderr)
+    fitted = getattr(result, "reconstruction", None)
+    if fitted is not None:
+        print(fitted.summary(), file=sys.stderr)
     if result.difference is not None:
         print(f"verified: slim equals sparse (max relative difference {result.difference:.1e})", file=sys.stderr)
     for note in plan.notes:
@@ -340,7 +349,15 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--ratio", type=float, help="fraction of MACs to remove, in (0, 1)")
     how.add_argument("--spec", help="JSON mapping group id -> fraction of its channels to remove")
     p.add_argument("--sens", help="sensitivity table from `onnxprune analyze` to allocate --ratio by")
-    p.add_argument("--criterion", default="l1", help="channel importance: l1, l2 or bn (default l1)")
+    p.add_argument("--criterion", help="channel importance: l1, l2, bn, or act (activation-weighted, needs --data); "
+                   "default act with --data, l1 without")
+    p.add_argument("--data", metavar="CALIB.npz", help="calibration data: arrays named after the model's inputs, "
+                   "samples on axis 0, no labels needed; turns on reconstruction")
+    p.add_argument("--reconstruct", action=argparse.BooleanOptionalAction, default=None,
+                   help="re-solve the layers that read removed channels on --data (default: on with --data)")
+    p.add_argument("--allocation", choices=("uniform", "reconstruction"),
+                   help="per-group ratios without --sens: one channel fraction for all (uniform, the default), or "
+                        "by what reconstruction cannot recover (needs --data)")
     p.add_argument("--round-to", type=int, default=None, metavar="N",
                    help="keep channel counts a multiple of N (default: 16 or 8 for wide layers, finer for narrow "
                         "ones; 1 for exact fractions)")

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxprune.errors import OnnxPruneError
-from onnxprune.importance import CRITERIA
+from onnxprune.importance import CRITERIA, DATA_CRITERIA
 
 try:
     import tomllib
@@ -101,15 +101,20 @@ class Schedule:
 class PruneSettings:
     """How each round picks channels (as `onnxprune prune`)."""
 
-    criterion: str = "l1"
+    criterion: str | None = None  # None: as `prune` ("act" with data, "l1" without)
     round_to: int | None = None  # None: automatic alignment, as `prune`
     exclude: list[str] = field(default_factory=list)
     sensitivity: str | None = None  # an `analyze` table used by every round
     reanalyze: bool = False  # measure sensitivity again on every round's starting model
+    data: str | None = None  # calibration data: every round re-solves the layers reading removed channels
+    reconstruct: bool | None = None  # None: on when `data` is given
 
     def check(self) -> None:
-        if self.criterion not in CRITERIA:
-            raise OnnxPruneError(f"prune.criterion {self.criterion!r}: choose one of {', '.join(CRITERIA)}")
+        known = (*CRITERIA, *DATA_CRITERIA)
+        if self.criterion is not None and self.criterion not in known:
+            raise OnnxPruneError(f"prune.criterion {self.criterion!r}: choose one of {', '.join(known)}")
+        if self.data is None and (self.reconstruct or self.criterion in DATA_CRITERIA):
+            raise OnnxPruneError("prune.reconstruct and prune.criterion = \"act\" need prune.data (calibration data)")
         if self.round_to is not None and self.round_to < 1:
             raise OnnxPruneError(f"prune.round_to {self.round_to}: must be >= 1")
 
@@ -261,9 +266,10 @@ def load_config(path: str | Path) -> RunConfig:
                         max_backoffs=s.get("max_backoffs", int, 2))
     s.done()
     p = top.table("prune")
-    prune = PruneSettings(criterion=p.get("criterion", str, "l1"), round_to=p.get("round_to", int),
+    prune = PruneSettings(criterion=p.get("criterion", str), round_to=p.get("round_to", int),
                           exclude=p.strings("exclude"), sensitivity=resolve(p.get("sensitivity", str)),
-                          reanalyze=p.get("reanalyze", bool, False))
+                          reanalyze=p.get("reanalyze", bool, False), data=resolve(p.get("data", str)),
+                          reconstruct=p.get("reconstruct", bool))
     p.done()
     f = top.table("finetune")
     trials = f.get("trials", list, [{}])
@@ -280,10 +286,15 @@ def load_config(path: str | Path) -> RunConfig:
         e = top.table("encrypt")
         encrypt = Encrypt(key_file=resolve(e.get("key_file", str)), passphrase_env=e.get("passphrase_env", str))
         e.done()
-    adapter = top.get("adapter", dict, {})
+    model = resolve(top.get("model", str))
+    adapter = _adapter_table(top.get("adapter", dict, {}), base, path)
+    if adapter.get("kind") == "reconstruct":
+        if prune.data is None:
+            raise OnnxPruneError(f"{path}: adapter kind = \"reconstruct\" needs [prune] data (calibration data)")
+        adapter.update(data=prune.data, reference=model)
     config = RunConfig(schedule=schedule, prune=prune, finetune=finetune, analyze=analysis, encrypt=encrypt,
-                       model=resolve(top.get("model", str)), output=resolve(top.get("output", str)),
-                       input_shapes=top.strings("input_shapes"), adapter=_adapter_table(adapter, base, path))
+                       model=model, output=resolve(top.get("output", str)),
+                       input_shapes=top.strings("input_shapes"), adapter=adapter)
     top.done()
     return config.check()
 
@@ -305,10 +316,12 @@ def _adapter_table(data: dict[str, Any], base: Path, path: Path) -> dict[str, An
         if module.endswith(".py"):
             module = str(base / module)
         spec = {"kind": kind, "factory": f"{module}:{function}", "options": table.get("options", dict, {})}
+    elif kind == "reconstruct":
+        spec = {"kind": kind}
     elif kind is None and not data:
         return {}
     else:
-        raise OnnxPruneError(f"{table.where('kind')}: {kind!r}, choose command or python")
+        raise OnnxPruneError(f"{table.where('kind')}: {kind!r}, choose command, python or reconstruct")
     table.done()
     return spec
 
@@ -316,7 +329,11 @@ def _adapter_table(data: dict[str, Any], base: Path, path: Path) -> dict[str, An
 def build_adapter(spec: dict[str, Any]):
     """The adapter an `[adapter]` table describes (for the command line)."""
     if not spec:
-        raise OnnxPruneError("the run config has no [adapter] table (kind = \"command\" or \"python\")")
+        raise OnnxPruneError("the run config has no [adapter] table (kind = \"command\", \"python\" or \"reconstruct\")")
+    if spec["kind"] == "reconstruct":
+        from onnxprune.adapters.reconstruct import ReconstructAdapter
+
+        return ReconstructAdapter(spec["data"], spec.get("reference"))
     if spec["kind"] == "command":
         from onnxprune.adapters.command import CommandAdapter
 

@@ -73,10 +73,37 @@ def zero_channels(model: Model, group: Group) -> list[int]:
     return np.flatnonzero(zero).tolist()
 
 
+def activation_weighted(energies: dict[str, np.ndarray]) -> Criterion:
+    """The data-aware criterion `act`: per channel, sqrt(||W[:, c]||^2 * E[x_c^2]) summed over every layer
+    that reads the group (`recover.scores`), each layer's part divided by its mean as for magnitudes.
+    Groups that no such layer reads fall back to L2."""
+
+    def criterion(model: Model, group: Group) -> np.ndarray:
+        score = np.zeros(group.channels)
+        found = False
+        for member in group.weights():
+            energy = energies.get(member.tensor)
+            if member.role != IN or energy is None or len(energy) != member.size:
+                continue
+            part = np.bincount(member.channel, weights=np.sqrt(energy[member.index]), minlength=group.channels)
+            mean = part.mean()
+            score += part / mean if mean > 0 else part
+            found = True
+        return score if found else CRITERIA["l2"](model, group)
+
+    return criterion
+
+
 CRITERIA: dict[str, Criterion] = {"l1": _magnitude(1), "l2": _magnitude(2), "bn": bn_scale}
+DATA_CRITERIA = ("act",)  # need calibration data (`prune --data`)
 
 
-def get_criterion(name: str) -> Criterion:
+def get_criterion(name: str, energies: dict[str, np.ndarray] | None = None) -> Criterion:
+    """The criterion called `name`; data-aware ones are built from the data's `energies`."""
+    if name in DATA_CRITERIA:
+        if energies is None:
+            raise OnnxPruneError(f"criterion {name!r} looks at activations: it needs calibration data (--data)")
+        return activation_weighted(energies)
     if name not in CRITERIA:
-        raise OnnxPruneError(f"unknown criterion {name!r}; choose one of {', '.join(CRITERIA)}")
+        raise OnnxPruneError(f"unknown criterion {name!r}; choose one of {', '.join([*CRITERIA, *DATA_CRITERIA])}")
     return CRITERIA[name]

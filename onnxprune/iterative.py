@@ -53,8 +53,7 @@ from onnxprune.io import Model
 from onnxprune.masks import Masks, masks_from_plan
 from onnxprune.plan import Plan
 from onnxprune.profile import layer_costs, totals
-from onnxprune.pruner import PruneOptions, make_plan
-from onnxprune.surgery import sparse
+from onnxprune.pruner import PruneOptions, make_plan, prune
 from onnxprune.transform import transform
 from onnxprune.workdir import Workdir
 
@@ -131,7 +130,7 @@ def default_analyze(config: RunConfig) -> Analyze:
     from onnxprune.analysis import AnalyzeOptions, analyze
 
     settings = config.analyze
-    options = AnalyzeOptions(data=settings.data, eval=settings.eval, criterion=config.prune.criterion,
+    options = AnalyzeOptions(data=settings.data, eval=settings.eval, criterion=config.prune.criterion or "l1",
                              workers=settings.workers)
     if settings.ratios:
         options.ratios = list(settings.ratios)
@@ -194,7 +193,9 @@ class _Loop:
         self.say = say
         self.shapes = io.parse_input_shapes(config.input_shapes)
         self.options = PruneOptions(ratio=0.5, mode="sparse", criterion=config.prune.criterion,
-                                    round_to=config.prune.round_to, exclude=list(config.prune.exclude))
+                                    round_to=config.prune.round_to, exclude=list(config.prune.exclude),
+                                    data=config.prune.data, reconstruct=config.prune.reconstruct,
+                                    cumulative=True)
         self.table: dict | None = None
 
     def run(self, baseline: onnx.ModelProto | str | os.PathLike | None) -> RunResult:
@@ -294,8 +295,8 @@ class _Loop:
         model = io.from_proto(state.proto, self.shapes)
         groups = find_groups(model, self.options.attention)
         options = replace(self.options, ratio=ask, sensitivity=self._sensitivity(model, folder))
-        plan = plan_round(model, options, groups)
-        sparse_proto = sparse(model, groups, plan)
+        result = prune(model, options)  # sparse; with data, the layers reading removed channels re-solved
+        plan, sparse_proto = result.plan, result.model
         masks = masks_from_plan(model, groups, plan)
         del model
         metric = _metric(self.adapter.evaluate(sparse_proto), f"round {number} pruned model")

@@ -116,33 +116,39 @@ def count_samples(path: str | os.PathLike) -> int:
 def load_data(path: str | os.PathLike, model: Model, batch_size: int = DEFAULT_BATCH,
               user_eval: bool = False) -> Dataset:
     """Read and check analysis data against the model's inputs (names, shapes, dtypes, sample counts)."""
-    arrays = read_arrays(path)
+    return check_data(read_arrays(path), model, str(path), batch_size, user_eval)
+
+
+def check_data(arrays: Mapping[str, np.ndarray], model: Model, where: str, batch_size: int = DEFAULT_BATCH,
+               user_eval: bool = False) -> Dataset:
+    """Check arrays (from a file, or handed in by a library caller) against the model's inputs."""
+    arrays = {name: np.asarray(a) for name, a in arrays.items()}
     specs = input_specs(model)
     names = [s.name for s in specs]
     inputs: dict[str, np.ndarray] = {}
     for spec in specs:
         if spec.name not in arrays:
-            raise OnnxPruneError(f"{path}: no array named {spec.name!r}; the model's inputs are: {', '.join(names)}")
+            raise OnnxPruneError(f"{where}: no array named {spec.name!r}; the model's inputs are: {', '.join(names)}")
         array = arrays.pop(spec.name)
         if array.dtype != spec.dtype:
-            raise OnnxPruneError(f"{path}: array {spec.name!r} is {array.dtype}, the model wants {spec.dtype}")
+            raise OnnxPruneError(f"{where}: array {spec.name!r} is {array.dtype}, the model wants {spec.dtype}")
         if array.ndim != len(spec.shape) or tuple(array.shape[1:]) != tuple(spec.shape[1:]):
             want = ",".join(["N", *map(str, spec.shape[1:])])
-            raise OnnxPruneError(f"{path}: array {spec.name!r} has shape {list(array.shape)}, the model wants [{want}]"
+            raise OnnxPruneError(f"{where}: array {spec.name!r} has shape {list(array.shape)}, the model wants [{want}]"
                                  " (use --input-shape for dynamic dimensions)")
         inputs[spec.name] = array
     counts = {len(a) for a in inputs.values()}
     if len(counts) != 1 or 0 in counts:
-        raise OnnxPruneError(f"{path}: the input arrays must hold the same, nonzero number of samples")
+        raise OnnxPruneError(f"{where}: the input arrays must hold the same, nonzero number of samples")
     n = counts.pop()
     if LABELS in arrays:
         labels = arrays[LABELS]
         if not np.issubdtype(labels.dtype, np.integer) or labels.ndim == 0 or len(labels) != n:
-            raise OnnxPruneError(f"{path}: 'labels' must be integers with one entry per sample ({n})")
+            raise OnnxPruneError(f"{where}: 'labels' must be integers with one entry per sample ({n})")
     if arrays and not user_eval and set(arrays) - {LABELS}:
         extra = ", ".join(sorted(set(arrays) - {LABELS}))
-        raise OnnxPruneError(f"{path}: arrays {extra} are neither model inputs ({', '.join(names)}) nor 'labels'")
-    return Dataset(inputs, arrays, _batch_size(specs, batch_size, n, str(path)), str(path))
+        raise OnnxPruneError(f"{where}: arrays {extra} are neither model inputs ({', '.join(names)}) nor 'labels'")
+    return Dataset(inputs, arrays, _batch_size(specs, batch_size, n, where), where)
 
 
 def random_data(model: Model, samples: int = RANDOM_SAMPLES, batch_size: int = DEFAULT_BATCH,

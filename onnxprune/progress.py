@@ -35,9 +35,10 @@ def clock(seconds: float | None) -> str:
 class ProgressBar:
     """Redraws one line on a terminal; elsewhere prints a line every 10% so logs stay short."""
 
-    def __init__(self, stream: TextIO, label: str = "analyze", width: int = 28):
+    def __init__(self, stream: TextIO, label: str = "analyze", width: int = 28, unit: str = "entries"):
         self.stream = stream
         self.label = label
+        self.unit = unit
         self.width = width
         self.tty = stream.isatty()
         self.last_draw = 0.0
@@ -62,7 +63,7 @@ class ProgressBar:
     def line(self, p: Progress) -> str:
         fill = self.width * p.done // max(p.total, 1)
         bar = "#" * fill + "." * (self.width - fill)
-        return (f"{self.label} [{bar}] {p.done}/{p.total} entries  {clock(p.elapsed)} elapsed, "
+        return (f"{self.label} [{bar}] {p.done}/{p.total} {self.unit}  {clock(p.elapsed)} elapsed, "
                 f"ETA {clock(p.eta if p.done < p.total else 0)}")
 
     def close(self) -> None:

@@ -9,6 +9,8 @@ Example:
 from __future__ import annotations
 
 import gc
+import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,11 +19,17 @@ import onnx_graphsurgeon as gs
 
 from onnxprune.channels import Group, find_groups
 from onnxprune.errors import OnnxPruneError
-from onnxprune.importance import get_criterion, zero_channels
-from onnxprune.io import Model, to_proto
+from onnxprune.importance import DATA_CRITERIA, get_criterion, zero_channels
+from onnxprune.io import Model, to_proto, with_weights
 from onnxprune.plan import Plan, Planner, candidate_groups, spec_ratios, uniform_ratios
+from onnxprune.progress import Progress
+from onnxprune.recover.calibration import calibration_batches
+from onnxprune.recover.proxy import reconstruction_ratios
+from onnxprune.recover.reconstruct import Reconstruction, reconstruct
+from onnxprune.recover.scores import channel_energies
 from onnxprune.runtime import graph_feeds, max_relative_difference, run_graph
-from onnxprune.surgery import slim_graph, sparse, zeroed_in_place
+from onnxprune.sensitivity import sensitivity_ratios
+from onnxprune.surgery import slim_graph, sparse_values, zeroed_in_place
 
 TOLERANCE = 1e-4  # the invariant: max |sparse - slim| <= 1e-4 * max |sparse|
 
@@ -33,7 +41,7 @@ class PruneOptions:
     ratio: float | None = None  # fraction of MACs to remove
     spec: dict[str, float] | None = None  # group id -> fraction of its channels to remove
     sensitivity: dict | None = None  # an `analyze` table: per-group ratios from metric loss
-    criterion: str = "l1"
+    criterion: str | None = None  # None: "act" with calibration data, "l1" without (see `chosen_criterion`)
     round_to: int | None = None  # kept channels a multiple of this; None: automatic (plan.alignment)
     exclude: list[str] = field(default_factory=list)
     mode: str = "slim"  # or "sparse"
@@ -41,6 +49,26 @@ class PruneOptions:
     cumulative: bool = False  # channels already all zero count as removed (a sparse model pruned again)
     verify: bool = True
     providers: list[str] | None = None
+    # calibration data: an .npz path or {input name: array}, samples on axis 0; unlabeled is enough
+    data: str | os.PathLike | Mapping[str, np.ndarray] | None = None
+    reconstruct: bool | None = None  # re-solve the layers reading removed channels; None: on with data
+    activation_budget: int = 1 << 27  # bytes of activations kept in memory (more goes to a temporary folder)
+    reconstruct_scope: str = "consumers"  # or "downstream": every layer whose input pruning changes
+    allocation: str | None = None  # without a sensitivity table: "uniform" (None) or "reconstruction"
+
+    @property
+    def allocates_by_reconstruction(self) -> bool:
+        return self.allocation == "reconstruction"
+
+    @property
+    def chosen_criterion(self) -> str:
+        """The criterion asked for, or the default: activation-weighted when there is data (it kept more
+        of every model's metric in benchmarks/recovery.py), L1 magnitude otherwise."""
+        return self.criterion or ("act" if self.data is not None else "l1")
+
+    @property
+    def reconstructs(self) -> bool:
+        return self.data is not None and self.reconstruct is not False
 
     def check(self) -> None:
         if (self.ratio is None) == (self.spec is None):
@@ -53,7 +81,18 @@ class PruneOptions:
             raise OnnxPruneError(f"--attention {self.attention!r}: choose dims or heads")
         if self.round_to is not None and self.round_to < 1:
             raise OnnxPruneError(f"--round-to {self.round_to} must be >= 1")
-        get_criterion(self.criterion)
+        if self.reconstruct and self.data is None:
+            raise OnnxPruneError("--reconstruct needs calibration data (--data CALIB.npz)")
+        if self.chosen_criterion in DATA_CRITERIA and self.data is None:
+            raise OnnxPruneError(f"--criterion {self.criterion} looks at activations: it needs --data CALIB.npz")
+        if self.chosen_criterion not in DATA_CRITERIA:
+            get_criterion(self.chosen_criterion)
+        if self.allocation not in (None, "uniform", "reconstruction"):
+            raise OnnxPruneError(f"--allocation {self.allocation!r}: choose uniform or reconstruction")
+        if self.allocation == "reconstruction" and self.data is None:
+            raise OnnxPruneError("--allocation reconstruction needs calibration data (--data CALIB.npz)")
+        if self.allocation is not None and self.sensitivity is not None:
+            raise OnnxPruneError("give either --sens or --allocation, not both")
 
 
 @dataclass
@@ -61,14 +100,20 @@ class PruneResult:
     plan: Plan
     model: onnx.ModelProto  # sparse or slim, as asked
     difference: float | None = None  # measured sparse-vs-slim difference when verified
+    reconstruction: Reconstruction | None = None  # what reconstruction did, when it ran
 
 
-def make_plan(model: Model, options: PruneOptions, groups: list[Group] | None = None) -> Plan:
+def make_plan(model: Model, options: PruneOptions, groups: list[Group] | None = None,
+              batches: list[dict[str, np.ndarray]] | None = None) -> Plan:
     """The channels to remove, without touching the model."""
     options.check()
     groups = find_groups(model, options.attention) if groups is None else groups
     candidates = candidate_groups(model, groups, options.exclude)
-    criterion = get_criterion(options.criterion)
+    energies = None
+    if options.chosen_criterion in DATA_CRITERIA:
+        batches = calibration_batches(model, options.data) if batches is None else batches
+        energies = channel_energies(model, batches, options.providers, options.activation_budget)
+    criterion = get_criterion(options.chosen_criterion, energies)
     scores = {g.id: np.asarray(criterion(model, g), dtype=np.float64) for g in candidates}
     floor: dict[str, float] = {}
     if options.cumulative:  # zero channels score below every live one, and are never given back
@@ -76,33 +121,49 @@ def make_plan(model: Model, options: PruneOptions, groups: list[Group] | None = 
             zero = zero_channels(model, group)
             scores[group.id][zero] = -1.0
             floor[group.id] = len(zero) / group.channels
-    planner = Planner(model, groups, scores, options.round_to, options.criterion)
+    planner = Planner(model, groups, scores, options.round_to, options.chosen_criterion)
     if options.spec is not None:
         return planner.plan(spec_ratios(options.spec, candidates, groups))
     if not candidates:
         raise OnnxPruneError("no prunable channel groups in this model (see `onnxprune inspect`)")
     if options.sensitivity is not None:
-        from onnxprune.sensitivity import sensitivity_ratios
-
         ratios_at = sensitivity_ratios(options.sensitivity, candidates)
+    elif options.allocates_by_reconstruction:
+        batches = calibration_batches(model, options.data) if batches is None else batches
+        ratios_at = reconstruction_ratios(model, candidates, planner, batches, options.providers,
+                                          options.activation_budget)
     else:
         ratios_at = uniform_ratios(candidates)
     return planner.fit(lambda knob: {g: max(r, floor.get(g, 0.0)) for g, r in ratios_at(knob).items()}, options.ratio)
 
 
-def prune(model: Model, options: PruneOptions) -> PruneResult:
-    """Plan and apply; in slim mode also check that slim computes what sparse computes."""
+def prune(model: Model, options: PruneOptions, progress: Callable[[Progress], None] | None = None) -> PruneResult:
+    """Plan and apply; in slim mode also check that slim computes what sparse computes.
+
+    With calibration data (`options.data`) and reconstruction on, the layers that read removed channels
+    are re-solved first (`recover.reconstruct`; `model` is left as the reconstructed sparse model), and
+    the sparse or slim model is made from it.
+    """
+    options.check()
     groups = find_groups(model, options.attention)
-    plan = make_plan(model, options, groups)
+    batches = calibration_batches(model, options.data) if options.data is not None else None
+    plan = make_plan(model, options, groups, batches)
+    fitted = None
+    if options.reconstructs:
+        fitted = reconstruct(model, groups, plan, batches, options.providers, options.activation_budget // 2,
+                             progress=progress, scope=options.reconstruct_scope)
     if options.mode == "sparse":
-        return PruneResult(plan, sparse(model, groups, plan))
+        weights = model.weights()
+        values = {name: weights[name].values for name in fitted.changed} if fitted else {}
+        values.update(sparse_values(model, groups, plan))
+        return PruneResult(plan, with_weights(model, values), reconstruction=fitted)
     graph = slim_graph(model, groups, plan)
     difference = None
     if options.verify:
         with zeroed_in_place(model, groups, plan):
             difference = check_same_function(model, graph, providers=options.providers)
         gc.collect()  # IR graphs are reference cycles: free the check's copies before exporting
-    return PruneResult(plan, to_proto(graph, model.skeleton, consume=True), difference)
+    return PruneResult(plan, to_proto(graph, model.skeleton, consume=True), difference, fitted)
 
 
 def check_same_function(model: Model, candidate: gs.Graph, providers: list[str] | None = None) -> float:

@@ -29,10 +29,12 @@ def parse_providers(text: str | None) -> list[str]:
 
 
 def session(model: onnx.ModelProto | bytes, providers: list[str] | None = None,
-            threads: int = 0, lean: bool = False, optimize: bool = True) -> ort.InferenceSession:
+            threads: int = 0, lean: bool = False, optimize: bool = True, arena: bool = True) -> ort.InferenceSession:
     """A session built from memory (nothing is written to disk).
 
-    `lean` trades speed for memory (no prepacked weight copies, no arena): for one-off checks.
+    `lean` trades speed for memory (no prepacked weight copies, no arena): for one-off checks. Without
+    `arena`, activations are freed as soon as they die instead of held in a pool that only grows (sessions
+    that run a few times on big batches).
     """
     options = ort.SessionOptions()
     options.log_severity_level = 3
@@ -40,8 +42,9 @@ def session(model: onnx.ModelProto | bytes, providers: list[str] | None = None,
         options.intra_op_num_threads = threads
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    if lean:
+    if lean or not arena:
         options.enable_cpu_mem_arena = False
+    if lean:
         options.add_session_config_entry("session.disable_prepacking", "1")
     data = model if isinstance(model, bytes) else model.SerializeToString()
     return ort.InferenceSession(data, options, providers=providers or list(DEFAULT_PROVIDERS))
@@ -74,6 +77,50 @@ def run_graph(graph: gs.Graph, like: onnx.ModelProto, feeds: dict[str, np.ndarra
             structure.inputs.append(variable)
     sess = session(to_proto(structure, like), providers, lean=True, optimize=optimize)
     return sess.run(None, {**feeds, **weights})
+
+
+def subgraph_session(nodes: list[gs.Node], inputs: dict[str, np.dtype], outputs: dict[str, np.dtype | None],
+                     like: onnx.ModelProto,
+                     providers: list[str] | None = None, weights: dict[str, np.ndarray] | None = None,
+                     threads: int = 0) -> ort.InferenceSession:
+    """A session for a run of a graph's nodes: `inputs` in, `outputs` out (name -> dtype; None: inferred),
+    any batch size.
+
+    `weights` replaces the values of some weights in this session only (the graph is not changed).
+    """
+    from onnxprune.io import to_proto
+
+    weights = weights or {}
+    tensors = {t.name: t for n in nodes for t in list(n.inputs) + list(n.outputs)}
+    graph = gs.Graph(nodes=list(nodes), inputs=[tensors[n] for n in inputs], outputs=[tensors[n] for n in outputs])
+    swapped = []
+    for name, tensor in tensors.items():
+        if name in weights and isinstance(tensor, gs.Constant):
+            swapped.append((tensor, tensor.values))
+            tensor.values = weights[name]
+    saved = [(t, t.dtype, t.shape) for t in graph.inputs + graph.outputs]
+    try:
+        for tensor in graph.inputs:
+            tensor.dtype, tensor.shape = inputs[tensor.name], None
+        for tensor in graph.outputs:
+            tensor.dtype, tensor.shape = outputs[tensor.name], None
+        proto = to_proto(graph, like)
+    finally:
+        for tensor, values in swapped:
+            tensor.values = values
+        for tensor, dtype, shape in saved:
+            tensor.dtype, tensor.shape = dtype, shape
+    del proto.graph.value_info[:]
+    if any(dtype is None for dtype in outputs.values()):
+        from onnxprune.shapes import tensor_dtypes
+
+        inferred = tensor_dtypes(proto)
+        for info in proto.graph.output:
+            if not info.type.tensor_type.elem_type and info.name in inferred:
+                info.type.tensor_type.elem_type = onnx.helper.np_dtype_to_tensor_dtype(inferred[info.name])
+    for info in proto.graph.output:
+        info.type.tensor_type.ClearField("shape")
+    return session(proto, providers, threads, arena=False)
 
 
 def graph_feeds(graph: gs.Graph, input_shapes: dict[str, tuple[int, ...]], batch: int = 1,

@@ -221,3 +221,18 @@ def shape_values(graph, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndar
         if result.size <= SMALL:
             values[out.name] = result
     return values
+
+
+def tensor_dtypes(proto: onnx.ModelProto) -> dict[str, np.dtype]:
+    """Element type of every tensor ONNX type inference can tell (weights need no bytes for it)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
+    except Exception:  # noqa: BLE001 - custom ops and odd graphs: whatever the graph declares
+        inferred = proto
+    graph = inferred.graph
+    dtypes = {}
+    for info in list(graph.value_info) + list(graph.input) + list(graph.output):
+        elem = info.type.tensor_type.elem_type if info.type.HasField("tensor_type") else 0
+        if elem:
+            dtypes[info.name] = onnx.helper.tensor_dtype_to_np_dtype(elem)
+    return dtypes

@@ -23,6 +23,8 @@ types to them. A new operator is one entry here (and one fixture).
 
 from __future__ import annotations
 
+import onnx_graphsurgeon as gs
+
 from onnxprune.rules.base import (
     AFFINE,
     CONTRACT,
@@ -52,6 +54,7 @@ from onnxprune.rules.layout import (
     squeeze_like,
     transpose,
 )
+from onnxprune.rules.linear import LinearView, conv_view, gemm_view, matmul_view
 from onnxprune.rules.spatial import (
     fix_resize,
     group_norm,
@@ -72,8 +75,23 @@ from onnxprune.rules.weighted import (
 )
 
 __all__ = [
-    "AFFINE", "CONTRACT", "IN", "KEEP", "OUT", "RULES", "ZEROED_ROLES", "Bundle", "Context", "Port", "Removed",
-    "Rule", "Stop", "Tie", "Value",
+    "AFFINE",
+    "CONTRACT",
+    "IN",
+    "KEEP",
+    "OUT",
+    "RULES",
+    "ZEROED_ROLES",
+    "Bundle",
+    "Context",
+    "LinearView",
+    "Port",
+    "Removed",
+    "Rule",
+    "Stop",
+    "Tie",
+    "Value",
+    "linear_view",
 ]
 
 
@@ -87,10 +105,10 @@ def _build_rules() -> dict[str, Rule]:
     rules["Div"] = Rule(elementwise, Value.BINARY, binary="div")
     rules["Pow"] = Rule(elementwise, Value.BINARY, binary="pow")
     rules["Where"] = Rule(elementwise, Value.UNKNOWN)
-    rules["Conv"] = Rule(conv, Value.LINEAR, fixup=fix_conv_groups)
+    rules["Conv"] = Rule(conv, Value.LINEAR, fixup=fix_conv_groups, linear=conv_view)
     rules["ConvTranspose"] = Rule(conv_transpose, Value.LINEAR, fixup=fix_conv_groups)
-    rules["Gemm"] = Rule(gemm, Value.LINEAR)
-    rules["MatMul"] = Rule(matmul, Value.LINEAR)
+    rules["Gemm"] = Rule(gemm, Value.LINEAR, linear=gemm_view)
+    rules["MatMul"] = Rule(matmul, Value.LINEAR, linear=matmul_view)
     rules["BatchNormalization"] = Rule(normalization, Value.LINEAR)
     rules["InstanceNormalization"] = Rule(normalization, Value.LINEAR)
     rules["Concat"] = Rule(concat, Value.COPY)
@@ -124,3 +142,11 @@ def _build_rules() -> dict[str, Rule]:
 
 
 RULES: dict[str, Rule] = _build_rules()
+
+
+def linear_view(node: gs.Node) -> LinearView | None:
+    """The node as a matrix product over one activation input, when its rule knows one (else None)."""
+    rule = RULES.get(node.op)
+    if rule is None or rule.linear is None or (node.domain or "") not in ("", "ai.onnx"):
+        return None
+    return rule.linear(node)

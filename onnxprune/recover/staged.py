@@ -1,0 +1,153 @@
+"""Run a model stage by stage over a whole calibration set, so that weights can change between stages.
+
+Reconstruction fits one layer at a time in graph order, each on the activations the model computes
+*with the layers before it already re-fitted*. Re-running the model from its inputs for every layer
+would cost one forward pass per layer; instead `StagedRun` runs the nodes between two stops once per
+batch and keeps only the tensors that cross the stop (for a ResNet one or two tensors), so the whole
+walk costs about one forward pass. Kept tensors stay in memory up to a byte budget and go to a temporary
+directory beyond it; each is dropped once its last reader has run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxprune.io import Model
+from onnxprune.runtime import subgraph_session
+
+Batches = list[dict[str, np.ndarray]]
+
+
+def reads(node: gs.Node) -> list[gs.Tensor]:
+    """Tensors a node reads: its inputs and the outer-scope tensors its subgraphs (If, Loop, Scan) use."""
+    tensors = [t for t in node.inputs if t.name]
+    for sub in node.subgraphs() if hasattr(node, "subgraphs") else []:
+        made = {t.name for t in sub.inputs} | {o.name for n in sub.nodes for o in n.outputs}
+        for inner in sub.nodes:
+            tensors.extend(t for t in reads(inner) if t.name not in made and not isinstance(t, gs.Constant))
+    return tensors
+
+
+class ActivationStore:
+    """Per-batch arrays by tensor name, in memory up to `budget` bytes and in a temporary folder beyond."""
+
+    def __init__(self, budget: int):
+        self.budget = budget
+        self.in_memory: dict[tuple[str, int], np.ndarray] = {}
+        self.on_disk: dict[tuple[str, int], Path] = {}
+        self.used = 0
+        self._folder: Path | None = None
+        self._names = itertools.count()
+        self.uncounted: set[str] = set()  # file names are never reused: a dropped file may still be open
+
+    def put(self, name: str, batch: int, array: np.ndarray, counted: bool = True) -> None:
+        """Keep `array`; `counted=False` for views of data held elsewhere anyway (the calibration inputs)."""
+        key = (name, batch)
+        if not counted:
+            self.in_memory[key] = array
+            self.uncounted.add(name)
+            return
+        if self.used + array.nbytes <= self.budget:
+            self.in_memory[key] = array
+            self.used += array.nbytes
+            return
+        if self._folder is None:
+            self._folder = Path(tempfile.mkdtemp(prefix="onnxprune-activations-"))
+        path = self._folder / f"{next(self._names)}.npy"
+        np.save(path, array, allow_pickle=False)
+        self.on_disk[key] = path
+
+    def get(self, name: str, batch: int) -> np.ndarray:
+        key = (name, batch)
+        if key in self.in_memory:
+            return self.in_memory[key]
+        return np.load(self.on_disk[key], allow_pickle=False)
+
+    def drop(self, name: str, batches: int) -> None:
+        for b in range(batches):
+            array = self.in_memory.pop((name, b), None)
+            if array is not None and name not in self.uncounted:
+                self.used -= array.nbytes
+            path = self.on_disk.pop((name, b), None)
+            if path is not None:
+                path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        self.in_memory.clear()
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None
+
+
+class StagedRun:
+    """Walks `model`'s nodes in order over `batches`, stopping before any node you name.
+
+    `weights` maps a weight's name to the values this run uses instead of the model's current ones (the
+    unpruned model's, for the reference run); the model's own values are read when a stage is built, so
+    weights changed between stops take effect in the stages after.
+
+    Example:
+        run = StagedRun(model, batches, budget)
+        run.advance(position)               # nodes before `position` have run on every batch
+        x = run.value("conv2_input", 0)     # batch 0 of a tensor read at or after `position`
+    """
+
+    def __init__(self, model: Model, batches: Batches, budget: int, providers: list[str] | None = None,
+                 weights: dict[str, np.ndarray] | None = None, threads: int = 0):
+        self.model = model
+        self.nodes = model.graph.nodes
+        self.batches = len(batches)
+        self.providers = providers
+        self.weights = weights if weights is not None else {}  # read at each stage: may change between stops
+        self.threads = threads
+        self.store = ActivationStore(budget)
+        self.position = 0
+        self.last_read: dict[str, int] = {}
+        for i, node in enumerate(self.nodes):
+            for t in reads(node):
+                self.last_read[t.name] = i
+        for b, feeds in enumerate(batches):
+            for name, array in feeds.items():
+                if name in self.last_read:
+                    self.store.put(name, b, array, counted=False)
+        self.dtypes = {name: array.dtype for name, array in batches[0].items()} if batches else {}
+
+    def value(self, name: str, batch: int) -> np.ndarray:
+        return self.store.get(name, batch)
+
+    def advance(self, stop: int, on_batch: Callable[[int], None] | None = None) -> None:
+        """Run nodes [position, stop) on every batch; keep what nodes at or after `stop` read."""
+        if stop <= self.position:
+            return
+        stage = self.nodes[self.position:stop]
+        made = {o.name for n in stage for o in n.outputs}
+        needed = [t for n in stage for t in reads(n) if t.name not in made and not isinstance(t, gs.Constant)]
+        inputs = list(dict.fromkeys(t.name for t in needed))
+        outputs = [name for name in dict.fromkeys(o.name for n in stage for o in n.outputs)
+                   if self.last_read.get(name, -1) >= stop]
+        if outputs:
+            sess = subgraph_session(stage, {n: self.dtypes[n] for n in inputs},
+                                    {n: self.dtypes.get(n) for n in outputs}, self.model.skeleton,
+                                    self.providers, self.weights, self.threads)
+            for b in range(self.batches):
+                results = sess.run(outputs, {n: self.store.get(n, b) for n in inputs})
+                for name, array in zip(outputs, results):
+                    self.store.put(name, b, array)
+                    self.dtypes[name] = array.dtype
+                if on_batch is not None:
+                    on_batch(b)
+            del sess
+        for name in inputs:
+            if self.last_read.get(name, -1) < stop:
+                self.store.drop(name, self.batches)
+        self.position = stop
+
+    def close(self) -> None:
+        self.store.close()

@@ -1,0 +1,251 @@
+"""Layers whose output is a linear function of one activation input: Conv, Gemm, MatMul with a weight.
+
+Reconstruction (`onnxprune.recover`) re-solves such a layer's weights by least squares, so it needs to
+see the layer as a matrix product: `y[rows, out] = features[rows, F] @ matrix[F, out] (+ bias)`, per
+group of a grouped conv. A `LinearView` gives exactly that for one node — the feature rows of sampled
+output positions (im2col for convs), the weight as a matrix and back, where an intercept can go, and
+which input channel each feature reads. It knows nothing about pruning or data.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxprune.rules.base import present
+
+
+@dataclass
+class LinearView:
+    """One layer as `groups` independent matrix products over `features` input features each.
+
+    Attributes:
+        node: the layer.
+        weight: its constant weight tensor (values are read and written through `matrix`/`set_matrix`).
+        groups: independent products (a grouped conv's groups; 1 otherwise).
+        in_channels: channels of the activation input (on `in_axis`), all groups together.
+        out_channels: output channels, all groups together (group g owns a contiguous block).
+        intercept: the constant this layer's outputs can absorb a per-output offset into, or None.
+    """
+
+    node: gs.Node
+    weight: gs.Constant
+    groups: int
+    in_channels: int
+    out_channels: int
+    in_axis: int
+    weight_axes: tuple[int, int]  # (input-feature axis, output axis) of the weight tensor
+    intercept: gs.Constant | None = None
+    intercept_sign: float = 1.0  # -1 when the intercept is a BatchNormalization mean (subtracted)
+
+    @property
+    def input(self) -> gs.Tensor:
+        return self.node.inputs[0]
+
+    @property
+    def features(self) -> int:
+        """Features per group (input channels per group times kernel elements)."""
+        return self.in_channels // self.groups * self.kernel_size
+
+    @property
+    def kernel_size(self) -> int:
+        return 1
+
+    def feature_channel(self) -> np.ndarray:
+        """The input channel (within its group) each feature of a group reads."""
+        return np.repeat(np.arange(self.in_channels // self.groups), self.kernel_size)
+
+    def positions(self, x: np.ndarray) -> int:
+        """Output positions per sample for an input activation `x`."""
+        return int(np.prod(x.shape[:-1][1:])) if x.ndim > 1 else 1
+
+    def rows(self, x: np.ndarray, samples: np.ndarray, where: np.ndarray, dtype: type = np.float64) -> np.ndarray:
+        """Feature rows [groups, R, features] at output positions `where` (flat) of samples `samples`."""
+        flat = x.reshape(x.shape[0], -1, x.shape[-1])
+        return flat[samples, where][None].astype(dtype)
+
+    def matrix(self) -> np.ndarray:
+        """The weight as [groups, features, out_channels / groups] (float64)."""
+        raise NotImplementedError
+
+    def set_matrix(self, matrix: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def bias(self) -> np.ndarray:
+        """The per-output offset the layer adds (zeros when it has none)."""
+        if self.intercept is None:
+            return np.zeros(self.out_channels)
+        return self.intercept_sign * np.asarray(self.intercept.values, dtype=np.float64).reshape(-1)
+
+    def set_bias(self, bias: np.ndarray) -> None:
+        values = self.intercept.values
+        self.intercept.values = (self.intercept_sign * bias).reshape(values.shape).astype(values.dtype)
+
+
+@dataclass
+class ConvView(LinearView):
+    """Conv with constant weights [O, C/g, k...]: features are (channel, kernel element) pairs (im2col)."""
+
+    kernel: tuple[int, ...] = ()
+    strides: tuple[int, ...] = ()
+    dilations: tuple[int, ...] = ()
+    auto_pad: str = "NOTSET"
+    pads: tuple[int, ...] = ()
+
+    @property
+    def kernel_size(self) -> int:
+        return int(np.prod(self.kernel)) if self.kernel else 1
+
+    def _pads(self, spatial: tuple[int, ...]) -> list[tuple[int, int]]:
+        rank = len(spatial)
+        if self.auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            pairs = []
+            for size, k, s, d in zip(spatial, self.kernel, self.strides, self.dilations):
+                out = math.ceil(size / s)
+                total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
+                small, big = total // 2, total - total // 2
+                pairs.append((small, big) if self.auto_pad == "SAME_UPPER" else (big, small))
+            return pairs
+        if self.auto_pad == "VALID" or not self.pads:
+            return [(0, 0)] * rank
+        return [(self.pads[i], self.pads[i + rank]) for i in range(rank)]
+
+    def _out_shape(self, spatial: tuple[int, ...], pads: list[tuple[int, int]]) -> tuple[int, ...]:
+        return tuple((size + a + b - ((k - 1) * d + 1)) // s + 1
+                     for size, (a, b), k, s, d in zip(spatial, pads, self.kernel, self.strides, self.dilations))
+
+    def positions(self, x: np.ndarray) -> int:
+        spatial = tuple(x.shape[2:])
+        return int(np.prod(self._out_shape(spatial, self._pads(spatial))))
+
+    def rows(self, x: np.ndarray, samples: np.ndarray, where: np.ndarray, dtype: type = np.float64) -> np.ndarray:
+        spatial = tuple(x.shape[2:])
+        pads = self._pads(spatial)
+        out = self._out_shape(spatial, pads)
+        padded = np.pad(x, [(0, 0), (0, 0), *pads]) if any(a or b for a, b in pads) else x
+        coords = np.unravel_index(where, out)  # per spatial axis, the output position of each row
+        offsets = np.unravel_index(np.arange(self.kernel_size), self.kernel)
+        index: list[np.ndarray] = [samples[:, None, None], np.arange(x.shape[1])[None, :, None]]
+        for axis, (pos, off) in enumerate(zip(coords, offsets)):
+            start = pos * self.strides[axis]
+            index.append((start[:, None] + off[None, :] * self.dilations[axis])[:, None, :])
+        patches = padded[tuple(index)]  # [R, C, K]
+        r = patches.shape[0]
+        per_group = self.in_channels // self.groups
+        patches = patches.reshape(r, self.groups, per_group * self.kernel_size)
+        return np.ascontiguousarray(patches.transpose(1, 0, 2), dtype=dtype)
+
+    def matrix(self) -> np.ndarray:
+        w = np.asarray(self.weight.values, dtype=np.float64)
+        out_per_group = self.out_channels // self.groups
+        return w.reshape(self.groups, out_per_group, -1).transpose(0, 2, 1)
+
+    def set_matrix(self, matrix: np.ndarray) -> None:
+        w = self.weight.values
+        self.weight.values = matrix.transpose(0, 2, 1).reshape(w.shape).astype(w.dtype)
+
+
+@dataclass
+class GemmView(LinearView):
+    """Gemm with a constant B: y = alpha * A @ B' (+ beta * C); the matrix is alpha * B' [K, N]."""
+
+    alpha: float = 1.0
+    trans_b: bool = False
+
+    def matrix(self) -> np.ndarray:
+        b = np.asarray(self.weight.values, dtype=np.float64)
+        return (self.alpha * (b.T if self.trans_b else b))[None]
+
+    def set_matrix(self, matrix: np.ndarray) -> None:
+        b = matrix[0] / self.alpha
+        self.weight.values = (b.T if self.trans_b else b).astype(self.weight.values.dtype)
+
+
+@dataclass
+class MatMulView(LinearView):
+    """MatMul of an activation [..., K] by a constant 2-D weight [K, N]."""
+
+    def matrix(self) -> np.ndarray:
+        return np.asarray(self.weight.values, dtype=np.float64)[None]
+
+    def set_matrix(self, matrix: np.ndarray) -> None:
+        self.weight.values = matrix[0].astype(self.weight.values.dtype)
+
+
+def _only_reader(tensor: gs.Tensor) -> gs.Node | None:
+    readers = list(tensor.outputs)
+    return readers[0] if len(readers) == 1 else None
+
+
+def _float_constant(tensor: gs.Tensor | None, size: int) -> gs.Constant | None:
+    if isinstance(tensor, gs.Constant) and np.issubdtype(tensor.values.dtype, np.floating) \
+            and tensor.values.size == size and max(tensor.values.shape, default=1) == size:
+        return tensor
+    return None
+
+
+def _bn_mean(node: gs.Node, size: int) -> gs.Constant | None:
+    """A BatchNormalization that alone reads this layer's output: an offset folds into its mean."""
+    reader = _only_reader(node.outputs[0])
+    if reader is not None and reader.op == "BatchNormalization" and reader.inputs[0] is node.outputs[0] \
+            and len(reader.inputs) >= 4:
+        return _float_constant(reader.inputs[3], size)
+    return None
+
+
+def _added_constant(node: gs.Node, size: int) -> gs.Constant | None:
+    """A bias added right after the layer (MatMul + Add, as exporters write Linear)."""
+    reader = _only_reader(node.outputs[0])
+    if reader is not None and reader.op == "Add" and len(reader.inputs) == 2:
+        other = reader.inputs[1] if reader.inputs[0] is node.outputs[0] else reader.inputs[0]
+        return _float_constant(other, size)
+    return None
+
+
+def conv_view(node: gs.Node) -> LinearView | None:
+    w = node.inputs[1] if len(node.inputs) > 1 else None
+    if not isinstance(w, gs.Constant) or w.values.ndim < 3 or not np.issubdtype(w.values.dtype, np.floating):
+        return None
+    groups = int(node.attrs.get("group", 1))
+    rank = w.values.ndim - 2
+    kernel = tuple(int(k) for k in w.values.shape[2:])
+    bias = node.inputs[2] if len(node.inputs) > 2 and present(node.inputs[2]) else None
+    out = w.values.shape[0]
+    intercept, sign = _float_constant(bias, out), 1.0
+    if bias is None:
+        intercept, sign = _bn_mean(node, out), -1.0
+    if bias is not None and intercept is None:
+        return None  # a bias computed at run time
+    return ConvView(node, w, groups, w.values.shape[1] * groups, out, 1, (1, 0), intercept, sign, kernel,
+                    tuple(int(s) for s in node.attrs.get("strides", [1] * rank)),
+                    tuple(int(d) for d in node.attrs.get("dilations", [1] * rank)),
+                    str(node.attrs.get("auto_pad", "NOTSET")), tuple(int(p) for p in node.attrs.get("pads", [])))
+
+
+def gemm_view(node: gs.Node) -> LinearView | None:
+    b = node.inputs[1]
+    if not isinstance(b, gs.Constant) or node.attrs.get("transA", 0) or b.values.ndim != 2 \
+            or not np.issubdtype(b.values.dtype, np.floating):
+        return None
+    trans_b = bool(node.attrs.get("transB", 0))
+    k, n = (b.values.shape[1], b.values.shape[0]) if trans_b else b.values.shape
+    c = node.inputs[2] if len(node.inputs) > 2 and present(node.inputs[2]) else None
+    beta = float(node.attrs.get("beta", 1.0))
+    intercept = _float_constant(c, n) if beta == 1.0 else None
+    if c is not None and intercept is None:
+        return None  # a broadcast scalar, scaled or computed C: leave the layer alone
+    if c is None:
+        intercept = _added_constant(node, n)
+    return GemmView(node, b, 1, k, n, 1, (1, 0) if trans_b else (0, 1), intercept, 1.0, float(node.attrs.get("alpha", 1.0)), trans_b)
+
+
+def matmul_view(node: gs.Node) -> LinearView | None:
+    b = node.inputs[1]
+    if not isinstance(b, gs.Constant) or isinstance(node.inputs[0], gs.Constant) or b.values.ndim != 2 \
+            or not np.issubdtype(b.values.dtype, np.floating):
+        return None
+    k, n = b.values.shape
+    return MatMulView(node, b, 1, k, n, -1, (0, 1), _added_constant(node, n))

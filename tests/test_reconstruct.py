@@ -1,0 +1,244 @@
+"""Recovery without training: reconstruction is exact where it can be, keeps sparse == slim, and helps."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxprune
+from onnxprune.cli import main
+from onnxprune.errors import OnnxPruneError
+from onnxprune.pruner import PruneOptions, prune
+from onnxprune.surgery import sparse
+from tests.conftest import (
+    FIXTURE_NAMES,
+    FIXTURES,
+    MANIFEST,
+    fixture_path,
+    random_batch,
+    relative_difference,
+    run_model,
+)
+
+SHAPES = {entry["name"]: entry["input_shape"] for entry in MANIFEST}
+
+
+def _calibration(name: str, samples: int = 48, seed: int = 7) -> dict[str, np.ndarray]:
+    return {"input": random_batch(SHAPES[name], samples, seed=seed)}
+
+
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
+def test_sparse_equals_slim_after_reconstruction(name: str) -> None:
+    options = PruneOptions(ratio=0.4, data=_calibration(name), criterion="act")
+    slim_result = prune(onnxprune.load(fixture_path(name)), options)
+    sparse_result = prune(onnxprune.load(fixture_path(name)), PruneOptions(**{**options.__dict__, "mode": "sparse"}))
+    assert slim_result.plan.groups == sparse_result.plan.groups
+    x = {"input": random_batch(SHAPES[name], 3, seed=11)}
+    assert relative_difference(run_model(sparse_result.model, x), run_model(slim_result.model, x)) <= 1e-4
+    fitted = sparse_result.reconstruction
+    if any(f.how == "solved" for f in fitted.layers):  # reconstruction changed weights: compare not vacuous
+        plain = prune(onnxprune.load(fixture_path(name)), PruneOptions(ratio=0.4, data=_calibration(name),
+                                                                      criterion="act", reconstruct=False, mode="sparse"))
+        assert relative_difference(run_model(plain.model, x), run_model(sparse_result.model, x)) > 1e-4
+
+
+def _two_convs(w1: np.ndarray, w2: np.ndarray, b2: np.ndarray) -> onnx.ModelProto:
+    """x -> Conv1 (1x1, w1) -> Relu -> Conv2 (1x1, w2, b2) -> y."""
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["h"], name="conv1"),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "w2", "b2"], ["y"], name="conv2")]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4, 5, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 3, 5, 5])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2"), numpy_helper.from_array(b2, "b2")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_exact_linear_combination_is_recovered(tmp_path) -> None:
+    """Channel 5 of conv1 is a small combination of channels 0-2 on every input (non-negative, so Relu keeps it):
+    removing it loses nothing once conv2 is re-solved, and reconstruction must find that to 1e-5."""
+    rng = np.random.default_rng(0)
+    base = np.abs(rng.standard_normal((5, 4))).astype(np.float32) + 0.5
+    extra = (0.02 * base[0] + 0.01 * base[1] + 0.03 * base[2])[None]
+    w1 = np.concatenate([base, extra]).reshape(6, 4, 1, 1).astype(np.float32)
+    w2 = rng.standard_normal((3, 6, 1, 1)).astype(np.float32) + 2.0
+    w2[:, 5] *= 0.3
+    b2 = rng.standard_normal(3).astype(np.float32)
+    path = tmp_path / "two_convs.onnx"
+    onnx.save(_two_convs(w1, w2, b2), path)
+    x = np.abs(rng.standard_normal((64, 4, 5, 5))).astype(np.float32)
+    reference = run_model(path, {"x": x})
+    model = onnxprune.load(path)
+    result = prune(model, PruneOptions(spec={"conv1": 1 / 6}, data={"x": x}, criterion="l1", round_to=1,
+                                       mode="sparse"))
+    assert result.plan.groups["conv1"].removed == [5]  # the smallest L1 channel is the combination
+    recovered = run_model(result.model, {"x": x})
+    assert relative_difference(reference, recovered) <= 1e-5
+    plain = prune(onnxprune.load(path), PruneOptions(spec={"conv1": 1 / 6}, round_to=1, mode="sparse"))
+    assert relative_difference(reference, run_model(plain.model, {"x": x})) > 1e-3
+
+
+def test_reconstruction_recovers_accuracy_on_digits() -> None:
+    """The digits CNN at 50% of MACs removed: plain L1 loses half the test accuracy, reconstruction from
+    unlabeled training images keeps it within 3 points (no training)."""
+    train, test = np.load(FIXTURES / "digits_train.npz"), np.load(FIXTURES / "digits_test.npz")
+    x_test, y_test = test["input"], test["labels"]
+
+    def accuracy(proto: onnx.ModelProto) -> float:
+        return float(np.mean(run_model(proto, {"input": x_test})[0].argmax(1) == y_test))
+
+    baseline = accuracy(onnxprune.io.with_weights(onnxprune.load(FIXTURES / "digits_cnn.onnx")))
+    plain = prune(onnxprune.load(FIXTURES / "digits_cnn.onnx"), PruneOptions(ratio=0.5))
+    fitted = prune(onnxprune.load(FIXTURES / "digits_cnn.onnx"),
+                   PruneOptions(ratio=0.5, data={"input": train["input"][:256]}))
+    assert accuracy(plain.model) < baseline - 0.2
+    assert accuracy(fitted.model) > baseline - 0.03
+    assert all(f.error_after <= f.error_before for f in fitted.reconstruction.layers)
+
+
+def test_reconstructed_sparse_model_is_the_same_graph() -> None:
+    path = fixture_path("residual")
+    original = onnx.load(str(path))
+    result = prune(onnxprune.load(path), PruneOptions(ratio=0.3, data=_calibration("residual"), mode="sparse"))
+    assert [n.name for n in result.model.graph.node] == [n.name for n in original.graph.node]
+    shapes = {t.name: list(t.dims) for t in original.graph.initializer}
+    assert {t.name: list(t.dims) for t in result.model.graph.initializer} == shapes
+
+
+def test_option_errors() -> None:
+    model = onnxprune.load(fixture_path("plain_cnn"))
+    with pytest.raises(OnnxPruneError, match="needs calibration data"):
+        prune(model, PruneOptions(ratio=0.3, reconstruct=True))
+    with pytest.raises(OnnxPruneError, match="needs --data"):
+        prune(model, PruneOptions(ratio=0.3, criterion="act"))
+    with pytest.raises(OnnxPruneError, match="shape"):
+        prune(model, PruneOptions(ratio=0.3, data={"input": np.zeros((4, 3, 8, 8), np.float32)}))
+    with pytest.raises(OnnxPruneError, match="no array named"):
+        prune(model, PruneOptions(ratio=0.3, data={"image": np.zeros((4, 3, 32, 32), np.float32)}))
+
+
+@pytest.mark.parametrize("arrays,message", [
+    ({"x": np.zeros((4, 3, 32, 32), np.float32)}, "no array named 'input'"),
+    ({"input": np.zeros((4, 3, 16, 16), np.float32)}, "has shape"),
+    ({"input": np.zeros((4, 3, 32, 32), np.float64)}, "is float64"),
+])
+def test_cli_bad_data(tmp_path, capsys, arrays, message) -> None:
+    data = tmp_path / "calib.npz"
+    np.savez(data, **arrays)
+    out = tmp_path / "out.onnx"
+    code = main(["prune", str(fixture_path("plain_cnn")), "--ratio", "0.3", "--data", str(data), "-o", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_cli_prune_with_data(tmp_path, capsys) -> None:
+    data = tmp_path / "calib.npz"
+    np.savez(data, **_calibration("residual"))
+    out = tmp_path / "slim.onnx"
+    assert main(["prune", str(fixture_path("residual")), "--ratio", "0.4", "--data", str(data), "-o", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "reconstruction on 48 samples" in err and "verified" in err
+    out2 = tmp_path / "plain.onnx"
+    assert main(["prune", str(fixture_path("residual")), "--ratio", "0.4", "--data", str(data), "--no-reconstruct",
+                 "-o", str(out2)]) == 0
+    assert "reconstruction" not in capsys.readouterr().err
+    x = {"input": random_batch(SHAPES["residual"], 2)}
+    assert relative_difference(run_model(out, x), run_model(out2, x)) > 1e-4
+
+
+def test_sparse_helper_unchanged_without_data() -> None:
+    """Without data nothing new runs: the sparse model is the plain zeroed one."""
+    model = onnxprune.load(fixture_path("plain_cnn"))
+    result = prune(model, PruneOptions(ratio=0.3, mode="sparse"))
+    assert result.reconstruction is None
+    groups = onnxprune.find_groups(onnxprune.load(fixture_path("plain_cnn")))
+    again = sparse(onnxprune.load(fixture_path("plain_cnn")), groups, result.plan)
+    x = {"input": random_batch(SHAPES["plain_cnn"], 2)}
+    assert relative_difference(run_model(result.model, x), run_model(again, x)) == 0.0
+
+
+def test_iterate_without_training(tmp_path) -> None:
+    """`[adapter] kind = "reconstruct"`: every round prunes and reconstructs on the calibration data, no
+    training; the digits CNN reaches 60% of MACs removed in two rounds and keeps its test accuracy."""
+    from onnxprune.config import build_adapter, load_config
+    from onnxprune.iterative import run
+
+    train = np.load(FIXTURES / "digits_train.npz")
+    np.savez(tmp_path / "calib.npz", input=train["input"][:256])
+    config_path = tmp_path / "run.toml"
+    config_path.write_text(f'''
+model = "{FIXTURES / 'digits_cnn.onnx'}"
+output = "dense.onnx"
+[schedule]
+ratios = [0.3, 0.6]
+tolerance = 0.1
+[prune]
+data = "calib.npz"
+[adapter]
+kind = "reconstruct"
+''')
+    config = load_config(config_path)
+    assert config.prune.data == str(tmp_path / "calib.npz")
+    result = run(config, build_adapter(config.adapter), tmp_path / "work", progress=lambda _: None)
+    assert [r.accepted for r in result.rounds] == [True, True]
+    assert result.macs_removed > 0.55
+    test = np.load(FIXTURES / "digits_test.npz")
+    dense = onnx.load(result.dense)
+    accuracy = float(np.mean(run_model(dense, {"input": test["input"]})[0].argmax(1) == test["labels"]))
+    assert accuracy > 0.95  # the baseline is 0.987; plain L1 at 50% keeps 0.48
+    with pytest.raises(OnnxPruneError, match="needs \\[prune\\] data"):
+        config_path.write_text(config_path.read_text().replace('data = "calib.npz"', ""))
+        load_config(config_path)
+
+
+def test_activations_spilled_to_disk_give_the_same_model() -> None:
+    """A zero memory budget puts every kept activation in the temporary folder: same result, folder gone."""
+    from onnxprune.recover.staged import ActivationStore
+
+    def pruned(budget: int) -> onnx.ModelProto:
+        return prune(onnxprune.load(fixture_path("residual")),
+                     PruneOptions(ratio=0.4, data=_calibration("residual"), mode="sparse",
+                                  activation_budget=budget)).model
+
+    x = {"input": random_batch(SHAPES["residual"], 2)}
+    assert relative_difference(run_model(pruned(1 << 29), x), run_model(pruned(0), x)) == 0.0
+    store = ActivationStore(0)
+    store.put("t", 0, np.arange(3.0))
+    folder = store._folder
+    assert folder is not None and any(folder.iterdir())
+    np.testing.assert_array_equal(store.get("t", 0), np.arange(3.0))
+    store.close()
+    assert not folder.exists()
+
+
+def test_proxy_matches_the_direct_measurement() -> None:
+    """The closed-form table (`recover.proxy`) predicts what reconstruction leaves: pruning one group alone
+    and reconstructing gives, at the layer reading it, the relative error the table says (digits CNN)."""
+    from onnxprune.importance import get_criterion
+    from onnxprune.plan import Planner, candidate_groups
+    from onnxprune.recover.calibration import calibration_batches
+    from onnxprune.recover.proxy import reconstruction_table
+    from onnxprune.sensitivity import DEFAULT_RATIOS
+
+    train = np.load(FIXTURES / "digits_train.npz")
+    options = PruneOptions(ratio=0.5, data={"input": train["input"][:256]}, criterion="l1")
+    model = onnxprune.load(FIXTURES / "digits_cnn.onnx")
+    groups = onnxprune.find_groups(model)
+    candidates = candidate_groups(model, groups, [])
+    scores = {g.id: np.asarray(get_criterion("l1")(model, g)) for g in candidates}
+    planner = Planner(model, groups, scores)
+    removals = {g.id: {r: np.asarray(planner.removal_of(planner.counts({g.id: r}))[g.id]) for r in DEFAULT_RATIOS}
+                for g in candidates}
+    table = reconstruction_table(model, candidates, removals, calibration_batches(model, options.data))
+    gid = "/features/features.3/Conv"
+    for ratio in (0.3, 0.6):
+        result = prune(onnxprune.load(FIXTURES / "digits_cnn.onnx"),
+                       PruneOptions(spec={gid: ratio}, data=options.data, criterion="l1", mode="sparse"))
+        (fit,) = [f for f in result.reconstruction.layers if f.how == "solved"]
+        assert abs((1 - fit.error_after) - table["groups"][gid][str(ratio)]) < 0.03
+    rows = table["groups"][gid]
+    assert rows["0.1"] > rows["0.5"] > rows["0.9"]  # more removed, less recoverable
