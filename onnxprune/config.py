@@ -15,8 +15,10 @@ the TOML file is that, plus an `[adapter]` table saying how the command line bui
     max_backoffs = 2                  # smaller steps tried for one schedule entry before stopping
 
     [prune]
-    criterion = "l1"                  # l1, l2 or bn; also round_to, exclude, sensitivity (a table), and
+    criterion = "l1"                  # l1, l2, bn or act; also round_to, exclude, sensitivity (a table), and
     reanalyze = false                 # true: measure sensitivity again on each round's starting model
+    data = "calib.npz"                # optional: every round re-solves the layers reading removed channels
+    reconstruct = true                # (default with data; false: data only for the act criterion)
 
     [analyze]                         # with reanalyze: as `onnxprune analyze` (data, eval, ratios, workers)
     data = "val.npz"
@@ -25,9 +27,9 @@ the TOML file is that, plus an `[adapter]` table saying how the command line bui
     settings = { epochs = 5 }         # given to every trial
     trials = [{ lr = 0.01 }, { lr = 0.003 }]
 
-    [adapter]                         # kind = "command" (train, evaluate, cwd, timeout) or
-    kind = "python"                   # kind = "python": a function that returns an Adapter
-    factory = "my_adapter.py:make_adapter"
+    [adapter]                         # kind = "command" (train, evaluate, cwd, timeout),
+    kind = "python"                   # kind = "python": a function that returns an Adapter, or
+    factory = "my_adapter.py:make_adapter"   # kind = "reconstruct": no training (needs [prune] data)
 
     [encrypt]                         # optional: also write the dense model encrypted
     key_file = "model.key"            # or passphrase_env = "VAR"

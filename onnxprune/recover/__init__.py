@@ -1,5 +1,10 @@
-"""Recovery without training: calibration data, data-aware channel choice, least-squares reconstruction.
+"""Recovery without training (`prune --data`): calibration data, data-aware channel choice, reconstruction.
 
-`scores` measures what each channel carries on the data (for `--criterion act`); `reconstruct` re-solves
-the layers that read removed channels; `staged` runs a model stage by stage over the calibration set.
+- `calibration`: the calibration `.npz` (or arrays), checked against the model, in batches;
+- `staged`: run a model stage by stage over the whole calibration set, weights changing between stages;
+- `scores`: what each channel carries on the data (the `act` criterion);
+- `reconstruct`: re-solve the layers that read removed channels by least squares;
+- `proxy`: what reconstruction cannot recover, in closed form (`--allocation reconstruction`).
+
+How a layer is a matrix product (im2col for convs) is its operator's registry entry: `rules.linear`.
 """
