@@ -295,7 +295,7 @@ class _Loop:
         model = io.from_proto(state.proto, self.shapes)
         groups = find_groups(model, self.options.attention)
         options = replace(self.options, ratio=ask, sensitivity=self._sensitivity(model, folder))
-        result = prune(model, options)  # sparse; with data, the layers reading removed channels re-solved
+        result = prune(model, options, groups=groups)  # sparse; with data, the readers of removed channels re-solved
         plan, sparse_proto = result.plan, result.model
         masks = masks_from_plan(model, groups, plan)
         del model

@@ -27,9 +27,10 @@ from onnxprune.recover.calibration import calibration_batches
 from onnxprune.recover.proxy import reconstruction_ratios
 from onnxprune.recover.reconstruct import Reconstruction, reconstruct
 from onnxprune.recover.scores import channel_energies
+from onnxprune.rules import IN
 from onnxprune.runtime import graph_feeds, max_relative_difference, run_graph
 from onnxprune.sensitivity import sensitivity_ratios
-from onnxprune.surgery import slim_graph, sparse_values, zeroed_in_place
+from onnxprune.surgery import slim_graph, sparse, zeroed_in_place
 
 TOLERANCE = 1e-4  # the invariant: max |sparse - slim| <= 1e-4 * max |sparse|
 
@@ -112,7 +113,8 @@ def make_plan(model: Model, options: PruneOptions, groups: list[Group] | None = 
     energies = None
     if options.chosen_criterion in DATA_CRITERIA:
         batches = calibration_batches(model, options.data) if batches is None else batches
-        energies = channel_energies(model, batches, options.providers, options.activation_budget)
+        reading = {m.tensor for g in candidates for m in g.weights() if m.role == IN}
+        energies = channel_energies(model, batches, reading, options.providers, options.activation_budget)
     criterion = get_criterion(options.chosen_criterion, energies)
     scores = {g.id: np.asarray(criterion(model, g), dtype=np.float64) for g in candidates}
     floor: dict[str, float] = {}
@@ -137,15 +139,16 @@ def make_plan(model: Model, options: PruneOptions, groups: list[Group] | None = 
     return planner.fit(lambda knob: {g: max(r, floor.get(g, 0.0)) for g, r in ratios_at(knob).items()}, options.ratio)
 
 
-def prune(model: Model, options: PruneOptions, progress: Callable[[Progress], None] | None = None) -> PruneResult:
+def prune(model: Model, options: PruneOptions, progress: Callable[[Progress], None] | None = None,
+          groups: list[Group] | None = None) -> PruneResult:
     """Plan and apply; in slim mode also check that slim computes what sparse computes.
 
     With calibration data (`options.data`) and reconstruction on, the layers that read removed channels
     are re-solved first (`recover.reconstruct`; `model` is left as the reconstructed sparse model), and
-    the sparse or slim model is made from it.
+    the sparse or slim model is made from it. `groups` saves finding them again when the caller has them.
     """
     options.check()
-    groups = find_groups(model, options.attention)
+    groups = find_groups(model, options.attention) if groups is None else groups
     batches = calibration_batches(model, options.data) if options.data is not None else None
     plan = make_plan(model, options, groups, batches)
     fitted = None
@@ -153,10 +156,11 @@ def prune(model: Model, options: PruneOptions, progress: Callable[[Progress], No
         fitted = reconstruct(model, groups, plan, batches, options.providers, options.activation_budget // 2,
                              progress=progress, scope=options.reconstruct_scope)
     if options.mode == "sparse":
-        weights = model.weights()
-        values = {name: weights[name].values for name in fitted.changed} if fitted else {}
-        values.update(sparse_values(model, groups, plan))
-        return PruneResult(plan, with_weights(model, values), reconstruction=fitted)
+        if fitted is None:
+            return PruneResult(plan, sparse(model, groups, plan))
+        weights = model.weights()  # already the reconstructed sparse model
+        return PruneResult(plan, with_weights(model, {n: weights[n].values for n in fitted.changed}),
+                           reconstruction=fitted)
     graph = slim_graph(model, groups, plan)
     difference = None
     if options.verify:

@@ -68,7 +68,7 @@ class Reconstruction:
 
     layers: list[LayerFit] = field(default_factory=list)
     samples: int = 0
-    changed: set[str] = field(default_factory=set)  # weights with other values than the plain sparse model
+    changed: set[str] = field(default_factory=set)  # weights whose values it changed (zeroed or re-solved)
 
     def summary(self) -> str:
         if not self.layers:
@@ -164,6 +164,7 @@ def reconstruct(model: Model, groups: list[Group], plan: Plan, batches: Batches,
     result.layers += [LayerFit(name, "left as is", math.nan, math.nan, "no matrix view of this layer")
                       for name in unsupported]
     edits = _Edits(model, groups, plan)
+    result.changed.update(edits.zeros)
     if not layers:
         edits.zero(0, len(model.graph.nodes))
         return result

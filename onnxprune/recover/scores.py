@@ -26,10 +26,12 @@ def output_energy(view: LinearView, mean_square: np.ndarray) -> np.ndarray:
     return energy.sum(axis=0)
 
 
-def channel_energies(model: Model, batches: Batches, providers: list[str] | None = None,
+def channel_energies(model: Model, batches: Batches, weights: set[str], providers: list[str] | None = None,
                      budget: int = 1 << 29) -> dict[str, np.ndarray]:
-    """For every layer with a matrix view: weight name -> output energy per weight input index, on `batches`."""
-    views = [(i, v) for i, n in enumerate(model.graph.nodes) if len(n.inputs) > 1 and (v := linear_view(n)) is not None]
+    """For the layers with a matrix view whose weight is in `weights` (those reading prunable channels):
+    weight name -> output energy per weight input index, on `batches`."""
+    views = [(i, v) for i, n in enumerate(model.graph.nodes)
+             if len(n.inputs) > 1 and (v := linear_view(n)) is not None and v.weight.name in weights]
     if not views:
         return {}
     run = StagedRun(model, batches, budget, providers)

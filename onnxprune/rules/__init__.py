@@ -75,23 +75,8 @@ from onnxprune.rules.weighted import (
 )
 
 __all__ = [
-    "AFFINE",
-    "CONTRACT",
-    "IN",
-    "KEEP",
-    "OUT",
-    "RULES",
-    "ZEROED_ROLES",
-    "Bundle",
-    "Context",
-    "LinearView",
-    "Port",
-    "Removed",
-    "Rule",
-    "Stop",
-    "Tie",
-    "Value",
-    "linear_view",
+    "AFFINE", "CONTRACT", "IN", "KEEP", "OUT", "RULES", "ZEROED_ROLES", "Bundle", "Context", "LinearView", "Port",
+    "Removed", "Rule", "Stop", "Tie", "Value", "linear_view",
 ]
 
 
