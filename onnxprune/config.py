@@ -15,10 +15,10 @@ the TOML file is that, plus an `[adapter]` table saying how the command line bui
     max_backoffs = 2                  # smaller steps tried for one schedule entry before stopping
 
     [prune]
-    criterion = "l1"                  # l1, l2, bn or act; also round_to, exclude, sensitivity (a table), and
+    criterion = "l1"                  # l1, l2, bn, act or greedy; also round_to, exclude, attention, sensitivity,
     reanalyze = false                 # true: measure sensitivity again on each round's starting model
     data = "calib.npz"                # optional: every round re-solves the layers reading removed channels
-    reconstruct = true                # (default with data; false: data only for the act criterion)
+    reconstruct = true                # (default with data; false: data only for the choice of channels)
 
     [analyze]                         # with reanalyze: as `onnxprune analyze` (data, eval, ratios, workers)
     data = "val.npz"
@@ -103,9 +103,10 @@ class Schedule:
 class PruneSettings:
     """How each round picks channels (as `onnxprune prune`)."""
 
-    criterion: str | None = None  # None: as `prune` ("act" with data, "l1" without)
+    criterion: str | None = None  # None: as `prune` ("greedy" with data, "l1" without)
     round_to: int | None = None  # None: automatic alignment, as `prune`
     exclude: list[str] = field(default_factory=list)
+    attention: str = "dims"  # as `prune --attention`: attention MatMuls lose head_dim positions or whole heads
     sensitivity: str | None = None  # an `analyze` table used by every round
     reanalyze: bool = False  # measure sensitivity again on every round's starting model
     data: str | None = None  # calibration data: every round re-solves the layers reading removed channels
@@ -116,9 +117,12 @@ class PruneSettings:
         if self.criterion is not None and self.criterion not in known:
             raise OnnxPruneError(f"prune.criterion {self.criterion!r}: choose one of {', '.join(known)}")
         if self.data is None and (self.reconstruct or self.criterion in DATA_CRITERIA):
-            raise OnnxPruneError("prune.reconstruct and prune.criterion = \"act\" need prune.data (calibration data)")
+            raise OnnxPruneError(f"prune.reconstruct and prune.criterion = {', '.join(map(repr, DATA_CRITERIA))} "
+                                 "need prune.data (calibration data)")
         if self.round_to is not None and self.round_to < 1:
             raise OnnxPruneError(f"prune.round_to {self.round_to}: must be >= 1")
+        if self.attention not in ("dims", "heads"):
+            raise OnnxPruneError(f"prune.attention {self.attention!r}: choose dims or heads")
 
 
 @dataclass
@@ -269,7 +273,8 @@ def load_config(path: str | Path) -> RunConfig:
     s.done()
     p = top.table("prune")
     prune = PruneSettings(criterion=p.get("criterion", str), round_to=p.get("round_to", int),
-                          exclude=p.strings("exclude"), sensitivity=resolve(p.get("sensitivity", str)),
+                          exclude=p.strings("exclude"), attention=p.get("attention", str, "dims"),
+                          sensitivity=resolve(p.get("sensitivity", str)),
                           reanalyze=p.get("reanalyze", bool, False), data=resolve(p.get("data", str)),
                           reconstruct=p.get("reconstruct", bool))
     p.done()

@@ -7,3 +7,9 @@ Library callers catch it to tell bad input from internal failures.
 
 class OnnxPruneError(Exception):
     """Bad usage or bad input: the message says what and where, in one line."""
+
+
+class NotExact(OnnxPruneError):
+    """A slim model that does not compute what its sparse twin computes (or does not run): onnxprune
+    refuses to write it. The input is not wrong, but nothing is wrong to retry either: the message says
+    how to go around it (--mode sparse, --exclude)."""

@@ -94,16 +94,24 @@ def activation_weighted(energies: dict[str, np.ndarray]) -> Criterion:
     return criterion
 
 
+def ranked(scores: dict[str, np.ndarray]) -> Criterion:
+    """A criterion from per-group scores worked out beforehand (`recover.greedy`: the removal order);
+    groups without one fall back to L2."""
+
+    def criterion(model: Model, group: Group) -> np.ndarray:
+        return scores[group.id] if group.id in scores else CRITERIA["l2"](model, group)
+
+    return criterion
+
+
 CRITERIA: dict[str, Criterion] = {"l1": _magnitude(1), "l2": _magnitude(2), "bn": bn_scale}
-DATA_CRITERIA = ("act",)  # need calibration data (`prune --data`)
+DATA_CRITERIA = ("act", "greedy")  # need calibration data (`prune --data`); built by `recover.scores.data_criterion`
 
 
-def get_criterion(name: str, energies: dict[str, np.ndarray] | None = None) -> Criterion:
-    """The criterion called `name`; data-aware ones are built from the data's `energies`."""
+def get_criterion(name: str) -> Criterion:
+    """The weight-only criterion called `name` (data-aware ones need calibration data: see DATA_CRITERIA)."""
     if name in DATA_CRITERIA:
-        if energies is None:
-            raise OnnxPruneError(f"criterion {name!r} looks at activations: it needs calibration data (--data)")
-        return activation_weighted(energies)
+        raise OnnxPruneError(f"criterion {name!r} looks at activations: it needs calibration data (--data)")
     if name not in CRITERIA:
         raise OnnxPruneError(f"unknown criterion {name!r}; choose one of {', '.join([*CRITERIA, *DATA_CRITERIA])}")
     return CRITERIA[name]

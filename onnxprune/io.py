@@ -398,8 +398,9 @@ def _fold_layout(node: gs.Node) -> tuple[np.ndarray, tuple[int, ...] | None] | N
         if node.op == "Cast":
             return x.astype(onnx.helper.tensor_dtype_to_np_dtype(int(node.attrs["to"]))), None
         if node.op == "Flatten":
-            axis = int(node.attrs.get("axis", 1)) % max(x.ndim, 1)
-            return x.reshape(int(np.prod(x.shape[:axis])), -1), None
+            axis = int(node.attrs.get("axis", 1))
+            axis = axis + x.ndim if axis < 0 else axis  # in [-rank, rank]: rank itself gives [everything, 1]
+            return x.reshape(int(np.prod(x.shape[:axis])), int(np.prod(x.shape[axis:]))), None
         if node.op == "Reshape":
             target = [int(d) if d != 0 else x.shape[i] for i, d in enumerate(args[0])]
             return x.reshape(target), None

@@ -49,6 +49,7 @@ from onnxprune.adapters import Adapter, check_returned
 from onnxprune.channels import Group, find_groups
 from onnxprune.config import RunConfig
 from onnxprune.errors import OnnxPruneError
+from onnxprune.importance import CRITERIA
 from onnxprune.io import Model
 from onnxprune.masks import Masks, masks_from_plan
 from onnxprune.plan import Plan
@@ -129,9 +130,10 @@ def default_analyze(config: RunConfig) -> Analyze:
         raise OnnxPruneError("prune.reanalyze: sensitivity analysis (onnxprune.analysis) is not available")
     from onnxprune.analysis import AnalyzeOptions, analyze
 
-    settings = config.analyze
-    options = AnalyzeOptions(data=settings.data, eval=settings.eval, criterion=config.prune.criterion or "l1",
-                             workers=settings.workers)
+    settings, prune_settings = config.analyze, config.prune
+    criterion = prune_settings.criterion if prune_settings.criterion in CRITERIA else "l1"  # analysis: weights only
+    options = AnalyzeOptions(data=settings.data, eval=settings.eval, criterion=criterion, workers=settings.workers,
+                             round_to=prune_settings.round_to, attention=prune_settings.attention)
     if settings.ratios:
         options.ratios = list(settings.ratios)
 
@@ -194,6 +196,7 @@ class _Loop:
         self.shapes = io.parse_input_shapes(config.input_shapes)
         self.options = PruneOptions(ratio=0.5, mode="sparse", criterion=config.prune.criterion,
                                     round_to=config.prune.round_to, exclude=list(config.prune.exclude),
+                                    attention=config.prune.attention,
                                     data=config.prune.data, reconstruct=config.prune.reconstruct,
                                     cumulative=True)
         self.table: dict | None = None

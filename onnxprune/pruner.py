@@ -18,7 +18,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxprune.channels import Group, find_groups
-from onnxprune.errors import OnnxPruneError
+from onnxprune.errors import NotExact, OnnxPruneError
 from onnxprune.importance import DATA_CRITERIA, get_criterion, zero_channels
 from onnxprune.io import Model, to_proto, with_weights
 from onnxprune.plan import Plan, Planner, candidate_groups, spec_ratios, uniform_ratios
@@ -26,8 +26,7 @@ from onnxprune.progress import Progress
 from onnxprune.recover.calibration import calibration_batches
 from onnxprune.recover.proxy import reconstruction_ratios
 from onnxprune.recover.reconstruct import Reconstruction, reconstruct
-from onnxprune.recover.scores import channel_energies
-from onnxprune.rules import IN
+from onnxprune.recover.scores import data_criterion
 from onnxprune.runtime import graph_feeds, max_relative_difference, run_graph
 from onnxprune.sensitivity import sensitivity_ratios
 from onnxprune.surgery import slim_graph, sparse, zeroed_in_place
@@ -42,7 +41,7 @@ class PruneOptions:
     ratio: float | None = None  # fraction of MACs to remove
     spec: dict[str, float] | None = None  # group id -> fraction of its channels to remove
     sensitivity: dict | None = None  # an `analyze` table: per-group ratios from metric loss
-    criterion: str | None = None  # None: "act" with calibration data, "l1" without (see `chosen_criterion`)
+    criterion: str | None = None  # None: "greedy" with data and reconstruction, "act" with data only, else "l1"
     round_to: int | None = None  # kept channels a multiple of this; None: automatic (plan.alignment)
     exclude: list[str] = field(default_factory=list)
     mode: str = "slim"  # or "sparse"
@@ -63,9 +62,14 @@ class PruneOptions:
 
     @property
     def chosen_criterion(self) -> str:
-        """The criterion asked for, or the default: activation-weighted when there is data (it kept more
-        of every model's metric in benchmarks/recovery.py), L1 magnitude otherwise."""
-        return self.criterion or ("act" if self.data is not None else "l1")
+        """The criterion asked for, or the default: with data and reconstruction the reconstruction-aware
+        greedy choice, with data alone activation-weighted (each kept the most of the metric in
+        benchmarks/recovery.py in its setting), L1 magnitude without data."""
+        if self.criterion is not None:
+            return self.criterion
+        if self.data is None:
+            return "l1"
+        return "greedy" if self.reconstructs else "act"
 
     @property
     def reconstructs(self) -> bool:
@@ -110,12 +114,12 @@ def make_plan(model: Model, options: PruneOptions, groups: list[Group] | None = 
     options.check()
     groups = find_groups(model, options.attention) if groups is None else groups
     candidates = candidate_groups(model, groups, options.exclude)
-    energies = None
     if options.chosen_criterion in DATA_CRITERIA:
         batches = calibration_batches(model, options.data) if batches is None else batches
-        reading = {m.tensor for g in candidates for m in g.weights() if m.role == IN}
-        energies = channel_energies(model, batches, reading, options.providers, options.activation_budget)
-    criterion = get_criterion(options.chosen_criterion, energies)
+        criterion = data_criterion(options.chosen_criterion, model, candidates, batches, options.providers,
+                                   options.activation_budget)
+    else:
+        criterion = get_criterion(options.chosen_criterion)
     scores = {g.id: np.asarray(criterion(model, g), dtype=np.float64) for g in candidates}
     floor: dict[str, float] = {}
     if options.cumulative:  # zero channels score below every live one, and are never given back
@@ -183,14 +187,22 @@ def check_same_function(model: Model, candidate: gs.Graph, providers: list[str] 
     feeds = graph_feeds(model.graph, model.input_shapes, batch=2)
     try:
         expected = run_graph(model.graph, model.skeleton, feeds, providers)
+    except Exception as exc:
+        raise OnnxPruneError(f"the model does not run on onnxruntime: {_first_line(exc)}") from exc
+    try:
         difference = max_relative_difference(expected, run_graph(candidate, model.skeleton, feeds, providers))
         bar = TOLERANCE
         if difference > bar:
             rerun = run_graph(model.graph, model.skeleton, feeds, providers, optimize=False)
             bar = max(TOLERANCE, 10 * max_relative_difference(expected, rerun))
     except Exception as exc:
-        raise RuntimeError(f"the pruned model does not run: {str(exc).splitlines()[0][:300]}") from exc
+        raise NotExact(f"the pruned model does not run: {_first_line(exc)}; use --mode sparse, or --exclude "
+                       "the layers involved") from exc
     if not np.isfinite(difference) or difference > bar:
-        raise RuntimeError(f"the pruned model differs from the sparse one (max relative difference "
-                           f"{difference:.2e}); use --mode sparse, or --exclude the layers involved")
+        raise NotExact(f"the pruned model differs from the sparse one (max relative difference "
+                       f"{difference:.2e}); use --mode sparse, or --exclude the layers involved")
     return difference
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:300]

@@ -123,14 +123,20 @@ def subgraph_session(nodes: list[gs.Node], inputs: dict[str, np.dtype], outputs:
     return session(proto, providers, threads, arena=False)
 
 
+def with_batch(shape: tuple[int, ...], declared: list | tuple | None, batch: int) -> tuple[int, ...]:
+    """`shape` with `batch` on the first axis when the model (`declared` shape) leaves it dynamic; a
+    rank-0 input has no batch axis."""
+    if not shape or (declared is not None and len(declared) > 0 and isinstance(declared[0], int)):
+        return shape
+    return (batch,) + shape[1:]
+
+
 def graph_feeds(graph: gs.Graph, input_shapes: dict[str, tuple[int, ...]], batch: int = 1,
                 seed: int = 0) -> dict[str, np.ndarray]:
     """Deterministic random inputs for an IR graph; a dynamic first axis gets `batch`."""
     feeds = {}
     for i, inp in enumerate(graph.inputs):
-        shape = tuple(input_shapes[inp.name])
-        if inp.shape is None or not isinstance(inp.shape[0], int):
-            shape = (batch,) + shape[1:]
+        shape = with_batch(tuple(input_shapes[inp.name]), inp.shape, batch)
         dtype = np.dtype(inp.dtype) if inp.dtype is not None else np.dtype(np.float32)
         name = {np.float32: "float", np.float64: "double", np.float16: "float16"}.get(dtype.type, str(dtype))
         feeds[inp.name] = random_input(f"tensor({name})", shape, seed + i)
@@ -142,10 +148,7 @@ def random_feeds(sess: ort.InferenceSession, input_shapes: dict[str, tuple[int, 
     """Deterministic random inputs at the given batch size."""
     feeds = {}
     for i, inp in enumerate(sess.get_inputs()):
-        shape = tuple(input_shapes[inp.name])
-        if not isinstance(inp.shape[0], int) or inp.shape[0] is None:
-            shape = (batch,) + shape[1:]
-        feeds[inp.name] = random_input(inp.type, shape, seed + i)
+        feeds[inp.name] = random_input(inp.type, with_batch(tuple(input_shapes[inp.name]), inp.shape, batch), seed + i)
     return feeds
 
 

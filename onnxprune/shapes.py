@@ -169,8 +169,18 @@ _EVAL = {
     "Identity": lambda n, x: x,
     "Reshape": lambda n, x, s: x.reshape([int(d) if d != 0 else x.shape[i] for i, d in enumerate(s)]),
     "Slice": lambda n, x, s, e, a=None, st=None: _slice_values(x, s, e, a, st),
-    "ReduceProd": lambda n, x, a=None: np.prod(x, keepdims=bool(n.attrs.get("keepdims", 1))),
+    "ReduceProd": lambda n, x, a=None: _reduce_prod(n, x, a),
 }
+
+
+def _reduce_prod(node, x: np.ndarray, axes: np.ndarray | None = None) -> np.ndarray:
+    """ReduceProd over its axes (an input from opset 18, an attribute before); no axes: all of them,
+    or none with noop_with_empty_axes."""
+    axes = np.atleast_1d(axes if axes is not None else node.attrs.get("axes", [])).astype(np.int64)
+    keepdims = bool(node.attrs.get("keepdims", 1))
+    if axes.size == 0:
+        return x if node.attrs.get("noop_with_empty_axes", 0) else np.prod(x, keepdims=keepdims)
+    return np.prod(x, axis=tuple(int(a) % x.ndim for a in axes), keepdims=keepdims)
 
 
 def shape_values(graph, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:

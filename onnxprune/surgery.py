@@ -109,9 +109,10 @@ def _compensations(model: Model, groups: list[Group], plan: Plan) -> dict[int, n
             if node.op == "Conv":
                 columns = weight.reshape(weight.shape[0], weight.shape[1])[:, positions]
                 contribution = columns @ comp.values[positions]
-            else:  # Gemm: alpha * v @ B, and C is scaled by beta
+            else:  # Gemm: alpha * v @ B, and C is scaled by beta (beta = 0: `_add_to_bias` sets it to 1)
                 rows = (weight.T if node.attrs.get("transB", 0) else weight)[positions, :]
-                scale = float(node.attrs.get("alpha", 1.0)) / float(node.attrs.get("beta", 1.0))
+                beta = float(node.attrs.get("beta", 1.0)) or 1.0
+                scale = float(node.attrs.get("alpha", 1.0)) / beta
                 contribution = scale * (comp.values[positions] @ rows)
             folded[comp.node] = folded.get(comp.node, 0) + contribution
     return folded
@@ -125,6 +126,11 @@ def _add_to_bias(node: gs.Node, contribution: np.ndarray, removed: Removed) -> N
     bias_index = 2
     old = node.inputs[bias_index] if len(node.inputs) > bias_index and node.inputs[bias_index].name else None
     dtype = weight.values.dtype
+    if node.op == "Gemm" and float(node.attrs.get("beta", 1.0)) == 0.0:  # C counts for nothing: replace it
+        node.attrs["beta"] = 1.0
+        if old is not None:
+            node.inputs[bias_index] = gs.Constant(f"{old.name}_compensated", contribution.astype(dtype))
+            return
     if old is None:
         bias = contribution.astype(dtype)
     else:

@@ -105,3 +105,71 @@ def test_transformer_whole_heads() -> None:
     dense = transform(onnxprune.io.from_proto(sparse_model), attention="heads")
     assert relative_difference(run_model(sparse_model, x), run_model(dense.model, x)) <= TOLERANCE
     assert dense.plan.macs_after <= plan.macs_after * 1.0001
+
+
+@pytest.mark.parametrize("with_c", [True, False])
+def test_gemm_with_beta_zero_takes_the_compensation(with_c: bool) -> None:
+    """Removed channels after a Sigmoid are 0.5, not 0: the next Gemm's bias takes their share. With
+    beta = 0 its C counts for nothing, so the share must not be divided by beta (it was: inf)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 6)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal(6).astype(np.float32), "b1"),
+             numpy_helper.from_array(rng.standard_normal((6, 4)).astype(np.float32), "w2")]
+    if with_c:
+        inits.append(numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "c2"))
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="gemm1"),
+             helper.make_node("Sigmoid", ["h"], ["s"], name="sigmoid"),
+             helper.make_node("Gemm", ["s", "w2", *(["c2"] if with_c else [])], ["y"], name="gemm2", beta=0.0)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    options = PruneOptions(spec={"gemm1": 0.5}, round_to=1)
+    slim_model = onnxprune.prune(onnxprune.io.from_proto(proto), options).model
+    sparse_model = sparse(onnxprune.io.from_proto(proto), *_groups_and_plan(proto, options))
+    x = {"x": random_batch([5, 8], 5)}
+    assert relative_difference(run_model(sparse_model, x), run_model(slim_model, x)) <= 1e-5
+    assert [list(i.dims) for i in slim_model.graph.initializer if i.name == "w2"] == [[3, 4]]  # pruned
+
+
+def _groups_and_plan(proto: onnx.ModelProto, options: PruneOptions):
+    model = onnxprune.io.from_proto(proto)
+    groups = find_groups(model)
+    return groups, make_plan(model, options, groups)
+
+
+def test_rank_zero_input_gets_a_scalar_in_the_check() -> None:
+    """A scalar model input (a scale) has no batch axis: the sparse-vs-slim check feeds it a scalar."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["h"], name="conv1"),
+             helper.make_node("Mul", ["h", "scale"], ["m"], name="mul"),
+             helper.make_node("Relu", ["m"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "w2"], ["y"], name="conv2")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, 8, 8]),
+                                           helper.make_tensor_value_info("scale", TensorProto.FLOAT, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 2, 8, 8])],
+                              [numpy_helper.from_array(rng.standard_normal((8, 3, 1, 1)).astype(np.float32), "w1"),
+                               numpy_helper.from_array(rng.standard_normal((2, 8, 1, 1)).astype(np.float32), "w2")])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    result = onnxprune.prune(onnxprune.io.from_proto(proto), PruneOptions(spec={"conv1": 0.5}, round_to=1))
+    assert result.difference is not None and result.difference <= 1e-4
+    x = {"x": random_batch([2, 3, 8, 8], 2), "scale": np.array(1.5, dtype=np.float32)}
+    assert relative_difference(run_model(sparse(onnxprune.io.from_proto(proto), *_groups_and_plan(
+        proto, PruneOptions(spec={"conv1": 0.5}, round_to=1))), x), run_model(result.model, x)) <= 1e-5
+
+
+def test_a_slim_model_that_is_not_exact_is_refused_with_one_line(tmp_path, capsys, monkeypatch) -> None:
+    """When the sparse-vs-slim check fails, the CLI says so in one line, exits 2 and writes nothing."""
+    import onnxprune.pruner
+    from onnxprune.cli import main
+
+    answers = iter([0.5, 0.0])  # slim vs sparse, then the reference's own rounding noise
+    monkeypatch.setattr(onnxprune.pruner, "max_relative_difference", lambda a, b: next(answers))
+    out = tmp_path / "slim.onnx"
+    assert main(["prune", str(fixture_path("plain_cnn")), "--ratio", "0.3", "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "differs from the sparse one" in err and err.count("\n") == 0
+    assert not out.exists()

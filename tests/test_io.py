@@ -86,3 +86,40 @@ def test_save_is_atomic(tmp_path: Path, monkeypatch) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.onnx"]
     io.save(proto, target)
     onnx.checker.check_model(onnx.load(target))
+
+
+@pytest.mark.parametrize("axis,shape", [(2, (6, 1)), (-1, (2, 3)), (0, (1, 6)), (1, (2, 3)), (-2, (1, 6))])
+def test_weight_behind_flatten_folds_to_the_onnx_shape(axis: int, shape: tuple[int, int]) -> None:
+    """Flatten(axis) of a constant weight folds to [prod(dims before axis), prod(dims from axis)]; axis =
+    rank gives [everything, 1] (not [1, everything]), and the folded graph computes what the model does."""
+    weight = np.arange(6, dtype=np.float32).reshape(2, 3) + 1
+    nodes = [helper.make_node("Flatten", ["w"], ["wf"], axis=axis), helper.make_node("MatMul", ["x", "wf"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, shape[0]])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(weight, "w")])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = io.from_proto(proto, {"x": (2, shape[0])})
+    assert next(n for n in model.graph.nodes if n.op == "MatMul").inputs[1].values.shape == shape
+    x = {"x": random_batch([2, shape[0]], 2)}
+    assert relative_difference(run_model(proto, x), run_model(io.to_proto(model.graph, model.skeleton), x)) == 0
+
+
+@pytest.mark.parametrize("opset,keepdims,expected", [(17, 1, [[1, 3, 4, 4]]), (18, 1, [[1, 3, 4, 4]]),
+                                                     (17, 0, [1, 3, 4, 4])])
+def test_shape_values_reduce_prod_over_its_axes(opset: int, keepdims: int, expected: list) -> None:
+    """ReduceProd of a [1, 4] shape tensor over axis 0 is that tensor (not the product of everything)."""
+    import onnx_graphsurgeon as gs
+
+    from onnxprune.shapes import shape_values
+
+    axes = [helper.make_tensor("axes", TensorProto.INT64, [1], [0])] if opset >= 18 else []
+    attrs = {} if opset >= 18 else {"axes": [0]}
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Unsqueeze", ["s", "zero"], ["s2"]),
+             helper.make_node("ReduceProd", ["s2", *(["axes"] if axes else [])], ["p"], keepdims=keepdims, **attrs)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info("p", TensorProto.INT64, None)],
+                              [helper.make_tensor("zero", TensorProto.INT64, [1], [0]), *axes])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    values = shape_values(gs.import_onnx(proto), {"x": (1, 3, 4, 4)})
+    assert values["p"].tolist() == expected

@@ -350,3 +350,32 @@ def test_resume_after_sigkill(tmp_path) -> None:
     assert [(r["macs"], r["metric_after"], r["best_trial"]) for r in report["rounds"]] == [
         (r.macs, r.metric_after, r.best_trial) for r in reference.rounds]
     assert list(workdir.rglob("*.tmp")) == []
+
+
+def test_reanalysis_measures_at_the_channel_choices_the_rounds_prune_with(monkeypatch) -> None:
+    """With reanalyze, the table must be measured with the rounds' round_to, attention and (weight)
+    criterion; otherwise it describes other channels than those the round removes."""
+    pytest.importorskip("onnxprune.analysis")
+    import onnxprune.analysis
+    from onnxprune.iterative import default_analyze
+
+    seen = []
+
+    class Done:
+        table = type("Table", (), {"to_dict": staticmethod(lambda: {})})
+
+    monkeypatch.setattr(onnxprune.analysis, "analyze", lambda model, options: seen.append(options) or Done)
+    config = _config([0.3])
+    config.prune = PruneSettings(criterion="l2", round_to=1, attention="heads", reanalyze=True)
+    default_analyze(config)(None, Path("cache"))
+    assert (seen[0].round_to, seen[0].attention, seen[0].criterion) == (1, "heads", "l2")
+    config.prune = PruneSettings(criterion="greedy", data="calib.npz", reanalyze=True)
+    default_analyze(config)(None, Path("cache"))
+    assert seen[1].criterion == "l1"  # analysis zeroes by a weight criterion; data ones need a data pass
+
+
+def test_config_attention_reaches_the_rounds(tmp_path) -> None:
+    config = load_config(_write_config(tmp_path / "run.toml", "[prune]\nattention = 'heads'"))
+    assert config.prune.attention == "heads"
+    with pytest.raises(OnnxPruneError, match="prune.attention 'all'"):
+        load_config(_write_config(tmp_path / "bad.toml", "[prune]\nattention = 'all'"))

@@ -31,7 +31,7 @@ def _calibration(name: str, samples: int = 48, seed: int = 7) -> dict[str, np.nd
 
 @pytest.mark.parametrize("name", FIXTURE_NAMES)
 def test_sparse_equals_slim_after_reconstruction(name: str) -> None:
-    options = PruneOptions(ratio=0.4, data=_calibration(name), criterion="act")
+    options = PruneOptions(ratio=0.4, data=_calibration(name))  # the default with data: greedy choice
     slim_result = prune(onnxprune.load(fixture_path(name)), options)
     sparse_result = prune(onnxprune.load(fixture_path(name)), PruneOptions(**{**options.__dict__, "mode": "sparse"}))
     assert slim_result.plan.groups == sparse_result.plan.groups
@@ -40,7 +40,7 @@ def test_sparse_equals_slim_after_reconstruction(name: str) -> None:
     fitted = sparse_result.reconstruction
     if any(f.how == "solved" for f in fitted.layers):  # reconstruction changed weights: compare not vacuous
         plain = prune(onnxprune.load(fixture_path(name)), PruneOptions(ratio=0.4, data=_calibration(name),
-                                                                      criterion="act", reconstruct=False, mode="sparse"))
+                                                                      criterion="greedy", reconstruct=False, mode="sparse"))
         assert relative_difference(run_model(plain.model, x), run_model(sparse_result.model, x)) > 1e-4
 
 
@@ -242,3 +242,67 @@ def test_proxy_matches_the_direct_measurement() -> None:
         assert abs((1 - fit.error_after) - table["groups"][gid][str(ratio)]) < 0.03
     rows = table["groups"][gid]
     assert rows["0.1"] > rows["0.5"] > rows["0.9"]  # more removed, less recoverable
+
+
+def test_greedy_removes_a_channel_the_others_can_replace(tmp_path) -> None:
+    """Channel 4 of conv1 is a big combination of channels 0-2; channel 3 is small but independent. L1
+    removes channel 3, which nothing can replace; the greedy criterion removes one of 0, 1, 2, 4 (any of
+    them is a combination of the other three), and reconstruction then recovers the output to 1e-5."""
+    rng = np.random.default_rng(1)
+    base = (2 * np.eye(4) + 0.1).astype(np.float32)  # positive, nearly orthogonal: Relu keeps all of it
+    base[3] *= 0.5
+    w1 = np.concatenate([base, (1.0 * base[0] + 0.8 * base[1] + 0.9 * base[2])[None]]).reshape(5, 4, 1, 1)
+    w2 = rng.standard_normal((3, 5, 1, 1)).astype(np.float32) + 2.0
+    w2[:, 3] *= 0.5
+    path = tmp_path / "two_convs.onnx"
+    onnx.save(_two_convs(w1.astype(np.float32), w2, rng.standard_normal(3).astype(np.float32)), path)
+    x = np.abs(rng.standard_normal((64, 4, 5, 5))).astype(np.float32)
+    reference = run_model(path, {"x": x})
+    outcomes = {}
+    for criterion in ("l1", "greedy"):
+        options = PruneOptions(spec={"conv1": 1 / 5}, data={"x": x}, criterion=criterion, round_to=1, mode="sparse")
+        result = prune(onnxprune.load(path), options)
+        outcomes[criterion] = (result.plan.groups["conv1"].removed, relative_difference(reference, run_model(result.model, {"x": x})))
+    assert outcomes["l1"][0] == [3] and outcomes["l1"][1] > 1e-3
+    assert outcomes["greedy"][0][0] in (0, 1, 2, 4) and outcomes["greedy"][1] <= 1e-5
+
+
+def test_greedy_order_is_a_permutation_and_needs_data() -> None:
+    """The greedy scores rank every channel of every group a matrix layer reads, once each; without
+    calibration data the criterion is refused with the usual error."""
+    from onnxprune.channels import find_groups
+    from onnxprune.recover.calibration import calibration_batches
+    from onnxprune.recover.greedy import greedy_scores
+
+    model = onnxprune.load(fixture_path("bottleneck"))
+    groups = [g for g in find_groups(model) if g.prunable]
+    scores = greedy_scores(model, groups, calibration_batches(model, _calibration("bottleneck")))
+    assert scores
+    for gid, order in scores.items():
+        channels = next(g.channels for g in groups if g.id == gid)
+        assert sorted(order.tolist()) == list(range(channels))
+    with pytest.raises(OnnxPruneError, match="needs --data"):
+        PruneOptions(ratio=0.3, criterion="greedy").check()
+
+
+def test_greedy_cost_is_the_least_squares_residual() -> None:
+    """The greedy cost of removing one channel (from H = (A'A)^-1, and after an update for a first removal)
+    equals the residual of re-solving the layer without it, computed directly by least squares."""
+    from onnxprune.recover.greedy import _reader, _regularized_inverse
+
+    rng = np.random.default_rng(3)
+    a = np.concatenate([rng.standard_normal((400, 6)) @ rng.standard_normal((6, 6)), np.ones((400, 1))], axis=1)
+    w = rng.standard_normal((7, 3))
+    gram = a.T @ a
+    reader = _reader(_regularized_inverse(gram), w, 1.0, np.array([0, 0, 1, 1, 2, 2, -1]), 3)
+
+    def residual(kept: list[int]) -> float:
+        solution = np.linalg.lstsq(a[:, kept], a @ w, rcond=None)[0]
+        return float(np.sum((a[:, kept] @ solution - a @ w) ** 2))
+
+    np.testing.assert_allclose(reader.costs(np.arange(3)), [residual([2, 3, 4, 5, 6]), residual([0, 1, 4, 5, 6]),
+                                                            residual([0, 1, 2, 3, 6])], rtol=1e-3)
+    first = residual([2, 3, 4, 5, 6])
+    reader.remove(np.array([0]))
+    np.testing.assert_allclose(reader.costs(np.array([1, 2])), [residual([4, 5, 6]) - first,
+                                                                residual([2, 3, 6]) - first], rtol=1e-3)

@@ -2,7 +2,9 @@
 
 - `calibration`: the calibration `.npz` (or arrays), checked against the model, in batches;
 - `staged`: run a model stage by stage over the whole calibration set, weights changing between stages;
-- `scores`: what each channel carries on the data (the `act` criterion);
+- `grams`: one pass over the unpruned model handing each layer its input (energies, A'A);
+- `scores`: the data-aware criteria: what each channel carries on the data (`act`), or `greedy`;
+- `greedy`: remove first what the re-solved layers can best make up for (`--criterion greedy`);
 - `reconstruct`: re-solve the layers that read removed channels by least squares;
 - `proxy`: what reconstruction cannot recover, in closed form (`--allocation reconstruction`).
 

@@ -22,20 +22,20 @@ import numpy as np
 from onnxprune.channels import Group
 from onnxprune.io import Model
 from onnxprune.plan import Planner
-from onnxprune.recover.reconstruct import ridge_solve, sample_rows
-from onnxprune.recover.staged import Batches, StagedRun
-from onnxprune.rules import IN, linear_view
+from onnxprune.recover.grams import (
+    group_features,
+    input_gram,
+    layer_inputs,
+    readers_of,
+    reading_views,
+    weights_with_bias,
+)
+from onnxprune.recover.reconstruct import ridge_solve
+from onnxprune.recover.staged import Batches
 from onnxprune.sensitivity import DEFAULT_RATIOS, ratio_key, sensitivity_ratios
 
 RIDGE = 1e-4  # relative to the mean feature energy, for a stable solve on dead features
 METRIC = "reconstruction fidelity (proxy)"
-
-
-def _features_of(view, member) -> np.ndarray:
-    """Group channel of every feature of one block of the layer (-1 where the feature is not the group's)."""
-    channel_of_index = np.full(view.in_channels // view.groups, -1, dtype=np.int64)
-    channel_of_index[member.index] = member.channel
-    return channel_of_index[view.feature_channel()]
 
 
 def _residual(gram: np.ndarray, full: np.ndarray, removed: np.ndarray) -> float:
@@ -56,39 +56,21 @@ def reconstruction_table(model: Model, groups: list[Group], removals: dict[str, 
     `removals` (group id -> ratio -> the group channels removed at that ratio). Groups that no layer with
     a matrix view reads are left out (nothing can be re-solved for them)."""
     by_id = {g.id: g for g in groups if g.id in removals}
-    readers: dict[str, list] = {}
-    for group in by_id.values():
-        for member in group.weights():
-            if member.role == IN:
-                readers.setdefault(member.tensor, []).append((group, member))
-    views = [(i, v) for i, n in enumerate(model.graph.nodes)
-             if len(n.inputs) > 1 and (v := linear_view(n)) is not None and v.weight.name in readers]
+    readers = readers_of(list(by_id.values()))
     errors = {gid: {r: 0.0 for r in removals[gid]} for gid in by_id}
     energy = dict.fromkeys(by_id, 0.0)
-    run = StagedRun(model, batches, budget, providers)
     rng = np.random.default_rng(seed)
     samples = sum(len(next(iter(b.values()))) for b in batches)
-    try:
-        for position, view in views:
-            run.advance(position)
-            f = view.features + 1
-            gram = np.zeros((view.groups, f, f))
-            for b in range(run.batches):
-                x = run.value(view.input.name, b)
-                who, where = sample_rows(view, x, samples, rng)
-                a = view.rows(x, who, where)
-                a = np.concatenate([a, np.ones(a.shape[:2] + (1,))], axis=2)
-                gram += a.transpose(0, 2, 1) @ a
-            full = np.concatenate([view.matrix(), view.bias().reshape(view.groups, 1, -1)], axis=1)
-            layer_energy = float(sum(np.einsum("fo,fo->", full[g], gram[g] @ full[g]) for g in range(view.groups)))
-            for group, member in readers[view.weight.name]:
-                channel = np.append(_features_of(view, member), -1)  # the column of ones is never removed
-                energy[group.id] += layer_energy
-                for ratio, gone in removals[group.id].items():
-                    removed = np.isin(channel, gone) & (channel >= 0)
-                    errors[group.id][ratio] += sum(_residual(gram[g], full[g], removed) for g in range(view.groups))
-    finally:
-        run.close()
+    for view, inputs in layer_inputs(model, batches, reading_views(model, set(readers)), providers, budget):
+        gram = input_gram(view, inputs, samples, rng)
+        full = weights_with_bias(view)
+        layer_energy = float(sum(np.einsum("fo,fo->", full[g], gram[g] @ full[g]) for g in range(view.groups)))
+        for group, member in readers[view.weight.name]:
+            channel = group_features(view, member)
+            energy[group.id] += layer_energy
+            for ratio, gone in removals[group.id].items():
+                removed = np.isin(channel, gone) & (channel >= 0)
+                errors[group.id][ratio] += sum(_residual(gram[g], full[g], removed) for g in range(view.groups))
     table = {gid: {ratio_key(r): 1.0 - float(np.sqrt(max(e, 0.0) / energy[gid])) for r, e in row.items()}
              for gid, row in errors.items() if energy[gid] > 0}
     return {"metric": METRIC, "baseline": 1.0, "groups": table,

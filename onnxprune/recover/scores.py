@@ -1,4 +1,4 @@
-"""What each input channel of each layer carries on the data, for data-aware channel choice.
+"""Data-aware channel choice: what each input channel of each layer carries on the calibration data.
 
 A channel matters to a consumer layer by how much it moves that layer's output: the energy of its
 weight column times the mean square of the channel's activation, ||W[:, c]||^2 * E[x_c^2] (the
@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from onnxprune.channels import Group
+from onnxprune.importance import Criterion, activation_weighted, ranked
 from onnxprune.io import Model
-from onnxprune.recover.staged import Batches, StagedRun
-from onnxprune.rules import LinearView, linear_view
+from onnxprune.recover.grams import layer_inputs, readers_of, reading_views
+from onnxprune.recover.greedy import greedy_scores
+from onnxprune.recover.staged import Batches
+from onnxprune.rules import LinearView
 
 
 def output_energy(view: LinearView, mean_square: np.ndarray) -> np.ndarray:
@@ -30,23 +34,23 @@ def channel_energies(model: Model, batches: Batches, weights: set[str], provider
                      budget: int = 1 << 29) -> dict[str, np.ndarray]:
     """For the layers with a matrix view whose weight is in `weights` (those reading prunable channels):
     weight name -> output energy per weight input index, on `batches`."""
-    views = [(i, v) for i, n in enumerate(model.graph.nodes)
-             if len(n.inputs) > 1 and (v := linear_view(n)) is not None and v.weight.name in weights]
-    if not views:
-        return {}
-    run = StagedRun(model, batches, budget, providers)
     energies: dict[str, np.ndarray] = {}
-    try:
-        for position, view in views:
-            run.advance(position)
-            total, count = np.zeros(view.in_channels), 0
-            for b in range(run.batches):
-                x = run.value(view.input.name, b)
-                others = tuple(a for a in range(x.ndim) if a != view.in_axis % x.ndim)
-                total += np.square(x, dtype=np.float32).sum(axis=others, dtype=np.float64)
-                count += x.size // view.in_channels
-            mean_square = total / max(count, 1)
-            energies[view.weight.name] = energies.get(view.weight.name, 0) + output_energy(view, mean_square)
-    finally:
-        run.close()
+    for view, inputs in layer_inputs(model, batches, reading_views(model, weights), providers, budget):
+        total, count = np.zeros(view.in_channels), 0
+        for x in inputs:
+            others = tuple(a for a in range(x.ndim) if a != view.in_axis % x.ndim)
+            total += np.square(x, dtype=np.float32).sum(axis=others, dtype=np.float64)
+            count += x.size // view.in_channels
+        mean_square = total / max(count, 1)
+        energies[view.weight.name] = energies.get(view.weight.name, 0) + output_energy(view, mean_square)
     return energies
+
+
+def data_criterion(name: str, model: Model, groups: list[Group], batches: Batches,
+                   providers: list[str] | None = None, budget: int = 1 << 29) -> Criterion:
+    """The data-aware criterion `name` (one of importance.DATA_CRITERIA) for `groups`, from `batches`:
+    "act" weighs each consumer column by its channel's activation energy; "greedy" ranks channels by
+    the order of a reconstruction-aware greedy removal (`recover.greedy`)."""
+    if name == "greedy":
+        return ranked(greedy_scores(model, groups, batches, providers, budget))
+    return activation_weighted(channel_energies(model, batches, set(readers_of(groups)), providers, budget))

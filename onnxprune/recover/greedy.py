@@ -1,0 +1,157 @@
+"""Reconstruction-aware channel choice, `--criterion greedy`: remove first the channels whose loss the
+re-solved layers can best make up for (ThiNet and He et al. 2017 choose this way; the updates are those
+of Optimal Brain Surgeon, applied to whole channels).
+
+For a layer y = A @ W reading the group (A: sampled feature rows with a column of ones, G = A'A), once
+features S are gone and the rest re-solved by least squares, the output error grows by
+
+    tr(W_S' [H_SS]^-1 W_S),   H = G^-1 over the features still there, W the weights re-solved so far,
+
+and removing S updates both in closed form: W <- W - H[:, S] H_SS^-1 W_S and H <- H - H[:, S] H_SS^-1 H[S, :].
+So channels are removed in steps: each step scores every remaining channel by that error (relative to
+the layer's output energy, summed over the layers reading the group), removes the lowest `1/STEPS` of
+the group at once and updates. The order of removal is the score: a plan that removes n channels of a
+group removes the first n, so one pass serves every ratio. A magnitude criterion sees weights, `act` sees
+weights and activations one channel at a time; this one also sees what the kept channels can carry for
+a removed one (two correlated channels: one of them can go, its twin takes over).
+
+G comes from the unpruned model (one pass, `grams.layer_inputs`); a group is scored as soon as the last
+layer reading it has been seen, and its matrices are dropped. Layers read through a grouped conv are
+left out (their removed inputs take their outputs with them); groups no matrix layer reads fall back to L2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from onnxprune.channels import Group
+from onnxprune.io import Model
+from onnxprune.recover.grams import (
+    group_features,
+    input_gram,
+    layer_inputs,
+    readers_of,
+    reading_views,
+    weights_with_bias,
+)
+from onnxprune.recover.staged import Batches
+
+STEPS = 64  # removal steps per group: each removes 1/STEPS of its channels (one channel a step below 64)
+RIDGE = 1e-4  # relative to the mean feature energy: keeps H finite for dead features
+LAST = 0.05  # stop once this share of a group is left; the rest are ranked by their last scores
+
+
+@dataclass
+class _Reader:
+    """One layer reading the group, as the greedy removal sees it. Rows of removed features are dropped
+    from `inverse` and `weights` as they go, so each step costs less than the one before."""
+
+    inverse: np.ndarray  # H (the inverse of the regularized A'A), the group's features still there
+    weights: np.ndarray  # [those features, outputs]: re-solved for the channels removed so far
+    blocks: np.ndarray  # [group channels, k]: each group channel's features (numbered as at the start)
+    energy: float  # output energy on the calibration rows, to make layers comparable
+    row: np.ndarray  # original feature -> its row in `inverse` and `weights` (-1 once removed)
+
+    def costs(self, channels: np.ndarray) -> np.ndarray:
+        """Per channel: the output error its removal alone adds, relative to the layer's output energy."""
+        index = self.row[self.blocks[channels]]  # [n, k]
+        h = self.inverse[index[:, :, None], index[:, None, :]]
+        w = self.weights[index]
+        ww = np.einsum("nko,nlo->nkl", w, w)
+        return np.einsum("nkl,nkl->n", _inverse(h), ww) / self.energy
+
+    def remove(self, channels: np.ndarray) -> None:
+        features = self.blocks[channels].reshape(-1)
+        gone = self.row[features]
+        keep = np.setdiff1d(np.arange(len(self.inverse)), gone)
+        columns = self.inverse[np.ix_(keep, gone)]
+        block = _inverse(self.inverse[np.ix_(gone, gone)])
+        self.weights = self.weights[keep] - columns @ (block @ self.weights[gone])
+        inverse = self.inverse[np.ix_(keep, keep)]
+        inverse -= columns @ block @ columns.T
+        self.inverse = inverse
+        self.row[features] = -1
+        there = self.row >= 0
+        self.row[there] = np.searchsorted(keep, self.row[there])
+
+
+def _inverse(matrix: np.ndarray) -> np.ndarray:
+    """The inverse of a symmetric matrix (or of each of a stack); the pseudo-inverse where one is singular."""
+    try:
+        return np.linalg.inv(matrix)
+    except np.linalg.LinAlgError:
+        return np.linalg.pinv(matrix, hermitian=True)
+
+
+def _regularized_inverse(gram: np.ndarray) -> np.ndarray:
+    """H: the inverse of A'A with the ridge on every feature but the column of ones (last)."""
+    gram = gram.astype(np.float64)
+    diag = np.arange(gram.shape[0] - 1)
+    gram[diag, diag] += RIDGE * max(float(np.mean(gram[diag, diag])), 1e-12)
+    return _inverse(gram)
+
+
+def _reader(inverse: np.ndarray, weights: np.ndarray, energy: float, feature_channel: np.ndarray,
+            channels: int) -> _Reader | None:
+    """A `_Reader` for the group's features of one layer (None when its channels do not all have the same
+    number of features there). Only the group's block of H and rows of W are kept: removing some of its
+    features changes those by the Schur complement within that block alone."""
+    features = np.flatnonzero(feature_channel >= 0)
+    blocks = [np.flatnonzero(feature_channel[features] == c) for c in range(channels)]
+    if len({b.size for b in blocks}) != 1 or blocks[0].size == 0:
+        return None
+    contiguous = features[-1] - features[0] + 1 == features.size
+    block = inverse[features[0]:features[-1] + 1, features[0]:features[-1] + 1] if contiguous \
+        else inverse[np.ix_(features, features)]  # a view where it can (`remove` never writes into it)
+    return _Reader(block, weights[features], np.stack(blocks), energy, np.arange(features.size))
+
+
+def removal_order(readers: list[_Reader], channels: int) -> np.ndarray:
+    """Per group channel: its place in the greedy removal order (0 goes first)."""
+    rank = np.zeros(channels)
+    alive = np.arange(channels)
+    step = max(1, -(-channels // STEPS))
+    removed = 0
+    while alive.size > max(1, round(LAST * channels)):
+        costs = sum(r.costs(alive) for r in readers)
+        order = np.argsort(costs, kind="stable")
+        take = alive[order[:min(step, alive.size - 1)]]
+        rank[take] = removed + np.arange(take.size)
+        removed += take.size
+        for r in readers:
+            r.remove(take)
+        alive = np.setdiff1d(alive, take)
+    costs = sum(r.costs(alive) for r in readers)
+    rank[alive[np.argsort(costs, kind="stable")]] = removed + np.arange(alive.size)
+    return rank
+
+
+def greedy_scores(model: Model, groups: list[Group], batches: Batches, providers: list[str] | None = None,
+                  budget: int = 1 << 29, seed: int = 0) -> dict[str, np.ndarray]:
+    """Group id -> per-channel score (the greedy removal order; higher goes later) for the groups that a
+    layer with a matrix view reads; the others are not in the result."""
+    reading = readers_of(groups)
+    views = reading_views(model, set(reading))
+    last_reader = {g.id: view.weight.name for _, view in views for g, _ in reading[view.weight.name]}
+    pending: dict[str, list[_Reader]] = {}
+    scores: dict[str, np.ndarray] = {}
+    rng = np.random.default_rng(seed)
+    samples = sum(len(next(iter(b.values()))) for b in batches)
+    for view, inputs in layer_inputs(model, batches, views, providers, budget):
+        inverse, weights, energy = None, weights_with_bias(view)[0], 0.0
+        if view.groups == 1:
+            gram = input_gram(view, inputs, samples, rng)[0]
+            energy = float(np.einsum("fo,fo->", weights, gram @ weights.astype(gram.dtype)))
+            inverse = _regularized_inverse(gram) if energy > 0 else None
+            del gram
+        for group, member in reading[view.weight.name]:
+            if inverse is not None:
+                reader = _reader(inverse, weights, energy, group_features(view, member), group.channels)
+                if reader is not None:
+                    pending.setdefault(group.id, []).append(reader)
+            if last_reader[group.id] == view.weight.name and pending.get(group.id):
+                scores[group.id] = removal_order(pending.pop(group.id), group.channels)
+        del inverse
+    return scores
