@@ -159,8 +159,10 @@ def reconstruct(model: Model, groups: list[Group], plan: Plan, batches: Batches,
     """Zero the plan's channels in `model` (in place) and re-solve the layers that read them (with scope
     "downstream": every layer whose input pruning changes).
 
-    `batches` are the calibration inputs (dicts of input name -> array). Activations crossing a stage
-    are kept in memory up to `budget` bytes per run (two runs: pruned and unpruned), on disk beyond.
+    `batches` are the calibration inputs (dicts of input name -> array); the list is emptied when the
+    model runs, so that the inputs are freed as soon as both runs are past the nodes reading them (the
+    calibration data can be bigger than the model). Activations crossing a stage are kept in memory up
+    to `budget` bytes per run (two runs: pruned and unpruned), on disk beyond.
     """
     layers, unsupported = consumer_layers(model, groups, plan, scope)
     result = Reconstruction(samples=sum(len(next(iter(b.values()))) for b in batches))
@@ -173,6 +175,7 @@ def reconstruct(model: Model, groups: list[Group], plan: Plan, batches: Batches,
         return result
     reference = StagedRun(model, batches, budget, providers, weights=edits.originals)
     pruned = StagedRun(model, batches, budget, providers)
+    batches.clear()  # the runs hold the inputs until they pass their readers
     rng = np.random.default_rng(seed)
     start = time.monotonic()
     try:
