@@ -4,8 +4,7 @@ numpy.linalg solves every float32 system in float64: it converts a copy (twice t
 (twice the flops of Cholesky, at half the speed of float32). For the A'A of a ResNet stage-4 3x3 conv
 (about 3200 unknowns) that is most of the cost of a ridge trial. Here the factorization works in place
 on the float32 matrix, by column blocks of `BLOCK`: each block column is updated by one float32 matmul
-over everything left of it, and only the small diagonal blocks are factored and inverted by numpy in
-float64. Cholesky is backward stable, so the residual of a ridge-regularized least-squares solve is
+over everything left of it, and only the small diagonal blocks are factored and inverted in float64. Cholesky is backward stable, so the residual of a ridge-regularized least-squares solve is
 that of float64 up to float32 rounding of A'A itself.
 """
 
@@ -14,6 +13,24 @@ from __future__ import annotations
 import numpy as np
 
 BLOCK = 256  # columns per block: diagonal blocks are factored in float64, the rest is float32 matmuls
+LEAF = 64  # numpy.linalg (OpenBLAS LAPACK) factors and inverts blocks up to this size: it runs bigger ones
+# threaded in many short steps, which on 2 busy cores cost 20x the CPU time of one thread
+
+
+def _factor(d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """L and L^-1 of a small float64 symmetric positive definite block, by halves down to `LEAF`."""
+    m = len(d)
+    if m <= LEAF:
+        low = np.linalg.cholesky(d)
+        return low, np.linalg.inv(low)
+    h = m // 2
+    l11, i11 = _factor(d[:h, :h])
+    l21 = d[h:, :h] @ i11.T
+    l22, i22 = _factor(d[h:, h:] - l21 @ l21.T)
+    low, inverse = np.zeros_like(d), np.zeros_like(d)
+    low[:h, :h], low[h:, :h], low[h:, h:] = l11, l21, l22
+    inverse[:h, :h], inverse[h:, :h], inverse[h:, h:] = i11, -(i22 @ (l21 @ i11)), i22
+    return low, inverse
 
 
 def cholesky(a: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -28,8 +45,7 @@ def cholesky(a: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
         e = min(j + BLOCK, n)
         if j:
             a[j:, j:e] -= a[j:, :j] @ a[j:e, :j].T  # left-looking: what the columns left of j contribute
-        diagonal = np.linalg.cholesky(a[j:e, j:e].astype(np.float64))
-        inverse = np.linalg.inv(diagonal)
+        diagonal, inverse = _factor(a[j:e, j:e].astype(np.float64))
         a[j:e, j:e] = diagonal
         if e < n:
             a[e:, j:e] = a[e:, j:e] @ inverse.T.astype(np.float32)  # L21 = A21 L11^-T
