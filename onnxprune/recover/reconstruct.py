@@ -45,7 +45,7 @@ from onnxprune.rules import IN, LinearView, linear_view
 from onnxprune.surgery import removed_slices, zeroed_slices
 
 RIDGES = (1e-6, 1e-4, 1e-2)  # relative to the mean feature energy; chosen on held-out samples
-SINGLE = 1024  # layers with more features per group keep their sums in float32 (half the memory and time)
+SINGLE = 1024  # layers with more features per group keep their sums in float32 and solve by float32 Cholesky
 HELD_OUT = 4  # every 4th calibration sample is held out to choose the ridge and to check each output
 ROWS_PER_UNKNOWN = 4
 MIN_ROWS, MAX_ROWS = 4096, 65536
