@@ -305,7 +305,7 @@ def _collect(layer: _Layer, reference: StagedRun, pruned: StagedRun, originals: 
     u = unknown.size
     folds = [_Stats(np.zeros((groups, u, u), dtype), np.zeros((groups, u, out_per_group), dtype),
                     np.zeros(view.out_channels), np.zeros(view.out_channels)) for _ in range(2)]
-    samples = pruned.samples
+    samples = sum(len(pruned.value(name, b)) for b in range(pruned.batches))
     offset = 0
     for b in range(pruned.batches):
         x, x0 = pruned.value(name, b), reference.value(name, b)

@@ -104,7 +104,6 @@ class StagedRun:
         self.model = model
         self.nodes = model.graph.nodes
         self.batches = len(batches)
-        self.samples = sum(len(next(iter(b.values()), ())) for b in batches)
         self.providers = providers
         self.weights = weights if weights is not None else {}  # read at each stage: may change between stops
         self.threads = threads
