@@ -159,6 +159,7 @@ def prune(model: Model, options: PruneOptions, progress: Callable[[Progress], No
     if options.reconstructs:
         fitted = reconstruct(model, groups, plan, batches, options.providers, options.activation_budget // 2,
                              progress=progress, scope=options.reconstruct_scope)
+    del batches  # the calibration data (as big as the model, or bigger) is not needed for slimming and checking
     if options.mode == "sparse":
         if fitted is None:
             return PruneResult(plan, sparse(model, groups, plan))

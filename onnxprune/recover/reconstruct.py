@@ -39,12 +39,13 @@ from onnxprune.channels import Group
 from onnxprune.io import Model
 from onnxprune.plan import Plan
 from onnxprune.progress import Progress
+from onnxprune.recover.spd import spd_solve
 from onnxprune.recover.staged import Batches, StagedRun
 from onnxprune.rules import IN, LinearView, linear_view
 from onnxprune.surgery import removed_slices, zeroed_slices
 
 RIDGES = (1e-6, 1e-4, 1e-2)  # relative to the mean feature energy; chosen on held-out samples
-SINGLE = 1024  # layers with more features per group keep their sums in float32 (half the memory and time)
+SINGLE = 1024  # layers with more features per group keep their sums in float32 and solve by float32 Cholesky
 HELD_OUT = 4  # every 4th calibration sample is held out to choose the ridge and to check each output
 ROWS_PER_UNKNOWN = 4
 MIN_ROWS, MAX_ROWS = 4096, 65536
@@ -98,11 +99,13 @@ class _Layer:
 
 @dataclass
 class _Stats:
-    """Sums over rows, per group: A'A and A'Y (A with a column of ones last), and Y'Y per output."""
+    """Sums over rows, per group, of the unknowns' columns U of A (A with a column of ones last): U'U,
+    U'T and T'T per output, T = Y - (the fixed columns' part of the output), and Y'Y per output."""
 
     gram: np.ndarray
     cross: np.ndarray
     energy: np.ndarray
+    output: np.ndarray  # Y'Y per output: what relative errors are relative to
     rows: int = 0
 
 
@@ -156,8 +159,10 @@ def reconstruct(model: Model, groups: list[Group], plan: Plan, batches: Batches,
     """Zero the plan's channels in `model` (in place) and re-solve the layers that read them (with scope
     "downstream": every layer whose input pruning changes).
 
-    `batches` are the calibration inputs (dicts of input name -> array). Activations crossing a stage
-    are kept in memory up to `budget` bytes per run (two runs: pruned and unpruned), on disk beyond.
+    `batches` are the calibration inputs (dicts of input name -> array); the list is emptied when the
+    model runs, so that the inputs are freed as soon as both runs are past the nodes reading them (the
+    calibration data can be bigger than the model). Activations crossing a stage are kept in memory up
+    to `budget` bytes per run (two runs: pruned and unpruned), on disk beyond.
     """
     layers, unsupported = consumer_layers(model, groups, plan, scope)
     result = Reconstruction(samples=sum(len(next(iter(b.values()))) for b in batches))
@@ -170,6 +175,7 @@ def reconstruct(model: Model, groups: list[Group], plan: Plan, batches: Batches,
         return result
     reference = StagedRun(model, batches, budget, providers, weights=edits.originals)
     pruned = StagedRun(model, batches, budget, providers)
+    batches.clear()  # the runs hold the inputs until they pass their readers
     rng = np.random.default_rng(seed)
     start = time.monotonic()
     try:
@@ -260,18 +266,45 @@ def _target_parts(view: LinearView, originals: dict[str, np.ndarray]) -> tuple[n
     return matrix, bias
 
 
+def _unknowns(layer: _Layer) -> tuple[np.ndarray, int, str]:
+    """The rows of [M; b] that are re-solved (kept features, then the column of ones if the layer has an
+    intercept), how many of them get the ridge (the features), and how the layer is treated: "solved",
+    "bias only" (more than `MAX_FEATURES` features) or "left as is" (that, and no intercept)."""
+    view = layer.view
+    f = view.features
+    how = "solved" if f <= MAX_FEATURES else "bias only"
+    unknown = np.flatnonzero(~layer.removed_features) if how == "solved" else np.zeros(0, np.int64)
+    regularized = unknown.size
+    if view.intercept is not None:
+        unknown = np.append(unknown, f)
+    elif how == "bias only":
+        how = "left as is"
+    return unknown, regularized, how
+
+
 def _collect(layer: _Layer, reference: StagedRun, pruned: StagedRun, originals: dict[str, np.ndarray],
              rng: np.random.Generator) -> tuple[_Stats, _Stats]:
     """Sums over sampled rows of this layer's input (pruned run) and target output (unpruned run), split
-    by sample: every `HELD_OUT`-th sample goes to the held-out sums, the rest to the fitting sums."""
+    by sample: every `HELD_OUT`-th sample goes to the held-out sums, the rest to the fitting sums.
+
+    The rows of [M; b] that are not re-solved (removed features) keep their values, so their part of the
+    output is subtracted from the target here and the sums cover the unknowns only: for a 30% pruned
+    layer half the size and the flops of A'A over every feature.
+    """
     view = layer.view
     name = view.input.name
     matrix0, bias0 = _target_parts(view, originals)
-    f = view.features + 1
+    f = view.features
     groups, out_per_group = view.groups, view.out_channels // view.groups
+    unknown = _unknowns(layer)[0]
+    fixed = np.setdiff1d(np.arange(f + 1), unknown)
     dtype = np.float64 if view.features <= SINGLE else np.float32
-    folds = [_Stats(np.zeros((groups, f, f), dtype), np.zeros((groups, f, out_per_group), dtype),
-                    np.zeros(view.out_channels)) for _ in range(2)]
+    current = np.concatenate([view.matrix(), view.bias().reshape(groups, 1, out_per_group)], axis=1)
+    known = current[:, fixed].astype(dtype)  # [groups, fixed, outputs]: the values the fixed rows keep
+    matrix0, bias0 = matrix0.astype(dtype), bias0.reshape(groups, 1, out_per_group).astype(dtype)
+    u = unknown.size
+    folds = [_Stats(np.zeros((groups, u, u), dtype), np.zeros((groups, u, out_per_group), dtype),
+                    np.zeros(view.out_channels), np.zeros(view.out_channels)) for _ in range(2)]
     samples = sum(len(pruned.value(name, b)) for b in range(pruned.batches))
     offset = 0
     for b in range(pruned.batches):
@@ -281,16 +314,24 @@ def _collect(layer: _Layer, reference: StagedRun, pruned: StagedRun, originals: 
         held = (offset + who) % HELD_OUT == HELD_OUT - 1
         offset += n
         for stats, rows in zip(folds, (~held, held)):
-            if not rows.any():
-                continue
-            a, a0 = view.rows(x, who[rows], where[rows], dtype), view.rows(x0, who[rows], where[rows], dtype)
-            a = np.concatenate([a, np.ones(a.shape[:2] + (1,), dtype)], axis=2)
-            y0 = a0 @ matrix0.astype(dtype, copy=False) + bias0.reshape(groups, 1, out_per_group).astype(dtype)
-            stats.energy += (y0**2).sum(axis=1, dtype=np.float64).reshape(-1)
-            stats.gram += a.transpose(0, 2, 1) @ a
-            stats.cross += a.transpose(0, 2, 1) @ y0
-            stats.rows += a.shape[1]
+            if rows.any():
+                _accumulate(stats, view.rows(x, who[rows], where[rows], dtype),
+                            view.rows(x0, who[rows], where[rows], dtype) @ matrix0 + bias0, unknown, fixed, known)
     return folds[0], folds[1]
+
+
+def _accumulate(stats: _Stats, a: np.ndarray, y0: np.ndarray, unknown: np.ndarray, fixed: np.ndarray,
+                known: np.ndarray) -> None:
+    """Add rows `a` [groups, R, features] of the pruned input and `y0` [groups, R, outputs] of the unpruned
+    output to `stats`."""
+    a = np.concatenate([a, np.ones(a.shape[:2] + (1,), a.dtype)], axis=2)
+    target = y0 - a[:, :, fixed] @ known if fixed.size else y0
+    a = a[:, :, unknown]
+    stats.output += (y0**2).sum(axis=1, dtype=np.float64).reshape(-1)
+    stats.energy += (target**2).sum(axis=1, dtype=np.float64).reshape(-1)
+    stats.gram += a.transpose(0, 2, 1) @ a
+    stats.cross += a.transpose(0, 2, 1) @ target
+    stats.rows += a.shape[1]
 
 
 def _error(full: np.ndarray, gram: np.ndarray, cross: np.ndarray, energy: np.ndarray) -> np.ndarray:
@@ -300,13 +341,28 @@ def _error(full: np.ndarray, gram: np.ndarray, cross: np.ndarray, energy: np.nda
     return quadratic - 2 * (full * cross).sum(axis=0, dtype=np.float64) + energy
 
 
-def ridge_solve(gram: np.ndarray, index: np.ndarray, rhs: np.ndarray, ridge: float, regularized: int) -> np.ndarray:
-    """x with gram[index, index] x = rhs, `ridge` times their mean energy added to the first `regularized`
-    of `index` (not to the column of ones); least squares where the system is singular."""
-    lhs = gram[np.ix_(index, index)].copy()
+def _ridge_lhs(gram: np.ndarray, index: np.ndarray, ridge: float, regularized: int) -> np.ndarray:
+    """gram[index, index] (a new array) with `ridge` times the mean energy of the first `regularized` of
+    `index` added to their diagonal."""
+    lhs = gram[np.ix_(index, index)]
     diag = np.arange(regularized)
     if diag.size:
         lhs[diag, diag] += ridge * max(float(np.mean(lhs[diag, diag])), 1e-12)
+    return lhs
+
+
+def ridge_solve(gram: np.ndarray, index: np.ndarray, rhs: np.ndarray, ridge: float, regularized: int) -> np.ndarray:
+    """x with gram[index, index] x = rhs, `ridge` times their mean energy added to the first `regularized`
+    of `index` (not to the column of ones); least squares where the system is singular.
+
+    A float32 gram is solved by float32 Cholesky (`spd`: numpy would solve a float64 copy by LU, 4x the
+    time), a float64 one by numpy."""
+    lhs = _ridge_lhs(gram, index, ridge, regularized)
+    if lhs.dtype == np.float32:
+        try:
+            return spd_solve(lhs, rhs)
+        except np.linalg.LinAlgError:  # not positive definite: the general solver below, on a new copy
+            lhs = _ridge_lhs(gram, index, ridge, regularized)
     rhs = rhs.astype(lhs.dtype, copy=False)
     try:
         return np.linalg.solve(lhs, rhs)
@@ -316,20 +372,15 @@ def ridge_solve(gram: np.ndarray, index: np.ndarray, rhs: np.ndarray, ridge: flo
 
 @dataclass
 class _Problem:
-    """One group's least squares: `unknown` rows of [M; b] are solved, `fixed` rows keep `start`'s values."""
+    """One group's least squares over the unknown rows of [M; b] (`_unknowns`), for the outputs `outs`."""
 
-    unknown: np.ndarray
-    fixed: np.ndarray
-    start: np.ndarray  # [features + 1, outputs]: the current matrix and bias of the outputs solved
+    start: np.ndarray  # [unknowns, outputs]: their current values
     outs: np.ndarray  # local output indices within the group
     regularized: int  # the first `regularized` unknowns get the ridge (the intercept does not)
 
     def solve(self, gram: np.ndarray, cross: np.ndarray, ridge: float) -> np.ndarray:
-        u, x = self.unknown, self.fixed
-        rhs = cross[u][:, self.outs] - gram[np.ix_(u, x)] @ self.start[x].astype(gram.dtype)
-        full = self.start.copy()
-        full[u] = ridge_solve(gram, u, rhs, ridge, self.regularized)
-        return full
+        everything = np.arange(len(gram))
+        return ridge_solve(gram, everything, cross[:, self.outs], ridge, self.regularized).astype(np.float64)
 
     def error(self, full: np.ndarray, stats: _Stats, g: int, first: int) -> np.ndarray:
         energy = stats.energy[first + self.outs]
@@ -343,16 +394,10 @@ def _solve(layer: _Layer, fit: _Stats, held: _Stats) -> LayerFit:
     matrix, bias = view.matrix(), view.bias()
     f = view.features
     out_per_group = view.out_channels // view.groups
-    has_bias = view.intercept is not None
-    how = "solved" if f <= MAX_FEATURES else "bias only"
-    if how == "bias only" and not has_bias:
-        return LayerFit(view.node.name, "left as is", math.nan, math.nan, f"{f} features and no bias to adjust")
+    unknown, regularized, how = _unknowns(layer)
+    if how == "left as is":
+        return LayerFit(view.node.name, how, math.nan, math.nan, f"{f} features and no bias to adjust")
     check = held if held.rows else fit
-    unknown = np.flatnonzero(~layer.removed_features) if how == "solved" else np.zeros(0, np.int64)
-    regularized = unknown.size
-    if has_bias:
-        unknown = np.append(unknown, f)  # the column of ones
-    fixed = np.setdiff1d(np.arange(f + 1), unknown)
     new_matrix, new_bias = matrix.copy(), bias.copy()
     before = after = energy = 0.0
     chosen = []
@@ -361,9 +406,9 @@ def _solve(layer: _Layer, fit: _Stats, held: _Stats) -> LayerFit:
         outs = layer.kept_outputs[(layer.kept_outputs // out_per_group) == g] - first
         if outs.size == 0:
             continue
-        start = np.concatenate([matrix[g], bias[None, first:first + out_per_group]], axis=0)[:, outs]
-        problem = _Problem(unknown, fixed, start, outs, regularized)
-        err0 = problem.error(start, check, g, first)
+        full = np.concatenate([matrix[g], bias[None, first:first + out_per_group]], axis=0)[:, outs]
+        problem = _Problem(full[unknown], outs, regularized)
+        err0 = problem.error(problem.start, check, g, first)
         ridges = [r for r in RIDGES if fit.gram.dtype == np.float64 or r >= 1e-4]  # float32 needs a ridge
         trials = []
         for r in ridges if held.rows and regularized else ridges[:1]:
@@ -374,17 +419,18 @@ def _solve(layer: _Layer, fit: _Stats, held: _Stats) -> LayerFit:
         better = errors < err0 if held.rows else np.ones(outs.size, dtype=bool)
         fit.gram[g] += held.gram[g]  # from here on `fit` holds all samples (no third copy of A'A)
         fit.cross[g] += held.cross[g]
-        total = _Stats(fit.gram[g:g + 1], fit.cross[g:g + 1], fit.energy + held.energy)
-        full = problem.solve(total.gram[0], total.cross[0], ridge)
-        full[:, ~better] = start[:, ~better]
+        total = _Stats(fit.gram[g:g + 1], fit.cross[g:g + 1], fit.energy + held.energy, fit.output + held.output)
+        solved = problem.solve(total.gram[0], total.cross[0], ridge)
+        solved[:, ~better] = problem.start[:, ~better]
+        full[unknown] = solved
         new_matrix[g][:, outs] = full[:-1]
         new_bias[first + outs] = full[-1]
-        before += float(np.sum(np.maximum(problem.error(start, total, 0, first), 0)))
-        after += float(np.sum(np.maximum(problem.error(full, total, 0, first), 0)))
-        energy += float(np.sum(total.energy[first + outs]))
+        before += float(np.sum(np.maximum(problem.error(problem.start, total, 0, first), 0)))
+        after += float(np.sum(np.maximum(problem.error(solved, total, 0, first), 0)))
+        energy += float(np.sum(total.output[first + outs]))
         del total
     view.set_matrix(new_matrix)
-    if has_bias:
+    if view.intercept is not None:
         view.set_bias(new_bias)
     scale = max(energy, 1e-30)
     note = f"ridge {max(chosen, default=0):g}" if chosen else ""
