@@ -362,7 +362,7 @@ def test_reanalysis_measures_at_the_channel_choices_the_rounds_prune_with(monkey
     seen = []
 
     class Done:
-        table = type("Table", (), {"to_dict": staticmethod(lambda: {})})
+        table = type("Table", (), {"to_dict": staticmethod(dict)})
 
     monkeypatch.setattr(onnxprune.analysis, "analyze", lambda model, options: seen.append(options) or Done)
     config = _config([0.3])

@@ -36,6 +36,7 @@ from onnxprune.recover.grams import (
     reading_views,
     weights_with_bias,
 )
+from onnxprune.recover.spd import spd_solve
 from onnxprune.recover.staged import Batches
 
 STEPS = 64  # removal steps per group: each removes 1/STEPS of its channels (one channel a step below 64)
@@ -67,7 +68,7 @@ class _Reader:
         gone = self.row[features]
         keep = np.setdiff1d(np.arange(len(self.inverse)), gone)
         columns = self.inverse[np.ix_(keep, gone)]
-        block = _inverse(self.inverse[np.ix_(gone, gone)])
+        block = _inverse(self.inverse[np.ix_(gone, gone)].astype(np.float64)).astype(self.inverse.dtype)
         self.weights = self.weights[keep] - columns @ (block @ self.weights[gone])
         inverse = self.inverse[np.ix_(keep, keep)]
         inverse -= columns @ block @ columns.T
@@ -86,10 +87,18 @@ def _inverse(matrix: np.ndarray) -> np.ndarray:
 
 
 def _regularized_inverse(gram: np.ndarray) -> np.ndarray:
-    """H: the inverse of A'A with the ridge on every feature but the column of ones (last)."""
-    gram = gram.astype(np.float64)
+    """H: the inverse of A'A with the ridge on every feature but the column of ones (last). A float32 A'A
+    (layers over `SINGLE` features) is inverted in place by float32 Cholesky and H stays float32: a
+    float64 copy of a 4609-feature A'A and its inverse would be 340 MB."""
+    if gram.dtype == np.float64:
+        gram = gram.copy()
     diag = np.arange(gram.shape[0] - 1)
     gram[diag, diag] += RIDGE * max(float(np.mean(gram[diag, diag])), 1e-12)
+    if gram.dtype == np.float32:
+        try:
+            return spd_solve(gram, np.eye(len(gram), dtype=np.float32))
+        except np.linalg.LinAlgError:
+            gram = gram.astype(np.float64)  # not positive definite in float32: by the slow, safe way
     return _inverse(gram)
 
 
