@@ -105,7 +105,7 @@ def read_proto(path: str | os.PathLike) -> onnx.ModelProto:
         raise OnnxPruneError(f"{path}: not an ONNX model ({_first_line(exc)})") from None
     if not proto.graph.node:
         raise OnnxPruneError(f"{path}: not an ONNX model (no graph nodes; truncated or another format)")
-    _load_external_data(proto, path.parent)
+    _load_external_data(proto, path)
     return proto
 
 
@@ -129,6 +129,7 @@ def from_proto(
         copy.CopyFrom(proto)
         proto = copy
     where = str(path) if path else "model"
+    check_tensors(proto, where)
     opset = _default_opset(proto)
     if opset < MIN_OPSET:
         raise OnnxPruneError(
@@ -257,32 +258,95 @@ def _np_dtype(tensor: onnx.TensorProto) -> np.dtype:
     return onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
 
 
-def _load_external_data(proto: onnx.ModelProto, folder: Path) -> None:
-    """Load external weights, but only from files inside the model's folder."""
-    root = folder.resolve()
-    tensors = [t for t in _all_tensors(proto) if t.data_location == onnx.TensorProto.EXTERNAL]
-    for tensor in tensors:
+def _load_external_data(proto: onnx.ModelProto, path: Path) -> None:
+    """Read every externally stored tensor (subgraphs and functions included) into the proto.
+
+    Each file is found by `resolve_location`, the one check every reader of external data uses, so a
+    location can only name a regular file inside the model's folder, never a path relative to the cwd.
+    """
+    from onnxprune.secure.external import resolve_location
+
+    for tensor in all_tensors(proto):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        where = f"{path}: tensor {tensor.name!r}"
         info = {e.key: e.value for e in tensor.external_data}
-        location = info.get("location", "")
-        target = (folder / location).resolve()
-        if not location or os.path.isabs(location) or ".." in Path(location).parts:
-            raise OnnxPruneError(f"tensor {tensor.name!r}: external data location {location!r} leaves the model's folder")
-        if root not in target.parents:
-            raise OnnxPruneError(f"tensor {tensor.name!r}: external data {location!r} links outside the model's folder")
-        if not target.is_file():
-            raise OnnxPruneError(f"tensor {tensor.name!r}: external data file {location!r} not found in {folder}")
-    if tensors:
+        real = resolve_location(path.parent, info.get("location", ""), where)
         try:
-            onnx.external_data_helper.load_external_data_for_model(proto, str(folder))
-        except (OSError, ValueError) as exc:
-            raise OnnxPruneError(f"{folder}: cannot read external data ({_first_line(exc)})") from None
+            offset = int(info.get("offset") or 0)
+            size = real.stat().st_size
+            length = int(info["length"]) if info.get("length") else size - offset
+        except ValueError:
+            raise OnnxPruneError(f"{where}: external data offset or length is not an integer") from None
+        if offset < 0 or length < 0 or offset + length > size:
+            raise OnnxPruneError(f"{where}: external data [{offset}, {offset + length}) lies outside "
+                                 f"{info['location']!r} ({size} bytes)")
+        with open(real, "rb") as handle:
+            handle.seek(offset)
+            tensor.raw_data = handle.read(length)
+        tensor.data_location = onnx.TensorProto.DEFAULT
+        del tensor.external_data[:]
 
 
-def _all_tensors(proto: onnx.ModelProto) -> list[onnx.TensorProto]:
-    tensors = list(proto.graph.initializer)
-    for node in proto.graph.node:
-        tensors.extend(a.t for a in node.attribute if a.type == onnx.AttributeProto.TENSOR)
-    return tensors
+_PACKED_BITS = {getattr(onnx.TensorProto, name): bits for name, bits in
+                (("INT4", 4), ("UINT4", 4), ("FLOAT4E2M1", 4), ("INT2", 2), ("UINT2", 2)) if hasattr(onnx.TensorProto, name)}
+
+
+def check_tensors(proto: onnx.ModelProto, where: str) -> None:
+    """Refuse a tensor whose stored data does not hold exactly as many values as its dims say.
+
+    Without this, a short or long initializer surfaces later as an obscure failure deep in numpy or
+    onnxruntime; here it is named. Tensors still stored externally are checked when they are read.
+    """
+    for tensor in all_tensors(proto):
+        if any(d < 0 for d in tensor.dims):
+            raise OnnxPruneError(f"{where}: tensor {tensor.name!r} has a negative dimension {list(tensor.dims)}")
+        kind = tensor.data_type
+        if kind in (onnx.TensorProto.UNDEFINED, onnx.TensorProto.STRING) or tensor.data_location == onnx.TensorProto.EXTERNAL:
+            continue
+        try:
+            itemsize = onnx.helper.tensor_dtype_to_np_dtype(kind).itemsize
+            field_name = onnx.helper.tensor_dtype_to_field(kind)
+        except (KeyError, ValueError, TypeError):
+            raise OnnxPruneError(f"{where}: tensor {tensor.name!r} has an unknown data type {kind}") from None
+        count = int(np.prod(tensor.dims, dtype=np.float64))
+        if tensor.HasField("raw_data"):
+            stored, expected = len(tensor.raw_data), (count * _PACKED_BITS.get(kind, 8 * itemsize) + 7) // 8
+        elif kind in _PACKED_BITS:
+            continue
+        else:
+            complex_parts = 2 if kind in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128) else 1
+            stored, expected = len(getattr(tensor, field_name)), count * complex_parts
+        if stored != expected:
+            raise OnnxPruneError(f"{where}: tensor {tensor.name!r} holds {stored} "
+                                 f"{'bytes' if tensor.HasField('raw_data') else 'values'} where its dims "
+                                 f"{list(tensor.dims)} need {expected}")
+
+
+def all_tensors(proto: onnx.ModelProto) -> list[onnx.TensorProto]:
+    """Every TensorProto of a model: initializers, sparse ones, attributes, in subgraphs and functions."""
+    found: list[onnx.TensorProto] = []
+    graphs = [proto.graph]
+    node_lists = [list(f.node) for f in proto.functions]
+    while graphs or node_lists:
+        if graphs:
+            graph = graphs.pop()
+            found.extend(graph.initializer)
+            for sparse in graph.sparse_initializer:
+                found.extend((sparse.values, sparse.indices))
+            node_lists.append(list(graph.node))
+            continue
+        for node in node_lists.pop():
+            for attr in node.attribute:
+                found.extend([attr.t] if attr.HasField("t") else [])
+                found.extend(attr.tensors)
+                for sparse in [attr.sparse_tensor] if attr.HasField("sparse_tensor") else []:
+                    found.extend((sparse.values, sparse.indices))
+                for sparse in attr.sparse_tensors:
+                    found.extend((sparse.values, sparse.indices))
+                graphs.extend([attr.g] if attr.HasField("g") else [])
+                graphs.extend(attr.graphs)
+    return found
 
 
 def _fix_input_shapes(
