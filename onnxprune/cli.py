@@ -20,12 +20,14 @@ def _load(args: argparse.Namespace) -> io.Model:
     return io.load(args.model, io.parse_input_shapes(args.input_shape))
 
 
-def _check_output(args: argparse.Namespace, *outputs: str | None) -> None:
-    """Refuse to overwrite an input: nothing the user had may be lost."""
-    sources = {Path(p).resolve() for p in (getattr(args, "model", None), getattr(args, "input", None)) if p}
-    for out in outputs:
-        if out and Path(out).resolve() in sources:
-            raise OnnxPruneError(f"{out}: output would overwrite the input; choose another path")
+_INPUT_OPTIONS = ("model", "input", "data", "val", "sens", "spec", "key_file", "config")
+
+
+def _check_output(args: argparse.Namespace, *outputs: str | Path | None) -> None:
+    """Refuse outputs that are an input or each other: nothing the user had may be lost."""
+    from onnxprune.outputs import check_outputs
+
+    check_outputs([getattr(args, name, None) for name in _INPUT_OPTIONS], outputs)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -162,8 +164,7 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
 
     _check_output(args, args.output)
     key = _key_source(args, required="encrypt")
-    io.read_proto(args.model)  # refuses encrypted, truncated or non-ONNX input with a clear message
-    encrypt_file(args.model, args.output, key)
+    encrypt_file(args.model, args.output, key)  # checks the file's structure without loading its weights
     print(f"encrypted {args.model} -> {args.output}", file=sys.stderr)
     return EXIT_OK
 
@@ -233,9 +234,16 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from onnxprune.analysis import AnalyzeOptions, analyze, default_cache_dir
     from onnxprune.progress import ProgressBar
     from onnxprune.runtime import parse_providers
-    from onnxprune.sensitivity import DEFAULT_RATIOS, format_table, parse_ratios, plot_table, write_table
+    from onnxprune.sensitivity import (
+        DEFAULT_RATIOS,
+        format_table,
+        parse_ratios,
+        plot_table,
+        table_paths,
+        write_table,
+    )
 
-    _check_output(args, args.output, args.plot)
+    _check_output(args, *(table_paths(args.output) if args.output else []), args.plot)
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         raise OnnxPruneError("--plot needs matplotlib: pip install 'onnxprune[plots]'")
     options = AnalyzeOptions(
