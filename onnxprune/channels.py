@@ -179,7 +179,11 @@ class _GroupFinder:
                     queue.append(tied)
 
     def _apply(self, node: gs.Node, port: Port, key: Key) -> list[Key]:
-        self.axes[key].nodes.append(self.node_index[id(node)])
+        index = self.node_index.get(id(node))
+        if index is None:  # a node of an If/Loop/Scan body reads it from the outer scope
+            self._stop(key, f"'{key[0]}' is read inside a subgraph ({node.op} '{node.name}')")
+            return []
+        self.axes[key].nodes.append(index)
         rule = RULES.get(node.op)
         if rule is None or (node.domain or "") not in ("", "ai.onnx"):
             self._stop(key, f"no channel rule for {node.op} '{node.name}'")

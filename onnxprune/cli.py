@@ -51,7 +51,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from onnxprune.pruner import PruneOptions, prune
     from onnxprune.runtime import parse_providers
 
-    _check_output(args, args.output, args.plan_out)
+    _check_output(args, args.output, io.data_path(args.output), args.plan_out)
     options = PruneOptions(
         ratio=args.ratio, spec=read_spec(args.spec) if args.spec else None,
         sensitivity=_read_sensitivity(args.sens) if args.sens else None, criterion=args.criterion,
@@ -101,7 +101,7 @@ def cmd_transform(args: argparse.Namespace) -> int:
     removing every all-zero channel; no plan needed. --encrypt writes it AES-256-GCM encrypted."""
     from onnxprune.transform import transform
 
-    _check_output(args, args.output)
+    _check_output(args, args.output, io.data_path(args.output))
     key = _key_source(args, required="--encrypt") if args.encrypt else None
     result = transform(_load(args), attention=args.attention)
     _free_memory()

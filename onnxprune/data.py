@@ -50,10 +50,10 @@ def read_bounded(path: str | os.PathLike, limit: int, what: str) -> bytes:
         raise OnnxPruneError(f"{path}: no such file") from None
     except OSError as exc:
         raise OnnxPruneError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OnnxPruneError(f"{path}: the {what} is not a regular file")
     with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise OnnxPruneError(f"{path}: the {what} is not a regular file")
         data = handle.read(limit + 1)
     if len(data) > limit:
         raise OnnxPruneError(f"{path}: the {what} is larger than {limit >> 20} MB")

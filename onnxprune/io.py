@@ -24,6 +24,8 @@ from onnxprune.atomic import write_bytes
 from onnxprune.errors import OnnxPruneError
 
 MIN_OPSET = 11
+MAX_DIM = 2**31 - 1  # a dimension beyond this is a typo, and overflows products of dims
+CHECK_LIMIT = 256 << 20  # models up to this size also go through onnx.checker
 PROTOBUF_LIMIT = 2**31 - 2**20  # leave room for the non-weight part of the message
 
 
@@ -82,8 +84,8 @@ def parse_input_shapes(specs: list[str] | None) -> dict[str, tuple[int, ...]]:
             shape = tuple(int(d) for d in dims.split(","))
         except ValueError:
             shape = ()
-        if not sep or not name or not shape or any(d <= 0 for d in shape):
-            raise OnnxPruneError(f"--input-shape {spec!r}: expected NAME:D0,D1,... with positive integers")
+        if not sep or not name or not shape or any(not 0 < d <= MAX_DIM for d in shape):
+            raise OnnxPruneError(f"--input-shape {spec!r}: expected NAME:D0,D1,... with integers from 1 to {MAX_DIM}")
         result[name] = shape
     return result
 
@@ -130,14 +132,19 @@ def from_proto(
         proto = copy
     where = str(path) if path else "model"
     check_tensors(proto, where)
+    check_graph(proto, where)
     opset = _default_opset(proto)
     if opset < MIN_OPSET:
         raise OnnxPruneError(
             f"{where}: opset {opset} is older than {MIN_OPSET}; convert it first "
             f"(onnx.version_converter.convert_version(model, {MIN_OPSET}))"
         )
+    from onnxprune.runtime import check_supported
+
+    check_supported(proto, where)
+    _check_with_onnx(proto, where)
     fixed = _fix_input_shapes(proto, input_shapes or {}, where)
-    shapes = infer_shapes(proto, fixed)
+    shapes = infer_shapes(proto, fixed, where)
     try:
         graph = gs.import_onnx(proto)
     except Exception as exc:  # noqa: BLE001 - the importer raises many types on malformed graphs
@@ -146,6 +153,7 @@ def from_proto(
     # bytes) alive; to_proto() restores the opsets from the skeleton instead.
     graph.import_domains = None
     derived = _lift_weights(graph)
+    _check_conv_channels(graph, shapes, where)
     _load_values_and_strip(graph, proto)
     skeleton = onnx.ModelProto()
     skeleton.CopyFrom(proto)  # a fresh message: the stripped one still holds the weights' memory
@@ -224,7 +232,7 @@ def save(proto: onnx.ModelProto, path: str | os.PathLike) -> None:
     if proto.ByteSize() < PROTOBUF_LIMIT:
         write_bytes(path, proto.SerializeToString())
         return
-    data_name = path.name + ".data"
+    data_name = data_path(path).name
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
         onnx.save_model(
             proto, os.path.join(tmp, path.name), save_as_external_data=True,
@@ -232,6 +240,11 @@ def save(proto: onnx.ModelProto, path: str | os.PathLike) -> None:
         )
         os.replace(os.path.join(tmp, data_name), path.parent / data_name)
         os.replace(os.path.join(tmp, path.name), path)
+
+
+def data_path(path: str | os.PathLike) -> Path:
+    """Where `save` puts the weights of a model over 2 GB: `NAME.data` beside it (an output too)."""
+    return Path(f"{path}.data")
 
 
 def save_model(model: Model, path: str | os.PathLike) -> None:
@@ -321,6 +334,88 @@ def check_tensors(proto: onnx.ModelProto, where: str) -> None:
             raise OnnxPruneError(f"{where}: tensor {tensor.name!r} holds {stored} "
                                  f"{'bytes' if tensor.HasField('raw_data') else 'values'} where its dims "
                                  f"{list(tensor.dims)} need {expected}")
+
+
+def check_graph(proto: onnx.ModelProto, where: str) -> None:
+    """Refuse a top graph that is not a DAG of uniquely named tensors, each produced before it is read.
+
+    Node order is not required (the importer sorts); a cycle, a name produced twice, or an input that
+    nothing produces is the model's fault and is named here rather than failing deep inside a rule.
+    """
+    graph = proto.graph
+    if graph.sparse_initializer:
+        raise OnnxPruneError(f"{where}: sparse initializer {graph.sparse_initializer[0].values.name!r} is not "
+                             "supported; store it dense")
+    produced: dict[str, str] = {}
+    for name in [i.name for i in graph.input] + [t.name for t in graph.initializer]:
+        produced.setdefault(name, "a graph input")
+    producers: dict[str, int] = {}
+    for index, node in enumerate(graph.node):
+        for out in (o for o in node.output if o):
+            if out in produced or out in producers:
+                raise OnnxPruneError(f"{where}: tensor {out!r} is produced twice (node {node.name or node.op_type!r})")
+            producers[out] = index
+    for node in graph.node:
+        for name in (i for i in node.input if i):
+            if name not in produced and name not in producers:
+                raise OnnxPruneError(f"{where}: node {node.name or node.op_type!r} reads {name!r}, which nothing produces")
+    for out in graph.output:
+        if out.name not in produced and out.name not in producers:
+            raise OnnxPruneError(f"{where}: graph output {out.name!r} is produced by no node")
+    _refuse_cycles(graph, producers, where)
+
+
+def _check_with_onnx(proto: onnx.ModelProto, where: str) -> None:
+    """ONNX's own checker, for what the checks above do not cover (attributes, IR rules, value infos).
+
+    Skipped above CHECK_LIMIT bytes: the checker works on a serialized copy, and a second copy of a big
+    model is what loading avoids everywhere else; the structure checks above still apply to those.
+    """
+    if proto.ByteSize() > CHECK_LIMIT:
+        return
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as exc:
+        text = (str(exc).strip().splitlines() or ["invalid"])[0]
+        raise OnnxPruneError(f"{where}: not a valid ONNX model ({text[:300]})") from None
+
+
+def _refuse_cycles(graph: onnx.GraphProto, producers: dict[str, int], where: str) -> None:
+    """Kahn's algorithm over node -> node edges of the top graph."""
+    waiting = [0] * len(graph.node)
+    readers: list[list[int]] = [[] for _ in graph.node]
+    for index, node in enumerate(graph.node):
+        sources = {producers[i] for i in node.input if i in producers}
+        waiting[index] = len(sources)
+        for source in sources:
+            readers[source].append(index)
+    ready = [i for i, count in enumerate(waiting) if count == 0]
+    done = 0
+    while ready:
+        index = ready.pop()
+        done += 1
+        for reader in readers[index]:
+            waiting[reader] -= 1
+            if waiting[reader] == 0:
+                ready.append(reader)
+    if done != len(graph.node):
+        stuck = next(graph.node[i] for i, count in enumerate(waiting) if count > 0)
+        raise OnnxPruneError(f"{where}: the graph has a cycle (through node {stuck.name or stuck.op_type!r})")
+
+
+def _check_conv_channels(graph: gs.Graph, shapes: dict[str, tuple[int, ...]], where: str) -> None:
+    """Refuse a Conv whose weight disagrees with its input's channels: onnxruntime would fail only on a run."""
+    for node in graph.nodes:
+        if node.op not in ("Conv", "ConvTranspose") or len(node.inputs) < 2:
+            continue
+        weight, shape = node.inputs[1], shapes.get(node.inputs[0].name)
+        if not isinstance(weight, gs.Constant) or shape is None or len(shape) < 2 or weight.values.ndim < 2:
+            continue
+        group = int(node.attrs.get("group", 1))
+        expected = weight.values.shape[0] if node.op == "ConvTranspose" else weight.values.shape[1] * group
+        if shape[1] != expected:
+            raise OnnxPruneError(f"{where}: {node.op} {node.name!r} reads {shape[1]} channels but its weight "
+                                 f"{weight.name!r} {list(weight.values.shape)} (group {group}) expects {expected}")
 
 
 def all_tensors(proto: onnx.ModelProto) -> list[onnx.TensorProto]:

@@ -65,3 +65,8 @@ def test_output_that_is_a_folder_is_refused(model: Path, tmp_path: Path) -> None
 
 def test_output_below_a_file_is_refused(model: Path, tmp_path: Path) -> None:
     assert_refused(cli("prune", model, "--ratio", "0.3", "-o", model / "x.onnx"), "is a file")
+
+
+def test_spec_that_is_a_folder_is_refused(model: Path, tmp_path: Path) -> None:
+    assert_refused(cli("prune", model, "--spec", tmp_path, "-o", tmp_path / "o.onnx"), "not a regular file")
+

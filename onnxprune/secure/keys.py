@@ -168,7 +168,10 @@ def derive_passphrase_key(passphrase: str, salt: bytes, n: int, r: int, p: int) 
     """Stretch a passphrase into a 32-byte key with scrypt, so guessing passphrases is slow."""
     check_scrypt_params(n, r, p, "scrypt parameters")
     normalized = unicodedata.normalize("NFC", passphrase).encode("utf-8")
-    return Scrypt(salt=salt, length=KEY_SIZE, n=n, r=r, p=p).derive(normalized)
+    try:
+        return Scrypt(salt=salt, length=KEY_SIZE, n=n, r=r, p=p).derive(normalized)
+    except (MemoryError, ValueError) as exc:  # OpenSSL's own limits, or no memory left for these parameters
+        raise OnnxPruneError(f"scrypt n={n} r={r} p={p}: cannot derive the key here ({exc})") from None
 
 
 def check_scrypt_params(n: int, r: int, p: int, where: str) -> None:
