@@ -247,7 +247,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         raise OnnxPruneError("--plot needs matplotlib: pip install 'onnxprune[plots]'")
     options = AnalyzeOptions(
-        data=args.data, eval=args.eval, ratios=parse_ratios(args.ratios) if args.ratios else list(DEFAULT_RATIOS),
+        data=args.data, eval=args.eval, ratios=parse_ratios(args.ratios) if args.ratios is not None else list(DEFAULT_RATIOS),
         criterion=args.criterion, workers=args.workers, ray=args.ray, cache_dir=args.cache or default_cache_dir(),
         force=args.force, val=args.val, providers=parse_providers(args.providers), attention=args.attention,
         round_to=args.round_to,

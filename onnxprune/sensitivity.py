@@ -37,6 +37,8 @@ def ratio_key(ratio: float) -> str:
 
 def parse_ratios(text: str) -> list[float]:
     """`--ratios 0.1,0.2,...` -> sorted unique ratios, each in (0, 1)."""
+    if not text.strip():
+        raise OnnxPruneError("--ratios is empty: give fractions such as 0.1,0.3,0.5")
     ratios = []
     for item in text.split(","):
         try:

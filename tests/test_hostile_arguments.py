@@ -70,3 +70,24 @@ def test_output_below_a_file_is_refused(model: Path, tmp_path: Path) -> None:
 def test_spec_that_is_a_folder_is_refused(model: Path, tmp_path: Path) -> None:
     assert_refused(cli("prune", model, "--spec", tmp_path, "-o", tmp_path / "o.onnx"), "not a regular file")
 
+
+def test_empty_ratios_are_refused_not_replaced_by_defaults(model: Path, tmp_path: Path) -> None:
+    assert_refused(cli("analyze", model, "--ratios", "", "--cache", tmp_path / "c"), "--ratios is empty")
+
+
+def test_labels_outside_the_models_classes_are_refused(tmp_path: Path) -> None:
+    import numpy as np
+
+    data = tmp_path / "d.npz"
+    x = np.random.default_rng(0).standard_normal((8, 1, 8, 8)).astype(np.float32)
+    np.savez(data, input=x, labels=np.full(8, 1000, dtype=np.int64))
+    result = cli("analyze", fixture_path("digits_cnn"), "--data", data, "--ratios", "0.5", "--cache", tmp_path / "c")
+    assert_refused(result, "labels run from 1000 to 1000", "10 classes")
+
+
+def test_a_schedule_with_too_many_rounds_is_refused(tmp_path: Path) -> None:
+    from onnxprune.config import Schedule
+    from onnxprune.errors import OnnxPruneError
+
+    with pytest.raises(OnnxPruneError, match="1000000000 rounds"):
+        Schedule(target=0.5, step=5e-10).check()  # used to build a list of 10**9 ratios
