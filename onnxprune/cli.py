@@ -431,10 +431,23 @@ def _return_freed_memory() -> None:
         pass  # not glibc: nothing to tune
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings from the library, one line each, in the command's own voice."""
+    print(f"onnxprune: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     _return_freed_memory()
     parser = build_parser()
     args = parser.parse_args(argv)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        return _dispatch(args)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     try:
         return args.func(args)
     except OnnxPruneError as exc:

@@ -68,3 +68,16 @@ def test_encrypt_memory_does_not_grow_with_the_model(tmp_path: Path) -> None:
     small = peak_rss_mb("encrypt", str(fixture_path("plain_cnn")), "-o", str(tmp_path / "s.enc"), "--key-file", str(key))
     big = peak_rss_mb("encrypt", str(tmp_path / "big.onnx"), "-o", str(tmp_path / "b.enc"), "--key-file", str(key))
     assert big - small < 48, (small, big)  # a load of the model would add 96 MB or more
+
+
+def test_a_key_file_others_can_read_is_warned_about(tmp_path: Path) -> None:
+    key = tmp_path / "k.key"
+    write_key_file(key)
+    key.chmod(0o644)
+    code, _, err = cli("encrypt", fixture_path("plain_cnn"), "-o", tmp_path / "m.enc", "--key-file", key)
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("onnxprune: warning:")]
+    assert len(warnings) == 1 and "readable by others (mode 0644)" in warnings[0]
+    key.chmod(0o600)
+    code, _, err = cli("decrypt", tmp_path / "m.enc", "-o", tmp_path / "p.onnx", "--key-file", key)
+    assert code == 0 and "warning" not in err

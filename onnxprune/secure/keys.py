@@ -10,7 +10,9 @@ import base64
 import binascii
 import os
 import secrets
+import stat
 import unicodedata
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,6 +67,7 @@ def read_key_file(path: str | os.PathLike) -> bytes:
     where = f"key file {os.fspath(path)}"
     try:
         with open(path, "rb") as handle:
+            _warn_if_shared(os.fstat(handle.fileno()).st_mode, where)
             data = handle.read(_MAX_KEY_FILE_SIZE + 1)
     except FileNotFoundError:
         raise OnnxPruneError(f"{where}: not found") from None
@@ -81,6 +84,13 @@ def read_key_file(path: str | os.PathLike) -> bytes:
             f"{where}: not a key: expected {_KEY_FORMATS} ({len(data)} bytes found)"
         ) from None
     return parse_key_text(text, where)
+
+
+def _warn_if_shared(mode: int, where: str) -> None:
+    """Warn about a key others can read (ssh refuses such keys; we still use it, the user may be mid-fix)."""
+    if mode & 0o077:
+        warnings.warn(f"{where}: readable by others (mode {stat.S_IMODE(mode):04o}); run chmod 600 on it",
+                      stacklevel=3)
 
 
 def write_key_file(path: str | os.PathLike, key: bytes | None = None, *, overwrite: bool = False) -> bytes:
