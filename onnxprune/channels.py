@@ -240,7 +240,9 @@ class _GroupFinder:
                 space = _space_values(node, placed.bundle, values)
                 for t in placed.bundle.ties:
                     if any(t.tensor is o for o in node.outputs):
-                        values[(t.tensor.name, t.axis)][t.pairs[:, 1]] = space[t.pairs[:, 0]]
+                        target = values[(t.tensor.name, t.axis)]
+                        valid = t.pairs[:, 1] < len(target)  # as in _components: an axis of unknown size
+                        target[t.pairs[valid, 1]] = space[t.pairs[valid, 0]]
                 bad = _unread_nonzero(node, placed.bundle, values)
                 if np.any(bad) and np.all(np.isfinite(bad)) and _compensable(node):
                     reader = next(t for t in _inputs_of(node, placed.bundle) if not isinstance(t.tensor, gs.Constant))
@@ -374,9 +376,10 @@ def _tie_values(tie, values: dict[Key, np.ndarray], size: int) -> np.ndarray:
     else:
         per_atom = values[(tie.tensor.name, tie.axis)]
     low, high = np.full(size, np.inf), np.full(size, -np.inf)
+    pairs = tie.pairs[tie.pairs[:, 1] < len(per_atom)]  # an axis of unknown size holds no atoms
     with np.errstate(invalid="ignore"):
-        np.minimum.at(low, tie.pairs[:, 0], per_atom[tie.pairs[:, 1]])
-        np.maximum.at(high, tie.pairs[:, 0], per_atom[tie.pairs[:, 1]])
+        np.minimum.at(low, pairs[:, 0], per_atom[pairs[:, 1]])
+        np.maximum.at(high, pairs[:, 0], per_atom[pairs[:, 1]])
     return np.where(low == high, low, np.nan)
 
 

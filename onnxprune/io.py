@@ -178,6 +178,10 @@ def to_proto(graph: gs.Graph, like: onnx.ModelProto, consume: bool = False) -> o
         if init.name in moved:
             init.CopyFrom(numpy_helper.from_array(np.asarray(moved.pop(init.name)), init.name))
     proto.ir_version = like.ir_version
+    if proto.ir_version < 4:  # IR 3 wants every initializer listed as a graph input too
+        listed = {i.name for i in proto.graph.input}
+        proto.graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                                 for t in proto.graph.initializer if t.name not in listed)
     del proto.opset_import[:]
     proto.opset_import.extend(like.opset_import)
     proto.producer_name = like.producer_name
@@ -375,7 +379,7 @@ def _check_with_onnx(proto: onnx.ModelProto, where: str) -> None:
         return
     try:
         onnx.checker.check_model(proto)
-    except onnx.checker.ValidationError as exc:
+    except (onnx.checker.ValidationError, UnicodeDecodeError, ValueError) as exc:  # names that are not UTF-8
         text = (str(exc).strip().splitlines() or ["invalid"])[0]
         raise OnnxPruneError(f"{where}: not a valid ONNX model ({text[:300]})") from None
 
@@ -470,6 +474,9 @@ def _fix_input_shapes(
             continue
         shape = []
         for axis, d in enumerate(dims):
+            if d.HasField("dim_value") and d.dim_value > MAX_DIM:
+                raise OnnxPruneError(f"{where}: input {inp.name!r} declares dimension {d.dim_value} at axis {axis}, "
+                                     f"over {MAX_DIM}")
             if d.HasField("dim_value") and d.dim_value > 0:
                 shape.append(d.dim_value)
             elif axis == 0:

@@ -60,6 +60,10 @@ def _sparse_initializer(p: onnx.ModelProto) -> None:
     p.graph.sparse_initializer.append(sparse)
 
 
+def _huge_declared_dim(p: onnx.ModelProto) -> None:
+    p.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1 << 40
+
+
 BROKEN: dict[str, tuple[Callable[[onnx.ModelProto], None], str]] = {
     "cycle": (_cycle, "cycle"),
     "duplicate output": (_duplicate_output, "produced twice"),
@@ -71,6 +75,7 @@ BROKEN: dict[str, tuple[Callable[[onnx.ModelProto], None], str]] = {
     "IR too new": (_ir_too_new, "IR version 99"),
     "opset too new": (_opset_too_new, "cannot load"),
     "sparse initializer": (_sparse_initializer, "sparse initializer"),
+    "huge declared dim": (_huge_declared_dim, "over 2147483647"),
 }
 
 

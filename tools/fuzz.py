@@ -329,8 +329,20 @@ def _run_in_child(case: Case, folder: Path) -> list[Outcome]:
     return outcomes
 
 
+def _preload() -> None:
+    """Import what the commands import, once in the parent: each forked child then starts in milliseconds."""
+    import onnxprune.cli
+    import onnxprune.plan
+    import onnxprune.progress
+    import onnxprune.pruner
+    import onnxprune.report
+    import onnxprune.runtime  # noqa: F401
+    import tests.conftest  # noqa: F401
+
+
 def run_case(case: Case, timeout: float = TIMEOUT, memory_mb: int = MEMORY_MB) -> list[Outcome]:
     """Run a case in a forked child: two outcomes (inspect, prune), or one hang/memory/crash outcome."""
+    _preload()
     with tempfile.TemporaryDirectory(prefix="onnxprune-fuzz-") as tmp:
         read, write = os.pipe()
         pid = os.fork()
