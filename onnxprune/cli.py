@@ -24,10 +24,13 @@ _INPUT_OPTIONS = ("model", "input", "data", "val", "sens", "spec", "key_file", "
 
 
 def _check_output(args: argparse.Namespace, *outputs: str | Path | None) -> None:
-    """Refuse outputs that are an input or each other: nothing the user had may be lost."""
+    """Refuse outputs that are an input or each other (nothing the user had may be lost); clean up."""
+    from onnxprune.atomic import remove_stale_temps
     from onnxprune.outputs import check_outputs
 
     check_outputs([getattr(args, name, None) for name in _INPUT_OPTIONS], outputs)
+    for folder in {Path(out).parent for out in outputs if out}:
+        remove_stale_temps(folder)  # what killed runs left (decrypt's plaintext), even if this run fails
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:

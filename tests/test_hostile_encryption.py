@@ -81,3 +81,14 @@ def test_a_key_file_others_can_read_is_warned_about(tmp_path: Path) -> None:
     key.chmod(0o600)
     code, _, err = cli("decrypt", tmp_path / "m.enc", "-o", tmp_path / "p.onnx", "--key-file", key)
     assert code == 0 and "warning" not in err
+
+
+def test_stale_plaintext_is_removed_even_when_the_next_run_fails(tmp_path: Path) -> None:
+    key, other = tmp_path / "k.key", tmp_path / "other.key"
+    write_key_file(key)
+    write_key_file(other)
+    assert cli("encrypt", fixture_path("plain_cnn"), "-o", tmp_path / "m.enc", "--key-file", key)[0] == 0
+    left = tmp_path / f".plain.onnx.onnxprune-{dead_pid()}-abc123.tmp"
+    left.write_bytes(b"plaintext weights")
+    assert cli("decrypt", tmp_path / "m.enc", "-o", tmp_path / "plain.onnx", "--key-file", other)[0] == 2
+    assert not left.exists() and not (tmp_path / "plain.onnx").exists()
