@@ -213,6 +213,8 @@ class _GroupFinder:
             for t in placed.bundle.ties:
                 axis = self.axes[(t.tensor.name, t.axis)]
                 if t.role is not None:
+                    if KEEP in (axis.role, t.role) and {axis.role, t.role} & set(ZEROED_ROLES):
+                        self._stop(axis.key, f"weight '{axis.key[0]}' is zeroed for one node and kept for another")
                     axis.role = _merge_role(axis.role, t.role)
                 valid = t.pairs[:, 1] < axis.size
                 us.append((placed.base + t.pairs[valid, 0]).astype(self.atom_dtype))
