@@ -1,9 +1,16 @@
-"""Atomic file writes: a failed command never leaves a half-written file or destroys the old one."""
+"""Atomic file writes: a failed command never leaves a half-written file or destroys the old one.
+
+A temp file is named `.NAME.onnxprune-PID-RANDOM.tmp` beside its target. A process killed mid-write
+(SIGKILL, power loss) cannot remove its own; the next write into that folder removes every temp of ours
+whose process is gone, so a killed `decrypt` leaves its plaintext on disk only until the next run. Temps
+of live processes are left alone: two commands writing into one folder never delete each other's files.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +27,8 @@ def atomic_writer(path: str | os.PathLike, mode: int | None = None) -> Iterator[
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    remove_stale_temps(target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}{_TEMP_MARK}{os.getpid()}-", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             yield handle
@@ -33,6 +41,35 @@ def atomic_writer(path: str | os.PathLike, mode: int | None = None) -> Iterator[
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+_TEMP_MARK = ".onnxprune-"
+_TEMP_NAME = re.compile(r"^\..*\.onnxprune-(\d+)-[^/]*\.tmp$")
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete our temp files in `folder` whose writing process no longer runs; return what was removed."""
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(folder):
+            match = _TEMP_NAME.match(entry.name)
+            if match and entry.is_file(follow_symlinks=False) and not _alive(int(match.group(1))):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def write_bytes(path: str | os.PathLike, data: bytes, mode: int | None = None) -> None:

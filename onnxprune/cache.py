@@ -3,14 +3,16 @@
 JSON and never pickle, so a cache file cannot run code. The file is named by the key — a digest of
 the model's bytes, the data and every setting that changes a number — and repeats the key inside, with
 a checksum of its content: a file from another model or other data, a truncated or hand-edited one,
-is reported and started over, never trusted. Each write goes to a temp file that is renamed over the
-old one, so a process killed at any moment leaves the last complete state behind. Two processes sharing
-one cache file may lose each other's entries (never corrupt them).
+is reported and started over, never trusted. The checksum is an unkeyed SHA-256: it catches accidents
+(truncation, a stray edit), not tampering — whoever can write the cache folder can recompute it, so keep
+the folder as private as the results. Only a regular file of bounded size is read (never a FIFO, device
+or folder). Each write goes to a temp file of its own that is renamed over the old one, so a process
+killed at any moment leaves the last complete state behind, and two processes sharing one cache file
+may lose each other's entries (never corrupt them, never fail on each other's temp files).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -18,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from onnxprune.atomic import write_text
+from onnxprune.data import MAX_JSON_BYTES, read_bounded
+from onnxprune.errors import OnnxPruneError
 from onnxprune.sensitivity import is_number
 
 FORMAT = "onnxprune-sensitivity-cache"
@@ -52,16 +56,17 @@ class AnalysisCache:
         """The cache for `key` in `directory` (created if needed), and a warning if a file was not usable."""
         if directory is None:
             return AnalysisCache(key, None, settings), None
+        if Path(directory).exists() and not Path(directory).is_dir():
+            raise OnnxPruneError(f"--cache {directory}: exists and is not a folder")
         path = Path(directory) / f"{key}.json"
-        for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed mid-write
-            with contextlib.suppress(OSError):
-                stale.unlink()
         fresh = AnalysisCache(key, path, settings)
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise OnnxPruneError(f"cache {path}: not a regular file (remove it, or pass another --cache)")
         if force or not path.exists():
             return fresh, None
         try:
-            loaded = _parse(path.read_text(), key)
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            loaded = _parse(read_bounded(path, MAX_JSON_BYTES, "analysis cache"), key)
+        except (OnnxPruneError, ValueError) as exc:
             return fresh, f"cache {path} is unusable ({exc}); starting over"
         loaded.path, loaded.settings = path, settings
         return loaded, None
@@ -96,9 +101,12 @@ def _checksum(body: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def _parse(text: str, key: str) -> AnalysisCache:
+def _parse(text: bytes, key: str) -> AnalysisCache:
     """A cache from its JSON text; ValueError says why it cannot be trusted."""
-    data = json.loads(text)
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("version") != VERSION:
         raise ValueError("not an onnxprune analysis cache of this version")
     if data.get("key") != key:

@@ -179,7 +179,11 @@ class _GroupFinder:
                     queue.append(tied)
 
     def _apply(self, node: gs.Node, port: Port, key: Key) -> list[Key]:
-        self.axes[key].nodes.append(self.node_index[id(node)])
+        index = self.node_index.get(id(node))
+        if index is None:  # a node of an If/Loop/Scan body reads it from the outer scope
+            self._stop(key, f"'{key[0]}' is read inside a subgraph ({node.op} '{node.name}')")
+            return []
+        self.axes[key].nodes.append(index)
         rule = RULES.get(node.op)
         if rule is None or (node.domain or "") not in ("", "ai.onnx"):
             self._stop(key, f"no channel rule for {node.op} '{node.name}'")
@@ -209,6 +213,8 @@ class _GroupFinder:
             for t in placed.bundle.ties:
                 axis = self.axes[(t.tensor.name, t.axis)]
                 if t.role is not None:
+                    if KEEP in (axis.role, t.role) and {axis.role, t.role} & set(ZEROED_ROLES):
+                        self._stop(axis.key, f"weight '{axis.key[0]}' is zeroed for one node and kept for another")
                     axis.role = _merge_role(axis.role, t.role)
                 valid = t.pairs[:, 1] < axis.size
                 us.append((placed.base + t.pairs[valid, 0]).astype(self.atom_dtype))
@@ -236,7 +242,9 @@ class _GroupFinder:
                 space = _space_values(node, placed.bundle, values)
                 for t in placed.bundle.ties:
                     if any(t.tensor is o for o in node.outputs):
-                        values[(t.tensor.name, t.axis)][t.pairs[:, 1]] = space[t.pairs[:, 0]]
+                        target = values[(t.tensor.name, t.axis)]
+                        valid = t.pairs[:, 1] < len(target)  # as in _components: an axis of unknown size
+                        target[t.pairs[valid, 1]] = space[t.pairs[valid, 0]]
                 bad = _unread_nonzero(node, placed.bundle, values)
                 if np.any(bad) and np.all(np.isfinite(bad)) and _compensable(node):
                     reader = next(t for t in _inputs_of(node, placed.bundle) if not isinstance(t.tensor, gs.Constant))
@@ -370,9 +378,10 @@ def _tie_values(tie, values: dict[Key, np.ndarray], size: int) -> np.ndarray:
     else:
         per_atom = values[(tie.tensor.name, tie.axis)]
     low, high = np.full(size, np.inf), np.full(size, -np.inf)
+    pairs = tie.pairs[tie.pairs[:, 1] < len(per_atom)]  # an axis of unknown size holds no atoms
     with np.errstate(invalid="ignore"):
-        np.minimum.at(low, tie.pairs[:, 0], per_atom[tie.pairs[:, 1]])
-        np.maximum.at(high, tie.pairs[:, 0], per_atom[tie.pairs[:, 1]])
+        np.minimum.at(low, pairs[:, 0], per_atom[pairs[:, 1]])
+        np.maximum.at(high, pairs[:, 0], per_atom[pairs[:, 1]])
     return np.where(low == high, low, np.nan)
 
 

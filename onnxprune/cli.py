@@ -20,12 +20,17 @@ def _load(args: argparse.Namespace) -> io.Model:
     return io.load(args.model, io.parse_input_shapes(args.input_shape))
 
 
-def _check_output(args: argparse.Namespace, *outputs: str | None) -> None:
-    """Refuse to overwrite an input: nothing the user had may be lost."""
-    sources = {Path(p).resolve() for p in (getattr(args, "model", None), getattr(args, "input", None)) if p}
-    for out in outputs:
-        if out and Path(out).resolve() in sources:
-            raise OnnxPruneError(f"{out}: output would overwrite the input; choose another path")
+_INPUT_OPTIONS = ("model", "input", "data", "val", "sens", "spec", "key_file", "config")
+
+
+def _check_output(args: argparse.Namespace, *outputs: str | Path | None) -> None:
+    """Refuse outputs that are an input or each other (nothing the user had may be lost); clean up."""
+    from onnxprune.atomic import remove_stale_temps
+    from onnxprune.outputs import check_outputs
+
+    check_outputs([getattr(args, name, None) for name in _INPUT_OPTIONS], outputs)
+    for folder in {Path(out).parent for out in outputs if out}:
+        remove_stale_temps(folder)  # what killed runs left (decrypt's plaintext), even if this run fails
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -49,7 +54,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from onnxprune.pruner import PruneOptions, prune
     from onnxprune.runtime import parse_providers
 
-    _check_output(args, args.output, args.plan_out)
+    _check_output(args, args.output, io.data_path(args.output), args.plan_out)
     options = PruneOptions(
         ratio=args.ratio, spec=read_spec(args.spec) if args.spec else None,
         sensitivity=_read_sensitivity(args.sens) if args.sens else None, criterion=args.criterion,
@@ -99,7 +104,7 @@ def cmd_transform(args: argparse.Namespace) -> int:
     removing every all-zero channel; no plan needed. --encrypt writes it AES-256-GCM encrypted."""
     from onnxprune.transform import transform
 
-    _check_output(args, args.output)
+    _check_output(args, args.output, io.data_path(args.output))
     key = _key_source(args, required="--encrypt") if args.encrypt else None
     result = transform(_load(args), attention=args.attention)
     _free_memory()
@@ -162,8 +167,7 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
 
     _check_output(args, args.output)
     key = _key_source(args, required="encrypt")
-    io.read_proto(args.model)  # refuses encrypted, truncated or non-ONNX input with a clear message
-    encrypt_file(args.model, args.output, key)
+    encrypt_file(args.model, args.output, key)  # checks the file's structure without loading its weights
     print(f"encrypted {args.model} -> {args.output}", file=sys.stderr)
     return EXIT_OK
 
@@ -233,13 +237,20 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from onnxprune.analysis import AnalyzeOptions, analyze, default_cache_dir
     from onnxprune.progress import ProgressBar
     from onnxprune.runtime import parse_providers
-    from onnxprune.sensitivity import DEFAULT_RATIOS, format_table, parse_ratios, plot_table, write_table
+    from onnxprune.sensitivity import (
+        DEFAULT_RATIOS,
+        format_table,
+        parse_ratios,
+        plot_table,
+        table_paths,
+        write_table,
+    )
 
-    _check_output(args, args.output, args.plot)
+    _check_output(args, *(table_paths(args.output) if args.output else []), args.plot)
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         raise OnnxPruneError("--plot needs matplotlib: pip install 'onnxprune[plots]'")
     options = AnalyzeOptions(
-        data=args.data, eval=args.eval, ratios=parse_ratios(args.ratios) if args.ratios else list(DEFAULT_RATIOS),
+        data=args.data, eval=args.eval, ratios=parse_ratios(args.ratios) if args.ratios is not None else list(DEFAULT_RATIOS),
         criterion=args.criterion, workers=args.workers, ray=args.ray, cache_dir=args.cache or default_cache_dir(),
         force=args.force, val=args.val, providers=parse_providers(args.providers), attention=args.attention,
         round_to=args.round_to,
@@ -424,10 +435,23 @@ def _return_freed_memory() -> None:
         pass  # not glibc: nothing to tune
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings from the library, one line each, in the command's own voice."""
+    print(f"onnxprune: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     _return_freed_memory()
     parser = build_parser()
     args = parser.parse_args(argv)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        return _dispatch(args)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     try:
         return args.func(args)
     except OnnxPruneError as exc:

@@ -59,6 +59,9 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 COMPARE_TO = ("baseline", "previous")
 
 
+MAX_ROUNDS = 100  # each round prunes and fine-tunes; more is a typo in step, not a plan
+
+
 @dataclass
 class Schedule:
     """The MACs ratios the rounds rise through, and when a round counts as recovered."""
@@ -91,6 +94,10 @@ class Schedule:
             raise OnnxPruneError(f"schedule.target {self.target}: not in (0, 1)")
         if not 0 < self.step < 1:
             raise OnnxPruneError(f"schedule.step {self.step}: not in (0, 1)")
+        rounds = len(self.ratios) if self.ratios else math.ceil(self.target / self.step - 1e-9)
+        if rounds > MAX_ROUNDS:
+            raise OnnxPruneError(f"schedule: {rounds} rounds (target {self.target}, step {self.step}); at most "
+                                 f"{MAX_ROUNDS} — raise schedule.step")
         if self.tolerance < 0:
             raise OnnxPruneError(f"schedule.tolerance {self.tolerance}: must be >= 0")
         if self.compare_to not in COMPARE_TO:
@@ -254,12 +261,15 @@ def load_config(path: str | Path) -> RunConfig:
     path = Path(path)
     if tomllib is None:  # pragma: no cover
         raise OnnxPruneError("reading TOML needs Python 3.11 or newer")
+    from onnxprune.data import MAX_JSON_BYTES, read_bounded
+
+    text = read_bounded(path, MAX_JSON_BYTES, "run config")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise OnnxPruneError(f"{path}: no such file") from None
+        data = tomllib.loads(text.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise OnnxPruneError(f"{path}: not a TOML file ({exc})") from None
+    except RecursionError:
+        raise OnnxPruneError(f"{path}: not a TOML file (nested too deeply)") from None
     base = path.resolve().parent
     top = _Table(data, path)
 

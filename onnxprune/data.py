@@ -6,6 +6,7 @@ from __future__ import annotations
 import io as _io
 import json
 import os
+import stat
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,18 +35,61 @@ class Dataset:
         return len(next(iter(self.inputs.values())))
 
 
-def read_json(path: str | Path, what: str) -> object:
-    """A JSON file's content; a missing or malformed file is the user's error, said in one line."""
+MAX_JSON_BYTES = 64 << 20  # far above any spec, table or cache; a bound so /dev/zero cannot fill memory
+
+
+def read_bounded(path: str | os.PathLike, limit: int, what: str) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes; anything else is refused in one line.
+
+    Opened without blocking, so a FIFO cannot hang the process, and checked on the open descriptor, so a
+    symlink to a device or a folder is refused whatever it points at.
+    """
     try:
-        return json.loads(Path(path).read_text())
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         raise OnnxPruneError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise OnnxPruneError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OnnxPruneError(f"{path}: the {what} is not a regular file")
+    with os.fdopen(fd, "rb") as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise OnnxPruneError(f"{path}: the {what} is larger than {limit >> 20} MB")
+    return data
+
+
+def parse_json(data: bytes, where: str, what: str) -> object:
+    """JSON from bytes; malformed or absurdly nested input is the user's error, said in one line."""
+    try:
+        return json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise OnnxPruneError(f"{path}: not a JSON {what} ({exc})") from None
+        raise OnnxPruneError(f"{where}: not a JSON {what} ({str(exc)[:200]})") from None
+    except RecursionError:
+        raise OnnxPruneError(f"{where}: not a JSON {what} (nested too deeply)") from None
+
+
+def read_json(path: str | Path, what: str) -> object:
+    """A JSON file's content; a missing, special or malformed file is the user's error, said in one line."""
+    return parse_json(read_bounded(path, MAX_JSON_BYTES, what), str(path), what)
+
+
+def check_regular(path: str | os.PathLike, what: str) -> None:
+    """Refuse a path that is not a regular file (a folder, a FIFO that would hang a reader, a device)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise OnnxPruneError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise OnnxPruneError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(mode):
+        raise OnnxPruneError(f"{path}: the {what} is not a regular file")
 
 
 def read_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """All arrays of an .npz file; object arrays (pickles, which could run code) are refused."""
+    check_regular(path, "data file")
     try:
         with np.load(path, allow_pickle=False) as npz:
             return {name: npz[name] for name in npz.files}

@@ -24,6 +24,8 @@ from onnxprune.atomic import write_bytes
 from onnxprune.errors import OnnxPruneError
 
 MIN_OPSET = 11
+MAX_DIM = 2**31 - 1  # a dimension beyond this is a typo, and overflows products of dims
+CHECK_LIMIT = 256 << 20  # models up to this size also go through onnx.checker
 PROTOBUF_LIMIT = 2**31 - 2**20  # leave room for the non-weight part of the message
 
 
@@ -82,8 +84,8 @@ def parse_input_shapes(specs: list[str] | None) -> dict[str, tuple[int, ...]]:
             shape = tuple(int(d) for d in dims.split(","))
         except ValueError:
             shape = ()
-        if not sep or not name or not shape or any(d <= 0 for d in shape):
-            raise OnnxPruneError(f"--input-shape {spec!r}: expected NAME:D0,D1,... with positive integers")
+        if not sep or not name or not shape or any(not 0 < d <= MAX_DIM for d in shape):
+            raise OnnxPruneError(f"--input-shape {spec!r}: expected NAME:D0,D1,... with integers from 1 to {MAX_DIM}")
         result[name] = shape
     return result
 
@@ -105,7 +107,7 @@ def read_proto(path: str | os.PathLike) -> onnx.ModelProto:
         raise OnnxPruneError(f"{path}: not an ONNX model ({_first_line(exc)})") from None
     if not proto.graph.node:
         raise OnnxPruneError(f"{path}: not an ONNX model (no graph nodes; truncated or another format)")
-    _load_external_data(proto, path.parent)
+    _load_external_data(proto, path)
     return proto
 
 
@@ -129,14 +131,20 @@ def from_proto(
         copy.CopyFrom(proto)
         proto = copy
     where = str(path) if path else "model"
+    check_tensors(proto, where)
+    check_graph(proto, where)
     opset = _default_opset(proto)
     if opset < MIN_OPSET:
         raise OnnxPruneError(
             f"{where}: opset {opset} is older than {MIN_OPSET}; convert it first "
             f"(onnx.version_converter.convert_version(model, {MIN_OPSET}))"
         )
+    from onnxprune.runtime import check_supported
+
+    check_supported(proto, where)
+    _check_with_onnx(proto, where)
     fixed = _fix_input_shapes(proto, input_shapes or {}, where)
-    shapes = infer_shapes(proto, fixed)
+    shapes = infer_shapes(proto, fixed, where)
     try:
         graph = gs.import_onnx(proto)
     except Exception as exc:  # noqa: BLE001 - the importer raises many types on malformed graphs
@@ -145,6 +153,7 @@ def from_proto(
     # bytes) alive; to_proto() restores the opsets from the skeleton instead.
     graph.import_domains = None
     derived = _lift_weights(graph)
+    _check_conv_channels(graph, shapes, where)
     _load_values_and_strip(graph, proto)
     skeleton = onnx.ModelProto()
     skeleton.CopyFrom(proto)  # a fresh message: the stripped one still holds the weights' memory
@@ -169,6 +178,10 @@ def to_proto(graph: gs.Graph, like: onnx.ModelProto, consume: bool = False) -> o
         if init.name in moved:
             init.CopyFrom(numpy_helper.from_array(np.asarray(moved.pop(init.name)), init.name))
     proto.ir_version = like.ir_version
+    if proto.ir_version < 4:  # IR 3 wants every initializer listed as a graph input too
+        listed = {i.name for i in proto.graph.input}
+        proto.graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                                 for t in proto.graph.initializer if t.name not in listed)
     del proto.opset_import[:]
     proto.opset_import.extend(like.opset_import)
     proto.producer_name = like.producer_name
@@ -223,7 +236,7 @@ def save(proto: onnx.ModelProto, path: str | os.PathLike) -> None:
     if proto.ByteSize() < PROTOBUF_LIMIT:
         write_bytes(path, proto.SerializeToString())
         return
-    data_name = path.name + ".data"
+    data_name = data_path(path).name
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
         onnx.save_model(
             proto, os.path.join(tmp, path.name), save_as_external_data=True,
@@ -231,6 +244,11 @@ def save(proto: onnx.ModelProto, path: str | os.PathLike) -> None:
         )
         os.replace(os.path.join(tmp, data_name), path.parent / data_name)
         os.replace(os.path.join(tmp, path.name), path)
+
+
+def data_path(path: str | os.PathLike) -> Path:
+    """Where `save` puts the weights of a model over 2 GB: `NAME.data` beside it (an output too)."""
+    return Path(f"{path}.data")
 
 
 def save_model(model: Model, path: str | os.PathLike) -> None:
@@ -257,32 +275,177 @@ def _np_dtype(tensor: onnx.TensorProto) -> np.dtype:
     return onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
 
 
-def _load_external_data(proto: onnx.ModelProto, folder: Path) -> None:
-    """Load external weights, but only from files inside the model's folder."""
-    root = folder.resolve()
-    tensors = [t for t in _all_tensors(proto) if t.data_location == onnx.TensorProto.EXTERNAL]
-    for tensor in tensors:
+def _load_external_data(proto: onnx.ModelProto, path: Path) -> None:
+    """Read every externally stored tensor (subgraphs and functions included) into the proto.
+
+    Each file is found by `resolve_location`, the one check every reader of external data uses, so a
+    location can only name a regular file inside the model's folder, never a path relative to the cwd.
+    """
+    from onnxprune.secure.external import resolve_location
+
+    for tensor in all_tensors(proto):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        where = f"{path}: tensor {tensor.name!r}"
         info = {e.key: e.value for e in tensor.external_data}
-        location = info.get("location", "")
-        target = (folder / location).resolve()
-        if not location or os.path.isabs(location) or ".." in Path(location).parts:
-            raise OnnxPruneError(f"tensor {tensor.name!r}: external data location {location!r} leaves the model's folder")
-        if root not in target.parents:
-            raise OnnxPruneError(f"tensor {tensor.name!r}: external data {location!r} links outside the model's folder")
-        if not target.is_file():
-            raise OnnxPruneError(f"tensor {tensor.name!r}: external data file {location!r} not found in {folder}")
-    if tensors:
+        real = resolve_location(path.parent, info.get("location", ""), where)
         try:
-            onnx.external_data_helper.load_external_data_for_model(proto, str(folder))
-        except (OSError, ValueError) as exc:
-            raise OnnxPruneError(f"{folder}: cannot read external data ({_first_line(exc)})") from None
+            offset = int(info.get("offset") or 0)
+            size = real.stat().st_size
+            length = int(info["length"]) if info.get("length") else size - offset
+        except ValueError:
+            raise OnnxPruneError(f"{where}: external data offset or length is not an integer") from None
+        if offset < 0 or length < 0 or offset + length > size:
+            raise OnnxPruneError(f"{where}: external data [{offset}, {offset + length}) lies outside "
+                                 f"{info['location']!r} ({size} bytes)")
+        with open(real, "rb") as handle:
+            handle.seek(offset)
+            tensor.raw_data = handle.read(length)
+        tensor.data_location = onnx.TensorProto.DEFAULT
+        del tensor.external_data[:]
 
 
-def _all_tensors(proto: onnx.ModelProto) -> list[onnx.TensorProto]:
-    tensors = list(proto.graph.initializer)
-    for node in proto.graph.node:
-        tensors.extend(a.t for a in node.attribute if a.type == onnx.AttributeProto.TENSOR)
-    return tensors
+_PACKED_BITS = {getattr(onnx.TensorProto, name): bits for name, bits in
+                (("INT4", 4), ("UINT4", 4), ("FLOAT4E2M1", 4), ("INT2", 2), ("UINT2", 2)) if hasattr(onnx.TensorProto, name)}
+
+
+def check_tensors(proto: onnx.ModelProto, where: str) -> None:
+    """Refuse a tensor whose stored data does not hold exactly as many values as its dims say.
+
+    Without this, a short or long initializer surfaces later as an obscure failure deep in numpy or
+    onnxruntime; here it is named. Tensors still stored externally are checked when they are read.
+    """
+    for tensor in all_tensors(proto):
+        if any(d < 0 for d in tensor.dims):
+            raise OnnxPruneError(f"{where}: tensor {tensor.name!r} has a negative dimension {list(tensor.dims)}")
+        kind = tensor.data_type
+        if kind in (onnx.TensorProto.UNDEFINED, onnx.TensorProto.STRING) or tensor.data_location == onnx.TensorProto.EXTERNAL:
+            continue
+        try:
+            itemsize = onnx.helper.tensor_dtype_to_np_dtype(kind).itemsize
+            field_name = onnx.helper.tensor_dtype_to_field(kind)
+        except (KeyError, ValueError, TypeError):
+            raise OnnxPruneError(f"{where}: tensor {tensor.name!r} has an unknown data type {kind}") from None
+        count = int(np.prod(tensor.dims, dtype=np.float64))
+        if tensor.HasField("raw_data"):
+            stored, expected = len(tensor.raw_data), (count * _PACKED_BITS.get(kind, 8 * itemsize) + 7) // 8
+        elif kind in _PACKED_BITS:
+            continue
+        else:
+            complex_parts = 2 if kind in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128) else 1
+            stored, expected = len(getattr(tensor, field_name)), count * complex_parts
+        if stored != expected:
+            raise OnnxPruneError(f"{where}: tensor {tensor.name!r} holds {stored} "
+                                 f"{'bytes' if tensor.HasField('raw_data') else 'values'} where its dims "
+                                 f"{list(tensor.dims)} need {expected}")
+
+
+def check_graph(proto: onnx.ModelProto, where: str) -> None:
+    """Refuse a top graph that is not a DAG of uniquely named tensors, each produced before it is read.
+
+    Node order is not required (the importer sorts); a cycle, a name produced twice, or an input that
+    nothing produces is the model's fault and is named here rather than failing deep inside a rule.
+    """
+    graph = proto.graph
+    if graph.sparse_initializer:
+        raise OnnxPruneError(f"{where}: sparse initializer {graph.sparse_initializer[0].values.name!r} is not "
+                             "supported; store it dense")
+    produced: dict[str, str] = {}
+    for name in [i.name for i in graph.input] + [t.name for t in graph.initializer]:
+        produced.setdefault(name, "a graph input")
+    producers: dict[str, int] = {}
+    for index, node in enumerate(graph.node):
+        for out in (o for o in node.output if o):
+            if out in produced or out in producers:
+                raise OnnxPruneError(f"{where}: tensor {out!r} is produced twice (node {node.name or node.op_type!r})")
+            producers[out] = index
+    for node in graph.node:
+        for name in (i for i in node.input if i):
+            if name not in produced and name not in producers:
+                raise OnnxPruneError(f"{where}: node {node.name or node.op_type!r} reads {name!r}, which nothing produces")
+    for out in graph.output:
+        if out.name not in produced and out.name not in producers:
+            raise OnnxPruneError(f"{where}: graph output {out.name!r} is produced by no node")
+    _refuse_cycles(graph, producers, where)
+
+
+def _check_with_onnx(proto: onnx.ModelProto, where: str) -> None:
+    """ONNX's own checker, for what the checks above do not cover (attributes, IR rules, value infos).
+
+    Skipped above CHECK_LIMIT bytes: the checker works on a serialized copy, and a second copy of a big
+    model is what loading avoids everywhere else; the structure checks above still apply to those.
+    """
+    if proto.ByteSize() > CHECK_LIMIT:
+        return
+    try:
+        onnx.checker.check_model(proto)
+    except (onnx.checker.ValidationError, UnicodeDecodeError, ValueError) as exc:  # names that are not UTF-8
+        text = (str(exc).strip().splitlines() or ["invalid"])[0]
+        raise OnnxPruneError(f"{where}: not a valid ONNX model ({text[:300]})") from None
+
+
+def _refuse_cycles(graph: onnx.GraphProto, producers: dict[str, int], where: str) -> None:
+    """Kahn's algorithm over node -> node edges of the top graph."""
+    waiting = [0] * len(graph.node)
+    readers: list[list[int]] = [[] for _ in graph.node]
+    for index, node in enumerate(graph.node):
+        sources = {producers[i] for i in node.input if i in producers}
+        waiting[index] = len(sources)
+        for source in sources:
+            readers[source].append(index)
+    ready = [i for i, count in enumerate(waiting) if count == 0]
+    done = 0
+    while ready:
+        index = ready.pop()
+        done += 1
+        for reader in readers[index]:
+            waiting[reader] -= 1
+            if waiting[reader] == 0:
+                ready.append(reader)
+    if done != len(graph.node):
+        stuck = next(graph.node[i] for i, count in enumerate(waiting) if count > 0)
+        raise OnnxPruneError(f"{where}: the graph has a cycle (through node {stuck.name or stuck.op_type!r})")
+
+
+def _check_conv_channels(graph: gs.Graph, shapes: dict[str, tuple[int, ...]], where: str) -> None:
+    """Refuse a Conv whose weight disagrees with its input's channels: onnxruntime would fail only on a run."""
+    for node in graph.nodes:
+        if node.op not in ("Conv", "ConvTranspose") or len(node.inputs) < 2:
+            continue
+        weight, shape = node.inputs[1], shapes.get(node.inputs[0].name)
+        if not isinstance(weight, gs.Constant) or shape is None or len(shape) < 2 or weight.values.ndim < 2:
+            continue
+        group = int(node.attrs.get("group", 1))
+        expected = weight.values.shape[0] if node.op == "ConvTranspose" else weight.values.shape[1] * group
+        if shape[1] != expected:
+            raise OnnxPruneError(f"{where}: {node.op} {node.name!r} reads {shape[1]} channels but its weight "
+                                 f"{weight.name!r} {list(weight.values.shape)} (group {group}) expects {expected}")
+
+
+def all_tensors(proto: onnx.ModelProto) -> list[onnx.TensorProto]:
+    """Every TensorProto of a model: initializers, sparse ones, attributes, in subgraphs and functions."""
+    found: list[onnx.TensorProto] = []
+    graphs = [proto.graph]
+    node_lists = [list(f.node) for f in proto.functions]
+    while graphs or node_lists:
+        if graphs:
+            graph = graphs.pop()
+            found.extend(graph.initializer)
+            for sparse in graph.sparse_initializer:
+                found.extend((sparse.values, sparse.indices))
+            node_lists.append(list(graph.node))
+            continue
+        for node in node_lists.pop():
+            for attr in node.attribute:
+                found.extend([attr.t] if attr.HasField("t") else [])
+                found.extend(attr.tensors)
+                for sparse in [attr.sparse_tensor] if attr.HasField("sparse_tensor") else []:
+                    found.extend((sparse.values, sparse.indices))
+                for sparse in attr.sparse_tensors:
+                    found.extend((sparse.values, sparse.indices))
+                graphs.extend([attr.g] if attr.HasField("g") else [])
+                graphs.extend(attr.graphs)
+    return found
 
 
 def _fix_input_shapes(
@@ -311,6 +474,9 @@ def _fix_input_shapes(
             continue
         shape = []
         for axis, d in enumerate(dims):
+            if d.HasField("dim_value") and d.dim_value > MAX_DIM:
+                raise OnnxPruneError(f"{where}: input {inp.name!r} declares dimension {d.dim_value} at axis {axis}, "
+                                     f"over {MAX_DIM}")
             if d.HasField("dim_value") and d.dim_value > 0:
                 shape.append(d.dim_value)
             elif axis == 0:

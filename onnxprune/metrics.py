@@ -199,6 +199,10 @@ class Top1:
             if scores.ndim < 2 or scores.shape[:1] + scores.shape[2:] != want.shape:
                 raise OnnxPruneError(f"top-1 needs the first output to be scores [N, classes, ...] matching labels "
                                      f"{list(want.shape)}; it is {list(scores.shape)} (use --eval for other tasks)")
+            if want.size and (want.min() < 0 or want.max() >= scores.shape[1]):
+                raise OnnxPruneError(f"labels run from {want.min()} to {want.max()}, but the model scores "
+                                     f"{scores.shape[1]} classes (0 to {scores.shape[1] - 1}); top-1 would be "
+                                     "meaningless")
             correct += int(np.count_nonzero(scores.argmax(axis=1) == want))
         return correct / labels.size
 

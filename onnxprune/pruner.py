@@ -166,13 +166,28 @@ def prune(model: Model, options: PruneOptions, progress: Callable[[Progress], No
         weights = model.weights()  # already the reconstructed sparse model
         return PruneResult(plan, with_weights(model, {n: weights[n].values for n in fitted.changed}),
                            reconstruction=fitted)
-    graph = slim_graph(model, groups, plan)
+    try:
+        graph = slim_graph(model, groups, plan)
+    except Exception:
+        run_input(model, graph_feeds(model.graph, model.input_shapes), options.providers)  # whose fault?
+        raise
     difference = None
     if options.verify:
         with zeroed_in_place(model, groups, plan):
             difference = check_same_function(model, graph, providers=options.providers)
         gc.collect()  # IR graphs are reference cycles: free the check's copies before exporting
     return PruneResult(plan, to_proto(graph, model.skeleton, consume=True), difference, fitted)
+
+
+def run_input(model: Model, feeds: dict[str, np.ndarray], providers: list[str] | None = None) -> list[np.ndarray]:
+    """The model's outputs; a model onnxruntime cannot run is bad input (exit 2), not a pruning bug.
+
+    Zeroed values cannot break a model, so this also tells whose fault a failure after pruning is.
+    """
+    try:
+        return run_graph(model.graph, model.skeleton, feeds, providers)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types
+        raise OnnxPruneError(f"the model does not run in onnxruntime ({str(exc).splitlines()[0][:300]})") from None
 
 
 def check_same_function(model: Model, candidate: gs.Graph, providers: list[str] | None = None) -> float:
@@ -186,10 +201,7 @@ def check_same_function(model: Model, candidate: gs.Graph, providers: list[str] 
     graph optimizations. A wrong pruning differs by orders of magnitude more.
     """
     feeds = graph_feeds(model.graph, model.input_shapes, batch=2)
-    try:
-        expected = run_graph(model.graph, model.skeleton, feeds, providers)
-    except Exception as exc:
-        raise OnnxPruneError(f"the model does not run on onnxruntime: {_first_line(exc)}") from exc
+    expected = run_input(model, feeds, providers)
     try:
         difference = max_relative_difference(expected, run_graph(candidate, model.skeleton, feeds, providers))
         bar = TOLERANCE

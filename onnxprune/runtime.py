@@ -28,6 +28,24 @@ def parse_providers(text: str | None) -> list[str]:
     return names
 
 
+def check_supported(proto: onnx.ModelProto, where: str) -> None:
+    """Refuse an IR version or opset this onnxruntime cannot load, before any work is done on the model.
+
+    Tried on an empty model with the same versions, so it costs no copy of the weights.
+    """
+    probe = onnx.helper.make_model(
+        onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "probe",
+                               [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+                               [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])]),
+        opset_imports=[o for o in proto.opset_import if o.domain in ("", "ai.onnx")])
+    probe.ir_version = proto.ir_version
+    try:
+        session(probe.SerializeToString(), optimize=False)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types for unsupported versions
+        raise OnnxPruneError(f"{where}: onnxruntime {ort.__version__} cannot load this model's IR version "
+                             f"{proto.ir_version} or opset ({str(exc).splitlines()[0][:200]})") from None
+
+
 def session(model: onnx.ModelProto | bytes, providers: list[str] | None = None,
             threads: int = 0, lean: bool = False, optimize: bool = True, arena: bool = True) -> ort.InferenceSession:
     """A session built from memory (nothing is written to disk).
@@ -37,7 +55,7 @@ def session(model: onnx.ModelProto | bytes, providers: list[str] | None = None,
     that run a few times on big batches).
     """
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # failures come back as exceptions; the log would add stderr lines
     if threads:
         options.intra_op_num_threads = threads
     if not optimize:
@@ -137,7 +155,12 @@ def graph_feeds(graph: gs.Graph, input_shapes: dict[str, tuple[int, ...]], batch
     feeds = {}
     for i, inp in enumerate(graph.inputs):
         shape = with_batch(tuple(input_shapes[inp.name]), inp.shape, batch)
-        dtype = np.dtype(inp.dtype) if inp.dtype is not None else np.dtype(np.float32)
+        try:
+            dtype = np.dtype(inp.dtype) if inp.dtype is not None else np.dtype(np.float32)
+        except TypeError:  # an ONNX type numpy has no dtype for (bfloat16, float8, ...)
+            kind = onnx.helper.tensor_dtype_to_string(inp.dtype) if isinstance(inp.dtype, int) else inp.dtype
+            raise OnnxPruneError(f"input {inp.name!r} is of type {kind}, which onnxprune cannot feed to "
+                                 "onnxruntime; convert the model to float32 or float16") from None
         name = {np.float32: "float", np.float64: "double", np.float16: "float16"}.get(dtype.type, str(dtype))
         feeds[inp.name] = random_input(f"tensor({name})", shape, seed + i)
     return feeds

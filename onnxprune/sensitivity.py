@@ -37,6 +37,8 @@ def ratio_key(ratio: float) -> str:
 
 def parse_ratios(text: str) -> list[float]:
     """`--ratios 0.1,0.2,...` -> sorted unique ratios, each in (0, 1)."""
+    if not text.strip():
+        raise OnnxPruneError("--ratios is empty: give fractions such as 0.1,0.3,0.5")
     ratios = []
     for item in text.split(","):
         try:
@@ -146,14 +148,20 @@ def csv_path(json_path: str | Path) -> Path:
     return Path(json_path).with_suffix(".csv")
 
 
-def write_table(table: SensitivityTable, path: str | Path) -> list[Path]:
-    """Write the JSON table and its CSV twin, each atomically; returns both paths."""
-    write_text(path, json.dumps(table.to_dict(), indent=1) + "\n")
+def table_paths(path: str | Path) -> list[Path]:
+    """Where `write_table` writes: the JSON path and its CSV twin (checked against inputs before a run)."""
     twin = csv_path(path)
     if twin == Path(path):
         twin = Path(f"{path}.csv")
-    write_text(twin, table_csv(table))
     return [Path(path), twin]
+
+
+def write_table(table: SensitivityTable, path: str | Path) -> list[Path]:
+    """Write the JSON table and its CSV twin, each atomically; returns both paths."""
+    paths = table_paths(path)
+    write_text(paths[0], json.dumps(table.to_dict(), indent=1) + "\n")
+    write_text(paths[1], table_csv(table))
+    return paths
 
 
 def table_csv(table: SensitivityTable) -> str:

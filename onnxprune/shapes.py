@@ -11,15 +11,25 @@ import numpy as np
 import onnx
 
 LIGHT_LIMIT = 4096  # weights with more elements are replaced by typed graph inputs for inference
+RUN_LIMIT = 2**25  # input elements at batch 1 above which shapes are not read off an onnxruntime run
 
 
-def infer_shapes(proto: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
-    """Shapes of all tensors of `proto` (with weight data) when its inputs have `input_shapes`."""
+def infer_shapes(proto: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]],
+                 where: str = "model") -> dict[str, tuple[int, ...]]:
+    """Shapes of all tensors of `proto` (with weight data) when its inputs have `input_shapes`.
+
+    ONNX's strict inference names a model whose shapes contradict each other (a 3-D input into a 2-D
+    Conv); since ONNX's inference can be wrong where onnxruntime is right, such a model is refused only
+    when onnxruntime cannot run it either.
+    """
     light, weight_shapes = _light_copy(proto, input_shapes)
     try:
-        inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(light, strict_mode=True, data_prop=True)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:
+        _refuse_unless_it_runs(proto, input_shapes, where, exc)
+        inferred = _lenient(light)
     except Exception:  # noqa: BLE001 - inference fails on custom ops and odd graphs; fall back below
-        inferred = light
+        inferred = _lenient(light)
     shapes = dict(weight_shapes)
     graph = inferred.graph
     for info in list(graph.value_info) + list(graph.input) + list(graph.output):
@@ -32,6 +42,38 @@ def infer_shapes(proto: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]
     if missing:
         shapes.update(_shapes_from_runtime(proto, input_shapes, missing))
     return shapes
+
+
+def _lenient(light: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        return onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
+    except Exception:  # noqa: BLE001 - no shapes is a valid answer: rules needing them stop their group
+        return light
+
+
+def _refuse_unless_it_runs(proto: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]], where: str,
+                           error: Exception) -> None:
+    """Raise the inference error as bad input, unless onnxruntime runs the model (then ONNX was wrong)."""
+    from onnxprune.errors import OnnxPruneError
+
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    first = first.replace("[ShapeInferenceError] Inference error(s): ", "")
+    if not _runs(proto, input_shapes):
+        raise OnnxPruneError(f"{where}: inconsistent model: {first[:300]}")
+
+
+def _runs(proto: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> bool:
+    """Whether onnxruntime runs the model on random inputs (not tried above RUN_LIMIT input elements)."""
+    from onnxprune.runtime import session  # runtime imports this module
+
+    if sum(int(np.prod(shape, dtype=np.float64)) for shape in input_shapes.values()) > RUN_LIMIT:
+        return False
+    try:
+        sess = session(proto, optimize=False)
+        sess.run(None, {i.name: random_input(i.type, input_shapes[i.name]) for i in sess.get_inputs()})
+    except Exception:  # noqa: BLE001 - any failure means it does not run
+        return False
+    return True
 
 
 def _light_copy(
@@ -89,6 +131,8 @@ def _shapes_from_runtime(
     """Run the model once with every unknown tensor as an extra output and read the shapes off."""
     from onnxprune.runtime import session  # runtime imports this module
 
+    if sum(int(np.prod(shape, dtype=np.float64)) for shape in input_shapes.values()) > RUN_LIMIT:
+        return {}  # a run could need many times the input's memory (NonZero, Expand): shapes stay unknown
     probe = onnx.ModelProto()
     probe.CopyFrom(proto)
     known_outputs = {o.name for o in probe.graph.output}

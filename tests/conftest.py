@@ -43,3 +43,31 @@ def relative_difference(a: list[np.ndarray], b: list[np.ndarray]) -> float:
 @pytest.fixture
 def manifest() -> list[dict]:
     return MANIFEST
+
+
+def cli(*args: str) -> tuple[int, str, str]:
+    """Run the command in-process (fast, same PYTHONPATH): exit code, stdout, stderr."""
+    import contextlib
+    import io as _io
+
+    from onnxprune.cli import main
+
+    out, err = _io.StringIO(), _io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exc:  # argparse
+            code = exc.code if isinstance(exc.code, int) else 2
+    return code, out.getvalue(), err.getvalue()
+
+
+def assert_refused(result: tuple[int, str, str], *words: str) -> None:
+    """Exit 2 with one error line on stderr naming the problem: the contract for bad input."""
+    code, _, err = result
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err
+    errors = [line for line in lines if line.startswith("onnxprune: error:")]
+    assert len(errors) == 1 and errors[0] == lines[-1], err  # warnings may come first; one error, last
+    assert "Traceback" not in err and "internal error" not in err
+    for word in words:
+        assert word in errors[0], errors[0]

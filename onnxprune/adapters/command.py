@@ -20,9 +20,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import shlex
+import signal
 import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -104,17 +107,39 @@ class CommandAdapter:
         return metric
 
     def _run(self, argv: list[str], what: str, capture: bool) -> str:
-        """Run one command; its output goes to our stderr (live) unless captured for a metric."""
+        """Run one command in its own process group; its output goes to our stderr (live) unless captured.
+
+        On a timeout (or any interruption) the whole group is killed, so a shell's or launcher's children
+        do not keep training after the call has failed.
+        """
+        if self.cwd is not None and not Path(self.cwd).is_dir():
+            raise OnnxPruneError(f"{what}: working folder {self.cwd} does not exist")
         try:
-            done = subprocess.run(argv, check=False, cwd=self.cwd, env=self.env, timeout=self.timeout, text=True,
-                                  stdout=subprocess.PIPE if capture else 2, stdin=subprocess.DEVNULL)
+            child = subprocess.Popen(argv, cwd=self.cwd, env=self.env, text=True, start_new_session=True,
+                                     stdout=subprocess.PIPE if capture else 2, stdin=subprocess.DEVNULL)
         except FileNotFoundError:
             raise OnnxPruneError(f"{what}: program {argv[0]!r} not found") from None
+        except PermissionError:
+            raise OnnxPruneError(f"{what}: program {argv[0]!r} is not executable") from None
+        try:
+            output, _ = child.communicate(timeout=self.timeout)
         except subprocess.TimeoutExpired:
+            _kill_group(child)
             raise OnnxPruneError(f"{what} ran longer than {self.timeout} s: {shlex.join(argv)}") from None
-        if done.returncode != 0:
-            raise OnnxPruneError(f"{what} failed with exit code {done.returncode}: {shlex.join(argv)}")
-        return done.stdout or ""
+        except BaseException:
+            _kill_group(child)
+            raise
+        if child.returncode != 0:
+            raise OnnxPruneError(f"{what} failed with exit code {child.returncode}: {shlex.join(argv)}")
+        return output or ""
+
+
+def _kill_group(child: subprocess.Popen) -> None:
+    """SIGKILL the command and everything it started (same process group), then reap it."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(child.pid, signal.SIGKILL)
+    child.kill()
+    child.communicate()
 
 
 def _split(command: Command, what: str) -> list[str]:

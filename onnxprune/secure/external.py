@@ -159,7 +159,10 @@ def check_location(location: str, where: str) -> PurePosixPath:
 
 
 def resolve_location(model_dir: Path, location: str, where: str) -> Path:
-    """Find the real file behind a location, refusing symlinks that lead out of the model's folder."""
+    """Find the real file behind a location, refusing symlinks that lead out of the model's folder.
+
+    Every reader of external data (loading, encryption) goes through this one check.
+    """
     relative = check_location(location, where)
     root = model_dir.resolve()
     try:
@@ -172,4 +175,6 @@ def resolve_location(model_dir: Path, location: str, where: str) -> Path:
         raise OnnxPruneError(f"{where}: external data location {location!r} leads outside the model folder")
     if not real.is_file():
         raise OnnxPruneError(f"{where}: external data location {location!r} is not a regular file")
+    if real.stat().st_nlink > 1:  # its other names may lie anywhere: the folder would not bound it
+        raise OnnxPruneError(f"{where}: external data file {location!r} has other hard links; copy it instead")
     return real

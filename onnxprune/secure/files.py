@@ -9,6 +9,7 @@ from pathlib import Path
 
 from onnxprune.atomic import atomic_writer
 from onnxprune.errors import OnnxPruneError
+from onnxprune.outputs import check_outputs
 from onnxprune.secure.container import (
     DEFAULT_CHUNK_SIZE,
     PART_EXTERNAL,
@@ -51,7 +52,7 @@ def encrypt_file(
     where = str(src)
     ensure_plain_model(src)
     parts = _model_parts(src, where)
-    _refuse_overwriting_sources(Path(dst_path), parts)
+    check_outputs([part.path for part in parts], [dst_path])
     with atomic_writer(dst_path) as out:
         return write_container(out, parts, key_source, chunk_size, where)
 
@@ -70,6 +71,7 @@ def decrypt_file(
         pieces = open_payload(stream, size, header, key_source, where)
         manifest = read_manifest(pieces, header, where)
         targets = [dst] + _external_targets(dst, manifest, where)
+        check_outputs([src], targets)
         with ExitStack() as stack:
             outputs = [stack.enter_context(atomic_writer(target)) for target in targets]
             for part, piece in pieces:
@@ -120,26 +122,13 @@ def _manifest_part(manifest: Manifest) -> PayloadPart:
     return PayloadPart(PART_MANIFEST, len(data), data=data)
 
 
-def _refuse_overwriting_sources(dst: Path, parts: list[PayloadPart]) -> None:
-    """Refuse a destination that is one of the files being encrypted, so no input is lost."""
-    target = dst.resolve()
-    for part in parts:
-        if part.path is not None and part.path.resolve() == target:
-            raise OnnxPruneError(f"{dst}: is one of the files being encrypted (choose another destination)")
-
-
 def _external_targets(dst: Path, manifest: Manifest, where: str) -> list[Path]:
-    """Place each external file beside the decrypted model, refusing names that climb out or collide."""
+    """Place each external file beside the decrypted model, refusing names that climb out of its folder."""
     folder = dst.parent.resolve()
     targets = []
-    seen = {dst.resolve()}
     for name in manifest.external_names:
         target = dst.parent / check_location(name, where)
-        real = target.resolve()
-        if not real.is_relative_to(folder):
+        if not target.resolve().is_relative_to(folder):
             raise OnnxPruneError(f"{where}: external data file {name!r} would land outside {dst.parent}")
-        if real in seen:
-            raise OnnxPruneError(f"{where}: external data file {name!r} collides with another output")
-        seen.add(real)
         targets.append(target)
     return targets

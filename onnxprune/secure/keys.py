@@ -10,7 +10,9 @@ import base64
 import binascii
 import os
 import secrets
+import stat
 import unicodedata
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,6 +67,7 @@ def read_key_file(path: str | os.PathLike) -> bytes:
     where = f"key file {os.fspath(path)}"
     try:
         with open(path, "rb") as handle:
+            _warn_if_shared(os.fstat(handle.fileno()).st_mode, where)
             data = handle.read(_MAX_KEY_FILE_SIZE + 1)
     except FileNotFoundError:
         raise OnnxPruneError(f"{where}: not found") from None
@@ -81,6 +84,13 @@ def read_key_file(path: str | os.PathLike) -> bytes:
             f"{where}: not a key: expected {_KEY_FORMATS} ({len(data)} bytes found)"
         ) from None
     return parse_key_text(text, where)
+
+
+def _warn_if_shared(mode: int, where: str) -> None:
+    """Warn about a key others can read (ssh refuses such keys; we still use it, the user may be mid-fix)."""
+    if mode & 0o077:
+        warnings.warn(f"{where}: readable by others (mode {stat.S_IMODE(mode):04o}); run chmod 600 on it",
+                      stacklevel=3)
 
 
 def write_key_file(path: str | os.PathLike, key: bytes | None = None, *, overwrite: bool = False) -> bytes:
@@ -168,7 +178,10 @@ def derive_passphrase_key(passphrase: str, salt: bytes, n: int, r: int, p: int) 
     """Stretch a passphrase into a 32-byte key with scrypt, so guessing passphrases is slow."""
     check_scrypt_params(n, r, p, "scrypt parameters")
     normalized = unicodedata.normalize("NFC", passphrase).encode("utf-8")
-    return Scrypt(salt=salt, length=KEY_SIZE, n=n, r=r, p=p).derive(normalized)
+    try:
+        return Scrypt(salt=salt, length=KEY_SIZE, n=n, r=r, p=p).derive(normalized)
+    except (MemoryError, ValueError) as exc:  # OpenSSL's own limits, or no memory left for these parameters
+        raise OnnxPruneError(f"scrypt n={n} r={r} p={p}: cannot derive the key here ({exc})") from None
 
 
 def check_scrypt_params(n: int, r: int, p: int, where: str) -> None:
