@@ -95,7 +95,7 @@ def test_weight_behind_flatten_folds_to_the_onnx_shape(axis: int, shape: tuple[i
     weight = np.arange(6, dtype=np.float32).reshape(2, 3) + 1
     nodes = [helper.make_node("Flatten", ["w"], ["wf"], axis=axis), helper.make_node("MatMul", ["x", "wf"], ["y"])]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, shape[0]])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, shape[1]])],
                               [numpy_helper.from_array(weight, "w")])
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model = io.from_proto(proto, {"x": (2, shape[0])})
