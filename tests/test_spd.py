@@ -28,3 +28,16 @@ def test_spd_refuses_an_indefinite_matrix() -> None:
     a[299, 299] = -1
     with pytest.raises(np.linalg.LinAlgError):
         spd.spd_solve(a, np.ones(300, np.float32))
+
+
+def test_inverse_matches_numpy() -> None:
+    """spd_inverse (in place, no copy of the identity) gives the float64 inverse to float32 accuracy."""
+    from onnxprune.recover.spd import spd_inverse
+
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((600, 300))
+    gram = a.T @ a + 1e-2 * np.eye(300)
+    expected = np.linalg.inv(gram)
+    got = spd_inverse(gram.astype(np.float32))
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4 * np.abs(expected).max())

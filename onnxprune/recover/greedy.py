@@ -36,7 +36,7 @@ from onnxprune.recover.grams import (
     reading_views,
     weights_with_bias,
 )
-from onnxprune.recover.spd import spd_solve
+from onnxprune.recover.spd import spd_inverse
 from onnxprune.recover.staged import Batches
 
 STEPS = 64  # removal steps per group: each removes 1/STEPS of its channels (one channel a step below 64)
@@ -96,7 +96,7 @@ def _regularized_inverse(gram: np.ndarray) -> np.ndarray:
     gram[diag, diag] += RIDGE * max(float(np.mean(gram[diag, diag])), 1e-12)
     if gram.dtype == np.float32:
         try:
-            return spd_solve(gram, np.eye(len(gram), dtype=np.float32))
+            return spd_inverse(gram)
         except np.linalg.LinAlgError:
             gram = gram.astype(np.float64)  # not positive definite in float32: by the slow, safe way
     return _inverse(gram)

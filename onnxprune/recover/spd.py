@@ -55,10 +55,13 @@ def cholesky(a: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
     return a, inverses
 
 
-def cholesky_solve(factor: np.ndarray, inverses: list[np.ndarray], rhs: np.ndarray) -> np.ndarray:
-    """x with L L' x = rhs, from `cholesky`'s result (float32; the diagonal blocks in float64)."""
+def cholesky_solve(factor: np.ndarray, inverses: list[np.ndarray], rhs: np.ndarray,
+                   overwrite: bool = False) -> np.ndarray:
+    """x with L L' x = rhs, from `cholesky`'s result (float32; the diagonal blocks in float64). With
+    `overwrite` a float32 C-contiguous `rhs` is solved in place (no copy of it)."""
     n = len(factor)
-    x = np.array(rhs, dtype=np.float32, copy=True).reshape(n, -1)
+    in_place = overwrite and rhs.dtype == np.float32 and rhs.flags.c_contiguous
+    x = (rhs if in_place else np.array(rhs, dtype=np.float32, copy=True)).reshape(n, -1)
     starts = list(range(0, n, BLOCK))
     for k, j in enumerate(starts):  # L y = rhs
         e = min(j + BLOCK, n)
@@ -76,3 +79,9 @@ def cholesky_solve(factor: np.ndarray, inverses: list[np.ndarray], rhs: np.ndarr
 def spd_solve(a: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     """x with a x = rhs for a float32 symmetric positive definite `a`, which is overwritten."""
     return cholesky_solve(*cholesky(a), rhs)
+
+
+def spd_inverse(a: np.ndarray) -> np.ndarray:
+    """a^-1 for a float32 symmetric positive definite `a`, which is overwritten: two n x n float32 arrays
+    at the most (`a` and the result), not three."""
+    return cholesky_solve(*cholesky(a), np.eye(len(a), dtype=np.float32), overwrite=True)
