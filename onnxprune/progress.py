@@ -15,6 +15,7 @@ class Progress:
     total: int
     evaluated: int = 0
     elapsed: float = 0.0
+    stage: str | None = None  # which part of a run with several (shown instead of the bar's label)
 
     @property
     def eta(self) -> float | None:
@@ -44,8 +45,13 @@ class ProgressBar:
         self.last_draw = 0.0
         self.last_tenth = -1
         self.drawn = False
+        self.stage: str | None = None
 
     def update(self, p: Progress) -> None:
+        if p.stage != self.stage:  # a new part of the run starts on its own line
+            if self.tty and self.drawn:
+                self.stream.write("\n")
+            self.stage, self.last_tenth, self.drawn, self.last_draw = p.stage, -1, False, 0.0
         finished = p.done >= p.total
         now = time.monotonic()
         if self.tty:
@@ -63,7 +69,7 @@ class ProgressBar:
     def line(self, p: Progress) -> str:
         fill = self.width * p.done // max(p.total, 1)
         bar = "#" * fill + "." * (self.width - fill)
-        return (f"{self.label} [{bar}] {p.done}/{p.total} {self.unit}  {clock(p.elapsed)} elapsed, "
+        return (f"{p.stage or self.label} [{bar}] {p.done}/{p.total} {self.unit}  {clock(p.elapsed)} elapsed, "
                 f"ETA {clock(p.eta if p.done < p.total else 0)}")
 
     def close(self) -> None:

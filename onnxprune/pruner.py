@@ -109,15 +109,16 @@ class PruneResult:
 
 
 def make_plan(model: Model, options: PruneOptions, groups: list[Group] | None = None,
-              batches: list[dict[str, np.ndarray]] | None = None) -> Plan:
-    """The channels to remove, without touching the model."""
+              batches: list[dict[str, np.ndarray]] | None = None,
+              progress: Callable[[Progress], None] | None = None) -> Plan:
+    """The channels to remove, without touching the model (`progress` hears of a data criterion's pass)."""
     options.check()
     groups = find_groups(model, options.attention) if groups is None else groups
     candidates = candidate_groups(model, groups, options.exclude)
     if options.chosen_criterion in DATA_CRITERIA:
         batches = calibration_batches(model, options.data) if batches is None else batches
         criterion = data_criterion(options.chosen_criterion, model, candidates, batches, options.providers,
-                                   options.activation_budget)
+                                   options.activation_budget, progress)
     else:
         criterion = get_criterion(options.chosen_criterion)
     scores = {g.id: np.asarray(criterion(model, g), dtype=np.float64) for g in candidates}
@@ -154,7 +155,7 @@ def prune(model: Model, options: PruneOptions, progress: Callable[[Progress], No
     options.check()
     groups = find_groups(model, options.attention) if groups is None else groups
     batches = calibration_batches(model, options.data) if options.data is not None else None
-    plan = make_plan(model, options, groups, batches)
+    plan = make_plan(model, options, groups, batches, progress)
     fitted = None
     if options.reconstructs:
         fitted = reconstruct(model, groups, plan, batches, options.providers, options.activation_budget // 2,

@@ -8,12 +8,14 @@ the Gram matrix G = A'A of sampled feature rows (A with a column of ones last, f
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
 from onnxprune.channels import Group, Member
 from onnxprune.io import Model
+from onnxprune.progress import Progress
 from onnxprune.recover.reconstruct import SINGLE, sample_rows
 from onnxprune.recover.staged import Batches, StagedRun
 from onnxprune.rules import IN, LinearView, linear_view
@@ -36,13 +38,20 @@ def reading_views(model: Model, weights: set[str]) -> list[tuple[int, LinearView
 
 
 def layer_inputs(model: Model, batches: Batches, views: list[tuple[int, LinearView]], providers: list[str] | None = None,
-                 budget: int = 1 << 29) -> Iterator[tuple[LinearView, Iterator[np.ndarray]]]:
-    """For each view in order: the view and its input activation, batch by batch (read it before the next)."""
+                 budget: int = 1 << 29, progress: Callable[[Progress], None] | None = None,
+                 stage: str = "choose channels") -> Iterator[tuple[LinearView, Iterator[np.ndarray]]]:
+    """For each view in order: the view and its input activation, batch by batch (read it before the next).
+    `progress` hears of each layer as `stage` (the caller's work on a layer counts in its time)."""
     run = StagedRun(model, batches, budget, providers)
+    start = time.monotonic()
     try:
-        for position, view in views:
+        for k, (position, view) in enumerate(views):
+            if progress is not None:
+                progress(Progress(k, len(views), k, time.monotonic() - start, stage))
             run.advance(position)
             yield view, (run.value(view.input.name, b) for b in range(run.batches))
+        if progress is not None:
+            progress(Progress(len(views), len(views), len(views), time.monotonic() - start, stage))
     finally:
         run.close()
 

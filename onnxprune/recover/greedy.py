@@ -22,12 +22,14 @@ left out (their removed inputs take their outputs with them); groups no matrix l
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from onnxprune.channels import Group
 from onnxprune.io import Model
+from onnxprune.progress import Progress
 from onnxprune.recover.grams import (
     group_features,
     input_gram,
@@ -138,7 +140,8 @@ def removal_order(readers: list[_Reader], channels: int) -> np.ndarray:
 
 
 def greedy_scores(model: Model, groups: list[Group], batches: Batches, providers: list[str] | None = None,
-                  budget: int = 1 << 29, seed: int = 0) -> dict[str, np.ndarray]:
+                  budget: int = 1 << 29, seed: int = 0,
+                  progress: Callable[[Progress], None] | None = None) -> dict[str, np.ndarray]:
     """Group id -> per-channel score (the greedy removal order; higher goes later) for the groups that a
     layer with a matrix view reads; the others are not in the result."""
     reading = readers_of(groups)
@@ -148,7 +151,7 @@ def greedy_scores(model: Model, groups: list[Group], batches: Batches, providers
     scores: dict[str, np.ndarray] = {}
     rng = np.random.default_rng(seed)
     samples = sum(len(next(iter(b.values()))) for b in batches)
-    for view, inputs in layer_inputs(model, batches, views, providers, budget):
+    for view, inputs in layer_inputs(model, batches, views, providers, budget, progress):
         inverse, weights, energy = None, weights_with_bias(view)[0], 0.0
         if view.groups == 1:
             gram = input_gram(view, inputs, samples, rng)[0]

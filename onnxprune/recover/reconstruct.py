@@ -181,7 +181,7 @@ def reconstruct(model: Model, groups: list[Group], plan: Plan, batches: Batches,
     try:
         for k, layer in enumerate(layers):
             if progress is not None:
-                progress(Progress(k, len(layers), k, time.monotonic() - start))
+                progress(Progress(k, len(layers), k, time.monotonic() - start, "reconstruct"))
             stage = pruned.position
             reference.advance(layer.position)  # the unpruned model: reads the weights before this stage's edits
             edits.forget(reference.position)
@@ -194,7 +194,7 @@ def reconstruct(model: Model, groups: list[Group], plan: Plan, batches: Batches,
                 result.changed.add(layer.view.intercept.name)
         edits.zero(pruned.position, len(model.graph.nodes))
         if progress is not None:
-            progress(Progress(len(layers), len(layers), len(layers), time.monotonic() - start))
+            progress(Progress(len(layers), len(layers), len(layers), time.monotonic() - start, "reconstruct"))
     finally:
         reference.close()
         pruned.close()

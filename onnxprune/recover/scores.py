@@ -9,11 +9,14 @@ costs nothing to remove, and the data says so.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from onnxprune.channels import Group
 from onnxprune.importance import Criterion, activation_weighted, ranked
 from onnxprune.io import Model
+from onnxprune.progress import Progress
 from onnxprune.recover.grams import layer_inputs, readers_of, reading_views
 from onnxprune.recover.greedy import greedy_scores
 from onnxprune.recover.staged import Batches
@@ -31,11 +34,11 @@ def output_energy(view: LinearView, mean_square: np.ndarray) -> np.ndarray:
 
 
 def channel_energies(model: Model, batches: Batches, weights: set[str], providers: list[str] | None = None,
-                     budget: int = 1 << 29) -> dict[str, np.ndarray]:
+                     budget: int = 1 << 29, progress: Callable[[Progress], None] | None = None) -> dict[str, np.ndarray]:
     """For the layers with a matrix view whose weight is in `weights` (those reading prunable channels):
     weight name -> output energy per weight input index, on `batches`."""
     energies: dict[str, np.ndarray] = {}
-    for view, inputs in layer_inputs(model, batches, reading_views(model, weights), providers, budget):
+    for view, inputs in layer_inputs(model, batches, reading_views(model, weights), providers, budget, progress):
         total, count = np.zeros(view.in_channels), 0
         for x in inputs:
             others = tuple(a for a in range(x.ndim) if a != view.in_axis % x.ndim)
@@ -47,10 +50,11 @@ def channel_energies(model: Model, batches: Batches, weights: set[str], provider
 
 
 def data_criterion(name: str, model: Model, groups: list[Group], batches: Batches,
-                   providers: list[str] | None = None, budget: int = 1 << 29) -> Criterion:
+                   providers: list[str] | None = None, budget: int = 1 << 29,
+                   progress: Callable[[Progress], None] | None = None) -> Criterion:
     """The data-aware criterion `name` (one of importance.DATA_CRITERIA) for `groups`, from `batches`:
     "act" weighs each consumer column by its channel's activation energy; "greedy" ranks channels by
     the order of a reconstruction-aware greedy removal (`recover.greedy`)."""
     if name == "greedy":
-        return ranked(greedy_scores(model, groups, batches, providers, budget))
-    return activation_weighted(channel_energies(model, batches, set(readers_of(groups)), providers, budget))
+        return ranked(greedy_scores(model, groups, batches, providers, budget, progress=progress))
+    return activation_weighted(channel_energies(model, batches, set(readers_of(groups)), providers, budget, progress))
