@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 from onnxprune.atomic import write_bytes
-from onnxprune.errors import OnnxPruneError
+from onnxprune.errors import OnnxPruneError, first_line
 
 _NUMPY_TYPES = {
     "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
@@ -96,7 +96,7 @@ def read_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
     except FileNotFoundError:
         raise OnnxPruneError(f"{path}: no such file") from None
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise OnnxPruneError(f"{path}: not a readable .npz of plain arrays ({str(exc).splitlines()[0][:200]})") \
+        raise OnnxPruneError(f"{path}: not a readable .npz of plain arrays ({first_line(exc, 200)})") \
             from None
 
 

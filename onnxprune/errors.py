@@ -5,6 +5,11 @@ Library callers catch it to tell bad input from internal failures.
 """
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message, for a one-line error (its type name when it has none)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:limit]
+
+
 class OnnxPruneError(Exception):
     """Bad usage or bad input: the message says what and where, in one line."""
 

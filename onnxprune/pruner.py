@@ -18,7 +18,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxprune.channels import Group, find_groups
-from onnxprune.errors import NotExact, OnnxPruneError
+from onnxprune.errors import NotExact, OnnxPruneError, first_line
 from onnxprune.importance import DATA_CRITERIA, get_criterion, zero_channels
 from onnxprune.io import Model, to_proto, with_weights
 from onnxprune.plan import Plan, Planner, candidate_groups, spec_ratios, uniform_ratios
@@ -188,7 +188,7 @@ def run_input(model: Model, feeds: dict[str, np.ndarray], providers: list[str] |
     try:
         return run_graph(model.graph, model.skeleton, feeds, providers)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types
-        raise OnnxPruneError(f"the model does not run in onnxruntime ({str(exc).splitlines()[0][:300]})") from None
+        raise OnnxPruneError(f"the model does not run in onnxruntime ({first_line(exc)})") from None
 
 
 def check_same_function(model: Model, candidate: gs.Graph, providers: list[str] | None = None) -> float:
@@ -210,13 +210,9 @@ def check_same_function(model: Model, candidate: gs.Graph, providers: list[str] 
             rerun = run_graph(model.graph, model.skeleton, feeds, providers, optimize=False)
             bar = max(TOLERANCE, 10 * max_relative_difference(expected, rerun))
     except Exception as exc:
-        raise NotExact(f"the pruned model does not run: {_first_line(exc)}; use --mode sparse, or --exclude "
+        raise NotExact(f"the pruned model does not run: {first_line(exc)}; use --mode sparse, or --exclude "
                        "the layers involved") from exc
     if not np.isfinite(difference) or difference > bar:
         raise NotExact(f"the pruned model differs from the sparse one (max relative difference "
                        f"{difference:.2e}); use --mode sparse, or --exclude the layers involved")
     return difference
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).splitlines() or [type(exc).__name__])[0][:300]

@@ -7,7 +7,7 @@ import onnx
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
-from onnxprune.errors import OnnxPruneError
+from onnxprune.errors import OnnxPruneError, first_line
 from onnxprune.shapes import random_input
 
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
@@ -43,7 +43,7 @@ def check_supported(proto: onnx.ModelProto, where: str) -> None:
         session(probe.SerializeToString(), optimize=False)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types for unsupported versions
         raise OnnxPruneError(f"{where}: onnxruntime {ort.__version__} cannot load this model's IR version "
-                             f"{proto.ir_version} or opset ({str(exc).splitlines()[0][:200]})") from None
+                             f"{proto.ir_version} or opset ({first_line(exc, 200)})") from None
 
 
 def session(model: onnx.ModelProto | bytes, providers: list[str] | None = None,

@@ -54,10 +54,9 @@ def _lenient(light: onnx.ModelProto) -> onnx.ModelProto:
 def _refuse_unless_it_runs(proto: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]], where: str,
                            error: Exception) -> None:
     """Raise the inference error as bad input, unless onnxruntime runs the model (then ONNX was wrong)."""
-    from onnxprune.errors import OnnxPruneError
+    from onnxprune.errors import OnnxPruneError, first_line
 
-    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    first = first.replace("[ShapeInferenceError] Inference error(s): ", "")
+    first = first_line(error, limit=10_000).replace("[ShapeInferenceError] Inference error(s): ", "")
     if not _runs(proto, input_shapes):
         raise OnnxPruneError(f"{where}: inconsistent model: {first[:300]}")
 

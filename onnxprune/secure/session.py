@@ -12,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
-from onnxprune.errors import OnnxPruneError
+from onnxprune.errors import OnnxPruneError, first_line
 from onnxprune.secure.container import is_encrypted, open_container, open_payload, read_manifest
 from onnxprune.secure.external import check_location, external_locations
 from onnxprune.secure.keys import KeySource
@@ -117,8 +117,7 @@ def _create(
     try:
         return cls(model, sess_options=options, providers=providers)
     except _LOAD_ERRORS as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise OnnxPruneError(f"{where}: onnxruntime cannot load the model ({first_line})") from None
+        raise OnnxPruneError(f"{where}: onnxruntime cannot load the model ({first_line(exc)})") from None
 
 
 def _session_options(sess_options: ort.SessionOptions | None, where: str) -> ort.SessionOptions:
