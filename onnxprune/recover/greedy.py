@@ -38,11 +38,11 @@ from onnxprune.recover.grams import (
     reading_views,
     weights_with_bias,
 )
+from onnxprune.recover.reconstruct import STABLE_RIDGE, add_ridge
 from onnxprune.recover.spd import spd_inverse
 from onnxprune.recover.staged import Batches
 
 STEPS = 64  # removal steps per group: each removes 1/STEPS of its channels (one channel a step below 64)
-RIDGE = 1e-4  # relative to the mean feature energy: keeps H finite for dead features
 LAST = 0.05  # stop once this share of a group is left; the rest are ranked by their last scores
 
 
@@ -88,20 +88,17 @@ def _inverse(matrix: np.ndarray) -> np.ndarray:
         return np.linalg.pinv(matrix, hermitian=True)
 
 
-def _regularized_inverse(gram: np.ndarray) -> np.ndarray:
+def _regularized_inverse(gram: np.ndarray) -> np.ndarray | None:
     """H: the inverse of A'A with the ridge on every feature but the column of ones (last). A float32 A'A
     (layers over `SINGLE` features) is inverted in place by float32 Cholesky and H stays float32: a
-    float64 copy of a 4609-feature A'A and its inverse would be 340 MB."""
+    float64 copy of a 4609-feature A'A and its inverse would be 340 MB. None when that factorization
+    fails (not positive definite in float32): it has overwritten A'A, and the layer is left out."""
     if gram.dtype == np.float64:
-        gram = gram.copy()
-    diag = np.arange(gram.shape[0] - 1)
-    gram[diag, diag] += RIDGE * max(float(np.mean(gram[diag, diag])), 1e-12)
-    if gram.dtype == np.float32:
-        try:
-            return spd_inverse(gram)
-        except np.linalg.LinAlgError:
-            gram = gram.astype(np.float64)  # not positive definite in float32: by the slow, safe way
-    return _inverse(gram)
+        return _inverse(add_ridge(gram.copy(), STABLE_RIDGE, len(gram) - 1))
+    try:
+        return spd_inverse(add_ridge(gram, STABLE_RIDGE, len(gram) - 1))
+    except np.linalg.LinAlgError:
+        return None
 
 
 def _reader(inverse: np.ndarray, weights: np.ndarray, energy: float, feature_channel: np.ndarray,

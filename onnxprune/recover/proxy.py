@@ -30,11 +30,10 @@ from onnxprune.recover.grams import (
     reading_views,
     weights_with_bias,
 )
-from onnxprune.recover.reconstruct import ridge_solve
+from onnxprune.recover.reconstruct import STABLE_RIDGE, ridge_solve
 from onnxprune.recover.staged import Batches
 from onnxprune.sensitivity import DEFAULT_RATIOS, ratio_key, sensitivity_ratios
 
-RIDGE = 1e-4  # relative to the mean feature energy, for a stable solve on dead features
 METRIC = "reconstruction fidelity (proxy)"
 
 
@@ -45,7 +44,7 @@ def _residual(gram: np.ndarray, full: np.ndarray, removed: np.ndarray) -> float:
         return 0.0
     w_r = full[r]
     g_kr_w = gram[np.ix_(k, r)] @ w_r
-    solved = ridge_solve(gram, k, g_kr_w, RIDGE, k.size - 1)  # the last kept feature is the column of ones
+    solved = ridge_solve(gram, k, g_kr_w, STABLE_RIDGE, k.size - 1)  # the last kept feature is the column of ones
     return float(np.einsum("ro,ro->", w_r, gram[np.ix_(r, r)] @ w_r) - np.einsum("ko,ko->", g_kr_w, solved))
 
 

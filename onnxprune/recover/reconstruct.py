@@ -45,6 +45,7 @@ from onnxprune.rules import IN, LinearView, linear_view
 from onnxprune.surgery import removed_slices, zeroed_slices
 
 RIDGES = (1e-6, 1e-4, 1e-2)  # relative to the mean feature energy; chosen on held-out samples
+STABLE_RIDGE = 1e-4  # the one used where no held-out choice is made (choice of channels, proxy table)
 SINGLE = 1024  # layers with more features per group keep their sums in float32 and solve by float32 Cholesky
 HELD_OUT = 4  # every 4th calibration sample is held out to choose the ridge and to check each output
 ROWS_PER_UNKNOWN = 4
@@ -344,11 +345,16 @@ def _error(full: np.ndarray, gram: np.ndarray, cross: np.ndarray, energy: np.nda
 def _ridge_lhs(gram: np.ndarray, index: np.ndarray, ridge: float, regularized: int) -> np.ndarray:
     """gram[index, index] (a new array) with `ridge` times the mean energy of the first `regularized` of
     `index` added to their diagonal."""
-    lhs = gram[np.ix_(index, index)]
+    return add_ridge(gram[np.ix_(index, index)], ridge, regularized)
+
+
+def add_ridge(matrix: np.ndarray, ridge: float, regularized: int) -> np.ndarray:
+    """`matrix` (changed in place) with `ridge` times the mean of the first `regularized` diagonal entries
+    added to those entries (the column of ones, last, gets none)."""
     diag = np.arange(regularized)
     if diag.size:
-        lhs[diag, diag] += ridge * max(float(np.mean(lhs[diag, diag])), 1e-12)
-    return lhs
+        matrix[diag, diag] += ridge * max(float(np.mean(matrix[diag, diag])), 1e-12)
+    return matrix
 
 
 def ridge_solve(gram: np.ndarray, index: np.ndarray, rhs: np.ndarray, ridge: float, regularized: int) -> np.ndarray:
