@@ -12,7 +12,7 @@ How MACs are counted: every model in the loop is *sparse* — the original graph
 shapes untouched — because that is what a framework loads back into the module it came from. Counted
 as-is it would cost what the original costs. So a round plans on the sparse model with the channels
 earlier rounds removed counted as removed: they score below every live channel and each group removes at
-least as many channels as it has zeroed (`plan_round`). A round's ratio is thus the cumulative fraction of
+least as many channels as it has zeroed (`PruneOptions(cumulative=True)`). A round's ratio is thus the cumulative fraction of
 the starting model's MACs, the MACs reported are those of the dense model `transform` will produce, and a
 round only ever adds to what earlier rounds removed.
 
@@ -46,15 +46,14 @@ import onnx
 
 from onnxprune import io
 from onnxprune.adapters import Adapter, check_returned
-from onnxprune.channels import Group, find_groups
+from onnxprune.channels import find_groups
 from onnxprune.config import RunConfig
 from onnxprune.errors import OnnxPruneError
 from onnxprune.importance import CRITERIA
 from onnxprune.io import Model
 from onnxprune.masks import Masks, masks_from_plan
-from onnxprune.plan import Plan
 from onnxprune.profile import layer_costs, totals
-from onnxprune.pruner import PruneOptions, make_plan, prune
+from onnxprune.pruner import PruneOptions, prune
 from onnxprune.transform import transform
 from onnxprune.workdir import Workdir
 
@@ -141,12 +140,6 @@ def default_analyze(config: RunConfig) -> Analyze:
         return analyze(model, replace(options, cache_dir=cache)).table.to_dict()
 
     return run_analysis
-
-
-def plan_round(model: Model, options: PruneOptions, groups: list[Group] | None = None) -> Plan:
-    """`pruner.make_plan` for a model that may already have zeroed channels: they count as removed, so
-    `options.ratio` is the cumulative fraction of the full-shaped model's MACs."""
-    return make_plan(model, replace(options, cumulative=True), groups)
 
 
 def format_table(result: RunResult) -> str:

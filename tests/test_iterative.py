@@ -21,7 +21,7 @@ from onnxprune.channels import find_groups
 from onnxprune.config import Analysis, FineTune, PruneSettings, RunConfig, Schedule, load_config
 from onnxprune.errors import OnnxPruneError
 from onnxprune.io import from_proto
-from onnxprune.iterative import format_table, plan_round, run
+from onnxprune.iterative import format_table, run
 from onnxprune.masks import Masks, masks_from_plan, weight_arrays
 from onnxprune.profile import layer_costs, totals
 from onnxprune.pruner import PruneOptions, make_plan
@@ -219,7 +219,7 @@ def test_lost_zeros_are_re_zeroed_with_a_warning(tmp_path) -> None:
         assert not tuned[name][mask].any()
 
 
-def test_plan_round_keeps_what_earlier_rounds_removed() -> None:
+def test_cumulative_plan_keeps_what_earlier_rounds_removed() -> None:
     model = onnxprune.load(fixture_path("residual"))
     groups = find_groups(model)
     first = make_plan(model, PruneOptions(ratio=0.3), groups)
@@ -238,7 +238,7 @@ def test_plan_round_keeps_what_earlier_rounds_removed() -> None:
             weight.values = values
     assert not all(set(p.removed) <= set(make_plan(pruned, PruneOptions(ratio=0.5)).groups[gid].removed)
                    for gid, p in first.groups.items()), "the test needs a case plain planning gets wrong"
-    second = plan_round(pruned, PruneOptions(ratio=0.5, mode="sparse"), find_groups(pruned))
+    second = make_plan(pruned, PruneOptions(ratio=0.5, mode="sparse", cumulative=True), find_groups(pruned))
     for gid, part in first.groups.items():
         assert set(part.removed) <= set(second.groups[gid].removed)
     assert abs(second.macs_ratio - 0.5) < 0.02
