@@ -71,7 +71,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         from onnxprune.atomic import write_text
 
         write_text(args.plan_out, result.plan.to_json())
-    _print_prune_summary(result, args.output)
+    _print_prune_summary(result, args.output, result.reconstruction)
     return EXIT_OK
 
 
@@ -81,7 +81,8 @@ def _read_sensitivity(path: str) -> dict:
     return read_table(path)
 
 
-def _print_prune_summary(result, output: str) -> None:
+def _print_prune_summary(result, output: str, reconstruction=None) -> None:
+    """What `prune` (or `transform`: no reconstruction) did, on stderr."""
     from onnxprune.report import human
 
     plan = result.plan
@@ -90,9 +91,8 @@ def _print_prune_summary(result, output: str) -> None:
     for name, before, after in rows:
         print(f"{name:8} {human(before):>10} {human(after):>10} {after / max(before, 1):>7.3f}", file=sys.stderr)
     print(f"pruned {len(plan.groups)} groups, {plan.macs_ratio:.1%} of MACs removed -> {output}", file=sys.stderr)
-    fitted = getattr(result, "reconstruction", None)
-    if fitted is not None:
-        print(fitted.summary(), file=sys.stderr)
+    if reconstruction is not None:
+        print(reconstruction.summary(), file=sys.stderr)
     if result.difference is not None:
         print(f"verified: slim equals sparse (max relative difference {result.difference:.1e})", file=sys.stderr)
     for note in plan.notes:
