@@ -14,6 +14,8 @@ inputs, with real unlabeled calibration inputs. For each target ratio of MACs re
 - act + recon. + sens:   the same, per-group ratios from the `analyze` table
 - greedy + recon.:       PruneOptions(ratio=r, data=calib) — the default with data: criterion "greedy"
 - greedy + recon. + sens: the same, per-group ratios from the `analyze` table
+- greedy + recon. + recon. sens: the same, per-group ratios from `analyze --reconstruct` (each entry
+                         measured with the layers reading the group re-solved, channels chosen by greedy)
 
 The data variants need PruneOptions.data; without it they print n/a. Each prune runs in a fresh child
 process (spawn), so its wall time and peak RSS are its own. Needs `pip install -e '.[bench]'` (Pillow to
@@ -57,8 +59,12 @@ DATA_VARIANTS = {  # variant -> PruneOptions fields besides ratio and data
     "act + recon. + sens": {"criterion": "act", "reconstruct": True},
     "greedy + recon.": {"criterion": "greedy", "reconstruct": True, "allocation": "uniform"},
     "greedy + recon. + sens": {"criterion": "greedy", "reconstruct": True},
+    "greedy + recon. + recon. sens": {"criterion": "greedy", "reconstruct": True},
 }
-NEEDS_TABLE = ("sensitivity", "act + recon. + sens", "greedy + recon. + sens")
+TABLE_OF = {  # variant -> the `analyze` table it allocates by: plain, or measured with reconstruction
+    "sensitivity": "plain", "act + recon. + sens": "plain", "greedy + recon. + sens": "plain",
+    "greedy + recon. + recon. sens": "reconstructed",
+}
 VARIANTS = ("uniform L1", "sensitivity", *DATA_VARIANTS)
 GOALS = {0.3: 0.98, 0.5: 0.90}  # ratio -> kept fraction the best data-aware variant must reach
 WORK = OUT / "recovery"
@@ -121,12 +127,14 @@ def run_variant(task: Task, options: dict, calib_npz: str | None, baseline: floa
     return Cell(metric, kept, removed, seconds, peak, extra=dict(task.extra) or None)
 
 
-def sensitivity_table(task: Task, calib_npz: Path) -> tuple[dict, float]:
-    """The `analyze` table on the calibration inputs (cached under benchmarks/out/recovery/cache)."""
+def sensitivity_table(task: Task, calib_npz: Path, kind: str) -> tuple[dict, float]:
+    """The `analyze` table on the calibration inputs (cached under benchmarks/out/recovery/cache); kind
+    "reconstructed" is `analyze --reconstruct`."""
     from onnxprune.analysis import AnalyzeOptions, analyze
 
     start = time.perf_counter()
-    options = AnalyzeOptions(data=str(calib_npz), ratios=TABLE_RATIOS, cache_dir=WORK / "cache")
+    options = AnalyzeOptions(data=str(calib_npz), ratios=TABLE_RATIOS, cache_dir=WORK / "cache",
+                             reconstruct=kind == "reconstructed")
     table = analyze(onnxprune.load(task.model_path, task.input_shapes), options).table
     return table.to_dict(), time.perf_counter() - start
 
@@ -146,27 +154,28 @@ def run_task(module: str, ratios: list[float], calib: int | None, variants: list
           + "".join(f", {k} {v:.4f}" for k, v in task.extra.items()) + f"; {samples} calibration samples",
           flush=True)
 
-    table, table_error = None, None
-    try:
-        if any(v in NEEDS_TABLE for v in variants):
-            table, report["analysis_seconds"] = sensitivity_table(task, calib_npz)
-    except Exception as exc:  # noqa: BLE001 - a failure is a result here
-        table_error = f"failed: {first_line(exc)}"
+    tables: dict[str, dict | str] = {}  # kind -> the table, or why it failed
+    for kind in sorted({TABLE_OF[v] for v in variants if v in TABLE_OF}):
+        try:
+            tables[kind], report[f"analysis_seconds_{kind}"] = sensitivity_table(task, calib_npz, kind)
+        except Exception as exc:  # noqa: BLE001 - a failure is a result here
+            tables[kind] = f"failed: {first_line(exc)}"
 
     data_ok = has_data_options()
     cells: dict[str, dict[float, Cell]] = {v: {} for v in variants}
     for ratio in ratios:
         for variant in variants:
             options, npz = {"ratio": ratio}, None
-            if variant in NEEDS_TABLE:
+            table = tables.get(TABLE_OF.get(variant, ""))
+            if variant in TABLE_OF:
                 options["sensitivity"] = table
             if variant in DATA_VARIANTS:
                 options.update(DATA_VARIANTS[variant])
                 npz = str(calib_npz)
             if variant in DATA_VARIANTS and not data_ok:
                 cell = Cell(error="n/a")
-            elif variant in NEEDS_TABLE and table is None:
-                cell = Cell(error=table_error)
+            elif isinstance(table, str):
+                cell = Cell(error=table)
             else:
                 try:
                     cell = run_variant(task, options, npz, baseline)
@@ -190,16 +199,16 @@ def run_task(module: str, ratios: list[float], calib: int | None, variants: list
 def print_table(task: Task, baseline: float, ratios: list[float],
                 cells: dict[str, dict[float, Cell]]) -> None:
     print(f"\n{task.name}: {task.metric} (kept % of {baseline:.4f}) at MACs removed")
-    print(f"{'variant':<22}" + "".join(f"{f'{r:.0%}':>18}" for r in ratios))
+    print(f"{'variant':<30}" + "".join(f"{f'{r:.0%}':>18}" for r in ratios))
     for variant, row in cells.items():
-        print(f"{variant:<22}" + "".join(f"{row[r].text():>18}" for r in ratios))
-    print(f"{'(MACs removed / prune s / peak MB)':<22}")
+        print(f"{variant:<30}" + "".join(f"{row[r].text():>18}" for r in ratios))
+    print(f"{'(MACs removed / prune s / peak MB)':<30}")
     for variant, row in cells.items():
         if all(c.error for c in row.values()):
             continue
         text = ["-" if c.error else f"{c.macs_removed:.1%}/{c.seconds:.1f}/{c.peak_rss_mb:.0f}"
                 for c in row.values()]
-        print(f"{variant:<22}" + "".join(f"{t:>18}" for t in text))
+        print(f"{variant:<30}" + "".join(f"{t:>18}" for t in text))
     for variant, row in cells.items():
         for ratio, cell in row.items():
             if cell.error and cell.error.startswith("failed"):

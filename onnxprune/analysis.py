@@ -36,7 +36,7 @@ from onnxprune.channels import Group, find_groups
 from onnxprune.errors import OnnxPruneError
 from onnxprune.evaluator import DEFAULT_PREFIX_BUDGET, Entry, Evaluator, Job, Payload
 from onnxprune.executors import make_executor, require_ray, split_jobs
-from onnxprune.importance import get_criterion
+from onnxprune.importance import DATA_CRITERIA, get_criterion
 from onnxprune.io import Model, stored_values
 from onnxprune.metrics import (
     DEFAULT_BATCH,
@@ -54,6 +54,9 @@ from onnxprune.metrics import (
 )
 from onnxprune.plan import Plan, Planner, candidate_groups
 from onnxprune.progress import Progress
+from onnxprune.recover.calibration import calibration_batches
+from onnxprune.recover.resolve import Resolved, entry_values, resolved_readers
+from onnxprune.recover.scores import data_criterion
 from onnxprune.rules import ZEROED_ROLES
 from onnxprune.sensitivity import DEFAULT_RATIOS, SensitivityTable, ratio_key
 from onnxprune.split import MaskPoint
@@ -80,7 +83,8 @@ class AnalyzeOptions:
     data: str | None = None  # .npz named after the model's inputs (+ labels); None: random inputs
     eval: str | None = None  # package.module:function, see `metrics`
     ratios: list[float] = field(default_factory=lambda: list(DEFAULT_RATIOS))
-    criterion: str = "l1"
+    criterion: str | None = None  # None: "greedy" with reconstruction, else "l1" (as `prune`)
+    reconstruct: bool = False  # measure each entry with the layers reading the group re-solved (needs data)
     workers: int = 1
     ray: str | None = None  # a Ray address; runs the entries as Ray tasks
     cache_dir: str | Path | None = None  # None: no cache (the CLI defaults to `default_cache_dir()`)
@@ -92,6 +96,11 @@ class AnalyzeOptions:
     round_to: int | None = None  # kept channel counts as `prune --round-to` makes them (None: its default)
     attention: str = "dims"  # how attention MatMuls are grouped, as in `prune --attention`
     prefix_budget: int = DEFAULT_PREFIX_BUDGET
+
+    @property
+    def chosen_criterion(self) -> str:
+        """The criterion asked for, or the one `prune` uses by default in the same setting."""
+        return self.criterion or ("greedy" if self.reconstruct else "l1")
 
     def check(self) -> None:
         if not self.ratios:
@@ -107,7 +116,13 @@ class AnalyzeOptions:
             raise OnnxPruneError(f"--round-to {self.round_to} must be >= 1")
         if self.batch_size < 1:
             raise OnnxPruneError(f"batch size {self.batch_size} must be >= 1")
-        get_criterion(self.criterion)
+        if self.reconstruct and self.data is None:
+            raise OnnxPruneError("analysis with reconstruction needs calibration data (--data CALIB.npz)")
+        if self.chosen_criterion in DATA_CRITERIA:
+            if self.data is None:
+                raise OnnxPruneError(f"criterion {self.chosen_criterion} looks at activations: it needs data")
+        else:
+            get_criterion(self.chosen_criterion)
         if self.eval is not None:
             load_eval(self.eval)
         if self.ray is not None:
@@ -151,7 +166,11 @@ def analyze(model: Model, options: AnalyzeOptions, progress: Callable[[Progress]
     if problem:
         note(problem)
 
-    scores = {g.id: get_criterion(options.criterion)(model, g) for g in targets}
+    batches = calibration_batches(model, options.data) \
+        if options.reconstruct or options.chosen_criterion in DATA_CRITERIA else None
+    criterion = data_criterion(options.chosen_criterion, model, targets, batches, options.providers, progress=progress) \
+        if options.chosen_criterion in DATA_CRITERIA else get_criterion(options.chosen_criterion)
+    scores = {g.id: criterion(model, g) for g in targets}
     planner = Planner(model, groups, scores, options.round_to)  # the channels `prune --spec` would take
     keys = [ratio_key(r) for r in options.ratios]
     plans = {(g.id, k): planner.plan({g.id: float(k)}) for g in targets for k in keys}
@@ -168,7 +187,15 @@ def analyze(model: Model, options: AnalyzeOptions, progress: Callable[[Progress]
 
     total = len(plans)
     cached = done = total - len(todo)
-    work = _entries(model, groups, plans, todo)
+    resolved = None
+    if options.reconstruct and todo:
+        removals: dict[str, dict[str, np.ndarray]] = {}
+        for group, key in todo:
+            part = plans[(group.id, key)].groups.get(group.id)
+            if part is not None and len(part.removed):
+                removals.setdefault(group.id, {})[key] = np.asarray(part.removed)
+        resolved = resolved_readers(model, groups, removals, batches, options.providers, progress=progress)
+    work = _entries(model, groups, plans, todo, resolved)
     for gid, ratio in work.unchanged:
         cache.put(gid, ratio, cache.baseline, chosen[(gid, ratio)])
         done += 1
@@ -185,7 +212,7 @@ def analyze(model: Model, options: AnalyzeOptions, progress: Callable[[Progress]
             if progress is not None:
                 progress(Progress(done, total, evaluated, time.monotonic() - start))
 
-    table = _table(planner, targets, keys, cache, metric, data, options.criterion)
+    table = _table(planner, targets, keys, cache, metric, data, options.chosen_criterion)
     for text in _check_flat(table):
         note(text)
     return AnalysisResult(table, evaluated, cached, warnings, cache.path)
@@ -227,7 +254,8 @@ def _settings(model: Model, data: Dataset, metric: Metric, options: AnalyzeOptio
     return {
         "metric": metric.name,
         "eval_source": eval_source_digest(options.eval) if options.eval else None,
-        "criterion": options.criterion,
+        "criterion": options.chosen_criterion,
+        "reconstruct": options.reconstruct,
         "round_to": options.round_to,
         "attention": options.attention,
         "input_shapes": {k: list(v) for k, v in sorted(model.input_shapes.items())},
@@ -291,7 +319,9 @@ class _Work:
 
 
 def _entries(model: Model, groups: list[Group], plans: dict[tuple[str, str], Plan],
-             todo: list[tuple[Group, str]]) -> _Work:
+             todo: list[tuple[Group, str]], resolved: Resolved | None = None) -> _Work:
+    """The jobs for `todo`; with `resolved` (reconstruction) every entry puts its weights in: the zeroed
+    ones and the re-solved readers'."""
     work, jobs = _Work(), {}
     first: dict[tuple[str, tuple[int, ...]], str] = {}
     for group, key in todo:
@@ -306,9 +336,13 @@ def _entries(model: Model, groups: list[Group], plans: dict[tuple[str, str], Pla
             continue
         job = jobs.get(group.id)
         if job is None:
-            points = mask_points(model, group)
+            points = mask_points(model, group) if resolved is None else None
             job = jobs[group.id] = Job(group.id, [], points or [])
-        if job.points:
+        if resolved is not None:
+            weights = stored_values(model, entry_values(model, groups, plan, resolved.get((group.id, key), {})))
+            job.weights = sorted(set(job.weights) | set(weights))
+            job.entries.append(Entry(key, weights=weights))
+        elif job.points:
             slices = {(m.tensor, m.axis): index for m, index in removed_slices(groups, plan)}
             zeroed = [slices.get((p.tensor, p.axis), np.zeros(0, np.int64)) for p in job.points]
             job.entries.append(Entry(key, zeroed=zeroed))

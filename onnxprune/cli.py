@@ -253,7 +253,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         data=args.data, eval=args.eval, ratios=parse_ratios(args.ratios) if args.ratios is not None else list(DEFAULT_RATIOS),
         criterion=args.criterion, workers=args.workers, ray=args.ray, cache_dir=args.cache or default_cache_dir(),
         force=args.force, val=args.val, providers=parse_providers(args.providers), attention=args.attention,
-        round_to=args.round_to,
+        round_to=args.round_to, reconstruct=args.reconstruct,
     )
     options.check()
     model = _load(args)
@@ -284,7 +284,11 @@ def _parser_analyze(p: argparse.ArgumentParser) -> None:
                    "higher is better")
     p.add_argument("--ratios", metavar="R,R,...", help="fractions of each group's channels to zero "
                    "(default 0.1,0.2,...,0.9)")
-    p.add_argument("--criterion", default="l1", help="channel importance: l1, l2 or bn (default l1, as prune)")
+    p.add_argument("--criterion", help="channel importance: l1, l2, bn; with --data also act or greedy "
+                   "(default: greedy with --reconstruct, else l1; choose as you will prune)")
+    p.add_argument("--reconstruct", action="store_true", help="measure each entry with the layers reading "
+                   "the group re-solved from --data, as `prune --data` will: the table to allocate by when "
+                   "you prune with reconstruction")
     p.add_argument("--round-to", type=int, metavar="N", help="keep channel counts a multiple of N, as prune "
                    "--round-to N will (default: as prune does by default)")
     where = p.add_mutually_exclusive_group()

@@ -49,7 +49,7 @@ from onnxprune.adapters import Adapter, check_returned
 from onnxprune.channels import find_groups
 from onnxprune.config import RunConfig
 from onnxprune.errors import OnnxPruneError
-from onnxprune.importance import CRITERIA
+from onnxprune.importance import DATA_CRITERIA
 from onnxprune.io import Model
 from onnxprune.masks import Masks, masks_from_plan
 from onnxprune.profile import layer_costs, totals
@@ -130,9 +130,16 @@ def default_analyze(config: RunConfig) -> Analyze:
     from onnxprune.analysis import AnalyzeOptions, analyze
 
     settings, prune_settings = config.analyze, config.prune
-    criterion = prune_settings.criterion if prune_settings.criterion in CRITERIA else "l1"  # analysis: weights only
+    # measured as the rounds prune: with reconstruction when they reconstruct (the analysis data calibrates
+    # it), at the channels their criterion picks (a data criterion needs analysis data; else l1)
+    rounds_reconstruct = prune_settings.data is not None and prune_settings.reconstruct is not False
+    criterion = prune_settings.criterion or ("greedy" if rounds_reconstruct else "act" if prune_settings.data else "l1")
+    if criterion in DATA_CRITERIA and settings.data is None:
+        criterion = "l1"
+    reconstruct = rounds_reconstruct and settings.data is not None
     options = AnalyzeOptions(data=settings.data, eval=settings.eval, criterion=criterion, workers=settings.workers,
-                             round_to=prune_settings.round_to, attention=prune_settings.attention)
+                             round_to=prune_settings.round_to, attention=prune_settings.attention,
+                             reconstruct=reconstruct)
     if settings.ratios:
         options.ratios = list(settings.ratios)
 

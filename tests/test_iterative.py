@@ -371,7 +371,13 @@ def test_reanalysis_measures_at_the_channel_choices_the_rounds_prune_with(monkey
     assert (seen[0].round_to, seen[0].attention, seen[0].criterion) == (1, "heads", "l2")
     config.prune = PruneSettings(criterion="greedy", data="calib.npz", reanalyze=True)
     default_analyze(config)(None, Path("cache"))
-    assert seen[1].criterion == "l1"  # analysis zeroes by a weight criterion; data ones need a data pass
+    assert (seen[1].criterion, seen[1].reconstruct) == ("l1", False)  # no analysis data: nothing to calibrate on
+    config.analyze = Analysis(data="val.npz")
+    default_analyze(config)(None, Path("cache"))
+    assert (seen[2].chosen_criterion, seen[2].reconstruct) == ("greedy", True)  # measured as the rounds prune
+    config.prune = PruneSettings(data="calib.npz", reconstruct=False, reanalyze=True)
+    default_analyze(config)(None, Path("cache"))
+    assert (seen[3].chosen_criterion, seen[3].reconstruct) == ("act", False)
 
 
 def test_config_attention_reaches_the_rounds(tmp_path) -> None:

@@ -291,13 +291,13 @@ def test_greedy_cost_is_the_least_squares_residual(dtype: type, rtol: float) -> 
     """The greedy cost of removing one channel (from H = (A'A)^-1, and after an update for a first removal)
     equals the residual of re-solving the layer without it, computed directly by least squares; also
     when A'A is float32 (big layers: inverted by float32 Cholesky)."""
-    from onnxprune.recover.greedy import _reader, _regularized_inverse
+    from onnxprune.recover.greedy import _reader, regularized_inverse
 
     rng = np.random.default_rng(3)
     a = np.concatenate([rng.standard_normal((400, 6)) @ rng.standard_normal((6, 6)), np.ones((400, 1))], axis=1)
     w = rng.standard_normal((7, 3))
     gram = (a.T @ a).astype(dtype)
-    reader = _reader(_regularized_inverse(gram), w, 1.0, np.array([0, 0, 1, 1, 2, 2, -1]), 3)
+    reader = _reader(regularized_inverse(gram, len(gram) - 1), w, 1.0, np.array([0, 0, 1, 1, 2, 2, -1]), 3)
 
     def residual(kept: list[int]) -> float:
         solution = np.linalg.lstsq(a[:, kept], a @ w, rcond=None)[0]

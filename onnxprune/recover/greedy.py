@@ -88,15 +88,16 @@ def _inverse(matrix: np.ndarray) -> np.ndarray:
         return np.linalg.pinv(matrix, hermitian=True)
 
 
-def _regularized_inverse(gram: np.ndarray) -> np.ndarray | None:
-    """H: the inverse of A'A with the ridge on every feature but the column of ones (last). A float32 A'A
+def regularized_inverse(gram: np.ndarray, regularized: int) -> np.ndarray | None:
+    """H: the inverse of A'A with the ridge on its first `regularized` features (all but a column of ones,
+    last, where the layer has one). A float32 A'A
     (layers over `SINGLE` features) is inverted in place by float32 Cholesky and H stays float32: a
     float64 copy of a 4609-feature A'A and its inverse would be 340 MB. None when that factorization
     fails (not positive definite in float32): it has overwritten A'A, and the layer is left out."""
     if gram.dtype == np.float64:
-        return _inverse(add_ridge(gram.copy(), STABLE_RIDGE, len(gram) - 1))
+        return _inverse(add_ridge(gram.copy(), STABLE_RIDGE, regularized))
     try:
-        return spd_inverse(add_ridge(gram, STABLE_RIDGE, len(gram) - 1))
+        return spd_inverse(add_ridge(gram, STABLE_RIDGE, regularized))
     except np.linalg.LinAlgError:
         return None
 
@@ -153,7 +154,7 @@ def greedy_scores(model: Model, groups: list[Group], batches: Batches, providers
         if view.groups == 1:
             gram = input_gram(view, inputs, samples, rng)[0]
             energy = float(np.einsum("fo,fo->", weights, gram @ weights.astype(gram.dtype)))
-            inverse = _regularized_inverse(gram) if energy > 0 else None
+            inverse = regularized_inverse(gram, len(gram) - 1) if energy > 0 else None
             del gram
         for group, member in reading[view.weight.name]:
             if inverse is not None:
