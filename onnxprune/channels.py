@@ -21,7 +21,20 @@ import onnx_graphsurgeon as gs
 
 from onnxprune.errors import OnnxPruneError
 from onnxprune.io import Model
-from onnxprune.rules import CONTRACT, IN, KEEP, OUT, RULES, ZEROED_ROLES, Bundle, Context, Port, Stop, Value
+from onnxprune.rules import (
+    CONTRACT,
+    IN,
+    KEEP,
+    OUT,
+    ZEROED_ROLES,
+    Bundle,
+    Context,
+    Port,
+    Stop,
+    Value,
+    entry_for,
+    fold_view,
+)
 from onnxprune.shapes import shape_values
 
 Key = tuple[str, int]  # (tensor name, axis)
@@ -47,8 +60,9 @@ class Member:
 class Compensation:
     """A layer that reads removed channels whose value is a nonzero constant (f(0) != 0 upstream).
 
-    Slim pruning folds `values[i] * weight column i` into the layer's bias: exact for 1x1 convs without
-    padding and for Gemm, which see the constant at every position.
+    Slim pruning folds `values[i] * weight column i` into the layer's bias: exact for the layers whose
+    registry entry has a `fold` view (1x1 convs without padding, Gemm), which see the constant at every
+    position.
     """
 
     node: int  # index in the graph's (topologically sorted) node list
@@ -99,21 +113,6 @@ class _Placed:
     base: int
 
 
-def _seed_axes(node: gs.Node) -> list[tuple[int, int]]:
-    """(input index, axis) of the weights whose slices produce channels: where walking starts."""
-    if node.op == "Conv":
-        return [(1, 0)]
-    if node.op == "ConvTranspose":
-        return [(1, 1), (1, 0)]
-    if node.op == "Gemm":
-        return [(1, 0 if node.attrs.get("transB", 0) else 1)]
-    if node.op == "MatMul":
-        return [(1, -1), (0, -2)]
-    if node.op == "Gather" and int(node.attrs.get("axis", 0)) == 0:
-        return [(0, -1)]
-    return []
-
-
 def find_groups(model: Model, attention: str = "dims") -> list[Group]:
     """All channel groups of the model, prunable or not, in the order their producers run.
 
@@ -150,7 +149,8 @@ class _GroupFinder:
     def _seeds(self) -> list[Key]:
         seeds = []
         for node in self.graph.nodes:
-            for index, axis in _seed_axes(node):
+            rule = entry_for(node)
+            for index, axis in rule.seeds(node) if rule is not None and rule.seeds is not None else []:
                 weight = node.inputs[index] if index < len(node.inputs) else None
                 if isinstance(weight, gs.Constant) and weight.values.ndim >= 2:
                     seeds.append((weight.name, axis % weight.values.ndim))
@@ -184,8 +184,8 @@ class _GroupFinder:
             self._stop(key, f"'{key[0]}' is read inside a subgraph ({node.op} '{node.name}')")
             return []
         self.axes[key].nodes.append(index)
-        rule = RULES.get(node.op)
-        if rule is None or (node.domain or "") not in ("", "ai.onnx"):
+        rule = entry_for(node)
+        if rule is None:
             self._stop(key, f"no channel rule for {node.op} '{node.name}'")
             return []
         try:
@@ -246,7 +246,7 @@ class _GroupFinder:
                         valid = t.pairs[:, 1] < len(target)  # as in _components: an axis of unknown size
                         target[t.pairs[valid, 1]] = space[t.pairs[valid, 0]]
                 bad = _unread_nonzero(node, placed.bundle, values)
-                if np.any(bad) and np.all(np.isfinite(bad)) and _compensable(node):
+                if np.any(bad) and np.all(np.isfinite(bad)) and fold_view(node) is not None:
                     reader = next(t for t in _inputs_of(node, placed.bundle) if not isinstance(t.tensor, gs.Constant))
                     key = (reader.tensor.name, reader.axis)
                     index = self.node_index[id(node)]
@@ -390,7 +390,7 @@ def _inputs_of(node: gs.Node, bundle: Bundle) -> list:
 
 
 def _space_values(node: gs.Node, bundle: Bundle, values: dict[Key, np.ndarray]) -> np.ndarray:
-    rule = RULES[node.op]
+    rule = entry_for(node)
     size = bundle.size
     inputs = _inputs_of(node, bundle)
     seen = [_tie_values(t, values, size) for t in inputs]
@@ -461,19 +461,6 @@ def _unread_nonzero(node: gs.Node, bundle: Bundle, values: dict[Key, np.ndarray]
         both = np.where((a == 0) | (b == 0), 0.0, np.abs(a * b))
         return np.nan_to_num(both, nan=np.inf)
     return np.zeros(size)
-
-
-def _compensable(node: gs.Node) -> bool:
-    """Layers that see a constant input channel identically at every output position."""
-    if len(node.inputs) < 2 or not isinstance(node.inputs[1], gs.Constant):
-        return False
-    if node.op == "Gemm":
-        return not node.attrs.get("transA", 0)
-    if node.op != "Conv" or int(node.attrs.get("group", 1)) != 1:
-        return False
-    kernel = node.inputs[1].values.shape[2:]
-    pads = node.attrs.get("pads", [0])
-    return all(k == 1 for k in kernel) and not any(pads) and node.attrs.get("auto_pad", "NOTSET") in ("NOTSET", "VALID")
 
 
 def _value_reason(node: gs.Node, value: float) -> str:

@@ -11,8 +11,7 @@ from dataclasses import asdict, dataclass
 from onnxprune.channels import Group, find_groups
 from onnxprune.io import Model
 from onnxprune.profile import layer_costs, totals
-
-_OUT_AXIS = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": -1}
+from onnxprune.rules import entry_for
 
 
 @dataclass
@@ -70,8 +69,9 @@ def inspect_model(model: Model, groups: list[Group] | None = None, attention: st
         out = node.outputs[0]
         shape = model.shapes.get(out.name)
         channels = group = None
-        if node.op in _OUT_AXIS and shape:
-            axis = _OUT_AXIS[node.op] % len(shape)
+        rule = entry_for(node)
+        if rule is not None and rule.out_axis is not None and shape:
+            axis = rule.out_axis % len(shape)
             channels = shape[axis]
             group = owner.get((out.name, axis))
         rows.append(LayerRow(name, node.op, channels, cost.macs, cost.params, group.id if group else None,

@@ -212,3 +212,51 @@ def fix_conv_groups(node: gs.Node, removed: Removed, ctx: Context) -> None:
         node.attrs["group"] = old_in - removed.of(node.inputs[0], 1).size
     elif node.op == "ConvTranspose" and groups == removed.old_shapes[node.inputs[0].name][1]:
         node.attrs["group"] = w.values.shape[0]
+
+
+# --- where groups start, and what the layers cost -------------------------------------------------------
+# A seed is (input index, axis) of a weight whose slices produce channels; MACs are counted at batch 1
+# from the dims of input 0, the weight (input 1) and output 0, after pruning when the caller asks so.
+
+
+def conv_seeds(node: gs.Node) -> list[tuple[int, int]]:
+    return [(1, 0)]
+
+
+def conv_transpose_seeds(node: gs.Node) -> list[tuple[int, int]]:
+    return [(1, 1), (1, 0)]
+
+
+def gemm_seeds(node: gs.Node) -> list[tuple[int, int]]:
+    return [(1, 0 if node.attrs.get("transB", 0) else 1)]
+
+
+def matmul_seeds(node: gs.Node) -> list[tuple[int, int]]:
+    return [(1, -1), (0, -2)]
+
+
+def gather_seeds(node: gs.Node) -> list[tuple[int, int]]:
+    """An embedding table (rows gathered): its columns are channels."""
+    return [(0, -1)] if int(node.attrs.get("axis", 0)) == 0 else []
+
+
+def _prod(dims: list[int]) -> int:
+    return int(np.prod(dims, dtype=np.int64))
+
+
+def conv_macs(x: list[int], w: list[int], y: list[int]) -> int:
+    """Every weight element once per output position."""
+    return _prod(w) * _prod(y[2:])
+
+
+def conv_transpose_macs(x: list[int], w: list[int], y: list[int]) -> int:
+    """Every weight element once per input position."""
+    return _prod(w) * _prod(x[2:])
+
+
+def gemm_macs(a: list[int], b: list[int], y: list[int]) -> int:
+    return y[0] * _prod(b)
+
+
+def matmul_macs(a: list[int], b: list[int], y: list[int]) -> int:
+    return _prod(y) * a[-1]
