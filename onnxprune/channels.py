@@ -26,6 +26,7 @@ from onnxprune.rules import (
     IN,
     KEEP,
     OUT,
+    WEIGHT_ROLES,
     ZEROED_ROLES,
     Bundle,
     Context,
@@ -49,11 +50,13 @@ class Member:
     size: int
     index: np.ndarray
     channel: np.ndarray
-    role: str | None = None  # for weights: out / affine (zeroed when sparse), in / keep (left as is)
+    role: str | None = None  # weights: out / affine (zeroed when sparse), in / keep (left as is);
+    # activations: contract (summed over by a product of two activations) or None
 
     @property
     def is_weight(self) -> bool:
-        return self.role is not None
+        """True for the weights pruning slices (an activation, even one a layer reads, is not one)."""
+        return self.role in WEIGHT_ROLES
 
 
 @dataclass

@@ -35,6 +35,7 @@ from onnxprune.rules.base import (
     IN,
     KEEP,
     OUT,
+    WEIGHT_ROLES,
     ZEROED_ROLES,
     Bundle,
     Context,
@@ -88,7 +89,7 @@ from onnxprune.rules.weighted import (
 )
 
 __all__ = [
-    "AFFINE", "CONTRACT", "IN", "KEEP", "OUT", "RULES", "ZEROED_ROLES", "Bundle", "Context", "LinearView", "Port",
+    "AFFINE", "CONTRACT", "IN", "KEEP", "OUT", "RULES", "WEIGHT_ROLES", "ZEROED_ROLES", "Bundle", "Context", "LinearView", "Port",
     "Removed", "Rule", "Stop", "Tie", "Value", "entry_for", "fold_view", "linear_view",
 ]
 

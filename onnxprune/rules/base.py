@@ -12,6 +12,7 @@ import onnx_graphsurgeon as gs
 
 OUT, IN, AFFINE, KEEP, CONTRACT = "out", "in", "affine", "keep", "contract"
 ZEROED_ROLES = (OUT, AFFINE)
+WEIGHT_ROLES = (OUT, IN, AFFINE, KEEP)  # CONTRACT is the one role of activations
 
 
 @dataclass

@@ -28,6 +28,13 @@ from onnxprune.rules.base import (
 # --- weighted layers -------------------------------------------------------------------------------
 
 
+def contract_role(a: gs.Tensor, b: gs.Tensor) -> str | None:
+    """The role of an activation summed over in a product: CONTRACT when both operands are activations
+    (attention: each side's removed channels must be zero where the other is not); none when the other
+    operand is a weight (roles IN and OUT are for weights only)."""
+    return None if isinstance(a, gs.Constant) or isinstance(b, gs.Constant) else CONTRACT
+
+
 def _conv_parts(node: gs.Node) -> tuple[gs.Tensor, gs.Constant, gs.Tensor | None, gs.Tensor, int] | Stop:
     """(input, weight, bias or None, output, group) of a Conv or ConvTranspose with constant weights."""
     w = node.inputs[1]
@@ -121,7 +128,7 @@ def gemm(node: gs.Node, port: Port, axis: int, ctx: Context) -> list[Bundle] | S
             ties.append(tie(c, c_axis, n, weight_role(c, OUT)))
         return [Bundle(n, ties)]
     if (tensor is a and axis == a_k) or (tensor is b and axis == b_k):
-        role = IN if isinstance(b, gs.Constant) else CONTRACT
+        role = contract_role(a, b)
         return [Bundle(k, [tie(a, a_k, k, weight_role(a, IN) or role), tie(b, b_k, k, weight_role(b, IN) or role)])]
     return Stop(f"axis {axis} of '{tensor.name}' is the row axis of Gemm '{node.name}'")
 
@@ -139,7 +146,7 @@ def matmul(node: gs.Node, port: Port, axis: int, ctx: Context) -> list[Bundle] |
     tensor = port.tensor(node)
     if (tensor is a and axis == ra - 1) or (tensor is b and axis == rb - 2):
         k = sa[-1]
-        role = IN if isinstance(a, gs.Constant) or isinstance(b, gs.Constant) else CONTRACT
+        role = contract_role(a, b)
         return [Bundle(k, [tie(a, ra - 1, k, weight_role(a, IN) or role), tie(b, rb - 2, k, weight_role(b, IN) or role)])]
     if (tensor is a and axis == ra - 2) or (tensor is y and axis == ry - 2):
         m = sa[-2]
