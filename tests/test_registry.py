@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 
@@ -90,3 +91,9 @@ def test_every_entry_is_consistent(op: str) -> None:
     assert (rule.value is Value.UNARY) == (rule.unary is not None)
     assert (rule.value is Value.BINARY) == (rule.binary is not None)
     assert rule.scale_input is None or rule.channelwise
+
+
+def test_isnan_keeps_unknown_values_unknown() -> None:
+    """A removed channel's value through IsNaN: 0 -> False, 0.5 -> False, unknown (NaN) -> unknown."""
+    values = RULES["IsNaN"].unary(np.array([0.0, 0.5, np.inf, np.nan]), None)
+    assert np.array_equal(values, [0.0, 0.0, 0.0, np.nan], equal_nan=True)

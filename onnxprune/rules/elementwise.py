@@ -88,6 +88,13 @@ def _clip(v: np.ndarray, node: gs.Node) -> np.ndarray:
 
 _erf = np.vectorize(math.erf, otypes=[float])
 
+
+def is_nan(v: np.ndarray, node: gs.Node) -> np.ndarray:
+    """IsNaN: a removed channel's known value is a number, so False (0); NaN here means "unknown" and
+    stays so (np.isnan alone would call an unknown value True)."""
+    return np.where(np.isnan(v), np.nan, 0.0)
+
+
 UNARY: dict[str, Callable[[np.ndarray, gs.Node], np.ndarray]] = {
     "Relu": lambda v, n: np.maximum(v, 0),
     "LeakyRelu": lambda v, n: np.where(v >= 0, v, v * _attr(n, "alpha", 0.01)),
@@ -117,6 +124,7 @@ UNARY: dict[str, Callable[[np.ndarray, gs.Node], np.ndarray]] = {
     "Sin": lambda v, n: np.sin(v),
     "Cos": lambda v, n: np.cos(v),
     "Sign": lambda v, n: np.sign(v),
+    "IsNaN": is_nan,
     "Identity": lambda v, n: v,
     "Dropout": lambda v, n: v,
     "Cast": lambda v, n: v,
