@@ -14,15 +14,16 @@ the channel), IN slices (consumer weights) and KEEP slices (BN statistics, divis
 slim pruning deletes every tied slice. CONTRACT ties two activations summed over in a MatMul.
 
 Each rule also names how the *value of a removed channel* flows through the node (`value`, see
-`channels.py`) and may have a `fixup` that rewrites attributes and shape inputs after slim pruning.
+`values.py`) and may have a `fixup` that rewrites attributes and shape inputs after slim pruning.
 An operator without a rule stops every group that reaches it: unknown means unprunable, never guessed.
 
 `RULES` is the operator registry: one `Rule` per operator type holds everything the project knows about
 the operator — besides the channel rule, for layers with weights where groups start (`seeds`), their MACs,
 their output-channel axis, whether analysis may mask their outputs, and their matrix form (`linear`,
 `fold`; see `Rule`). The other modules ask `entry_for(node)`; none keeps its own list of operators. The
-functions live by kind in `elementwise`, `weighted`, `linear`, `layout` and `spatial`. A new operator is
-one entry here and one fixture (the README's "Adding an operator" walks through one).
+functions live by kind in `elementwise`, `weighted`, `linear`, `layout` and `spatial`; `values` follows a
+removed channel's value through the entries. A new operator is one entry here and one fixture (the
+README's "Adding an operator" walks through one).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from onnxprune.rules.base import (
     Tie,
     Value,
 )
-from onnxprune.rules.elementwise import UNARY, elementwise, neutral, passthrough
+from onnxprune.rules.elementwise import BINARY, UNARY, elementwise, neutral, passthrough
 from onnxprune.rules.layout import (
     concat,
     fix_reshape,
@@ -99,11 +100,11 @@ def _build_rules() -> dict[str, Rule]:
     for op, fn in UNARY.items():
         rules[op] = Rule(passthrough, Value.UNARY, unary=fn)
     rules["PRelu"] = Rule(elementwise, Value.UNARY, unary=UNARY["PRelu"], zero_keeper=True, channelwise=True)
-    for op, kind in {"Add": "add", "Sum": "add", "Sub": "sub", "Max": "max", "Min": "min"}.items():
-        rules[op] = Rule(elementwise, Value.BINARY, binary=kind, zero_keeper=True, channelwise=True)
-    rules["Mul"] = Rule(elementwise, Value.BINARY, binary="mul", zero_maker=True, channelwise=True)
-    rules["Div"] = Rule(elementwise, Value.BINARY, binary="div")
-    rules["Pow"] = Rule(elementwise, Value.BINARY, binary="pow")
+    for op in ("Add", "Sum", "Sub", "Max", "Min"):
+        rules[op] = Rule(elementwise, Value.BINARY, binary=BINARY[op], zero_keeper=True, channelwise=True)
+    rules["Mul"] = Rule(elementwise, Value.BINARY, binary=BINARY["Mul"], zero_maker=True, channelwise=True)
+    rules["Div"] = Rule(elementwise, Value.BINARY, binary=BINARY["Div"])
+    rules["Pow"] = Rule(elementwise, Value.BINARY, binary=BINARY["Pow"])
     rules["Where"] = Rule(elementwise, Value.UNKNOWN)
     rules["Conv"] = Rule(conv, Value.LINEAR, fixup=fix_conv_groups, seeds=conv_seeds, macs=conv_macs, out_axis=1,
                          zero_maker=True, linear=conv_view, fold=conv_fold)

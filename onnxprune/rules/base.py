@@ -119,7 +119,7 @@ class Rule:
     bundles: RuleFn
     value: Value = Value.UNKNOWN
     unary: Callable[[np.ndarray, gs.Node], np.ndarray] | None = None
-    binary: str | None = None
+    binary: Callable[[list[np.ndarray]], np.ndarray] | None = None
     fixup: FixupFn | None = None
     seeds: SeedsFn | None = None
     macs: MacsFn | None = None

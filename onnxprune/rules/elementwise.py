@@ -130,3 +130,28 @@ UNARY: dict[str, Callable[[np.ndarray, gs.Node], np.ndarray]] = {
     "Cast": lambda v, n: v,
     "CastLike": lambda v, n: v,
 }
+
+
+# --- values of removed channels through arithmetic --------------------------------------------------
+# Each function takes the values of the node's inputs (one array over the bundle each; NaN: unknown).
+
+
+def _second(operands: list[np.ndarray]) -> np.ndarray:
+    return operands[1] if len(operands) > 1 else operands[0]
+
+
+def _mul(operands: list[np.ndarray]) -> np.ndarray:
+    """A zero factor makes zero, whatever the others (unknown included)."""
+    return np.where(np.any([o == 0 for o in operands], axis=0), 0.0, np.prod(operands, axis=0))
+
+
+BINARY: dict[str, Callable[[list[np.ndarray]], np.ndarray]] = {
+    "Add": lambda ops: np.sum(ops, axis=0),
+    "Sum": lambda ops: np.sum(ops, axis=0),
+    "Sub": lambda ops: ops[0] - _second(ops),
+    "Mul": _mul,
+    "Div": lambda ops: np.where(ops[0] == 0, 0.0, ops[0] / _second(ops)),
+    "Pow": lambda ops: np.where((ops[0] == 0) & (_second(ops) > 0), 0.0, ops[0] ** _second(ops)),
+    "Max": lambda ops: np.max(ops, axis=0),
+    "Min": lambda ops: np.min(ops, axis=0),
+}
