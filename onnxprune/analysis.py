@@ -8,8 +8,8 @@ written to the resumable cache, and the part of the network before a group is co
 How an entry reaches the model (see `split`): when every node that reads the group's zeroed weights
 outputs exact zeros for the removed channels in the sparse model (a Conv, Gemm, MatMul or BN with zeroed
 weights; an Add of a zeroed bias to a masked output: the registry entries' `zero_maker` and `zero_keeper`;
-see `mask_points`), multiplying those outputs by a
-0/1 mask is the same function as zeroing the weights, and one session serves every ratio of the group.
+see `mask_points`), multiplying those outputs by a 0/1 mask is the same function as zeroing the weights,
+and one session serves every ratio of the group.
 Otherwise the group's zeroed weights themselves are put in (weights mode, one session per entry).
 
 Example:

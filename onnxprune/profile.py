@@ -1,8 +1,9 @@
 """MACs and parameters per layer, for the model as it is or as it would be after a plan.
 
 MACs are counted at batch 1 for the operators whose registry entry has a `macs` function (Conv,
-ConvTranspose, Gemm and MatMul: the `inspect --json` contract); params are the elements of float weights. `kept(tensor, axis)` gives an axis's size after pruning, so the
-planner can ask "what would this cost?" without building the pruned model.
+ConvTranspose, Gemm and MatMul: the `inspect --json` contract); params are the elements of float
+weights. `kept(tensor, axis)` gives an axis's size after pruning, so the planner can ask "what would this
+cost?" without building the pruned model.
 """
 
 from __future__ import annotations
