@@ -7,8 +7,9 @@ written to the resumable cache, and the part of the network before a group is co
 
 How an entry reaches the model (see `split`): when every node that reads the group's zeroed weights
 outputs exact zeros for the removed channels in the sparse model (a Conv, Gemm, MatMul or BN with zeroed
-weights; an Add of a zeroed bias to a masked output; see `mask_points`), multiplying those outputs by a
-0/1 mask is the same function as zeroing the weights, and one session serves every ratio of the group.
+weights; an Add of a zeroed bias to a masked output: the registry entries' `zero_maker` and `zero_keeper`;
+see `mask_points`), multiplying those outputs by a 0/1 mask is the same function as zeroing the weights,
+and one session serves every ratio of the group.
 Otherwise the group's zeroed weights themselves are put in (weights mode, one session per entry).
 
 Example:
@@ -57,15 +58,11 @@ from onnxprune.progress import Progress
 from onnxprune.recover.calibration import calibration_batches
 from onnxprune.recover.resolve import Resolved, entry_values, resolved_readers
 from onnxprune.recover.scores import data_criterion
-from onnxprune.rules import ZEROED_ROLES
+from onnxprune.rules import ZEROED_ROLES, entry_for
 from onnxprune.sensitivity import DEFAULT_RATIOS, SensitivityTable, ratio_key
 from onnxprune.split import MaskPoint
 from onnxprune.surgery import removed_slices, sparse_values
 
-ZERO_MAKERS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization",
-                         "InstanceNormalization", "Mul"})  # zeroed weights -> zero output channels
-ZERO_KEEPERS = frozenset({"Add", "Sub", "Sum", "Max", "Min", "PRelu"})  # zero inputs -> zero outputs
-CHANNELWISE = ZERO_KEEPERS | {"BatchNormalization", "InstanceNormalization", "Mul"}  # channel c from c only
 FLAT = 1e-9  # a metric that moves less than this is "flat"
 MIN_VAL_FRACTION = 0.5  # the Vitis guideline: analyze on at least half of the validation set
 
@@ -272,7 +269,8 @@ def mask_points(model: Model, group: Group) -> list[MaskPoint] | None:
     """Where masks reproduce the group's sparse model exactly, or None when only its weights can.
 
     A node that reads a zeroed weight gets a mask on its output when its sparse output is exactly zero
-    there: always for ZERO_MAKERS, and for ZERO_KEEPERS (f(0, 0) = 0) when its other inputs are masked.
+    there: always for a `zero_maker` operator, and for a `zero_keeper` (f(0, 0) = 0) when its other inputs
+    are masked.
     """
     weights = model.weights()
     if any(isinstance(v, gs.Graph) for node in model.graph.nodes for v in node.attrs.values()):
@@ -286,8 +284,10 @@ def mask_points(model: Model, group: Group) -> list[MaskPoint] | None:
             continue
         masked = {p.tensor for p in points}
         others = [t for t in node.inputs if t.name not in weights]
-        keeps_zero = node.op in ZERO_KEEPERS and all(t.name in masked for t in others)
-        if not (node.op in ZERO_MAKERS or keeps_zero) or not node.outputs:
+        rule = entry_for(node)
+        if rule is None or not node.outputs:
+            return None
+        if not (rule.zero_maker or (rule.zero_keeper and all(t.name in masked for t in others))):
             return None
         out = node.outputs[0]
         members = [m for m in group.members if m.tensor == out.name and not m.is_weight]
@@ -305,7 +305,12 @@ def _masked_later(point: MaskPoint, masked_by: dict) -> bool:
     this mask changes nothing (and leaving it out keeps Conv+BN fusable and the cut later)."""
     readers = [n for n in masked_by[point.tensor].outputs[0].outputs]
     masked = {id(n) for n in masked_by.values()}
-    return bool(readers) and all(id(n) in masked and n.op in CHANNELWISE for n in readers)
+    return bool(readers) and all(id(n) in masked and _channelwise(n) for n in readers)
+
+
+def _channelwise(node: gs.Node) -> bool:
+    rule = entry_for(node)
+    return rule is not None and rule.channelwise
 
 
 @dataclass

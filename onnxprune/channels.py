@@ -21,7 +21,20 @@ import onnx_graphsurgeon as gs
 
 from onnxprune.errors import OnnxPruneError
 from onnxprune.io import Model
-from onnxprune.rules import CONTRACT, IN, KEEP, OUT, RULES, ZEROED_ROLES, Bundle, Context, Port, Stop, Value
+from onnxprune.rules import (
+    IN,
+    KEEP,
+    OUT,
+    WEIGHT_ROLES,
+    ZEROED_ROLES,
+    Bundle,
+    Context,
+    Port,
+    Stop,
+    entry_for,
+    fold_view,
+)
+from onnxprune.rules.values import inputs_of, space_values, unread_nonzero
 from onnxprune.shapes import shape_values
 
 Key = tuple[str, int]  # (tensor name, axis)
@@ -36,19 +49,22 @@ class Member:
     size: int
     index: np.ndarray
     channel: np.ndarray
-    role: str | None = None  # for weights: out / affine (zeroed when sparse), in / keep (left as is)
+    role: str | None = None  # weights: out / affine (zeroed when sparse), in / keep (left as is);
+    # activations: contract (summed over by a product of two activations) or None
 
     @property
     def is_weight(self) -> bool:
-        return self.role is not None
+        """True for the weights pruning slices (an activation, even one a layer reads, is not one)."""
+        return self.role in WEIGHT_ROLES
 
 
 @dataclass
 class Compensation:
     """A layer that reads removed channels whose value is a nonzero constant (f(0) != 0 upstream).
 
-    Slim pruning folds `values[i] * weight column i` into the layer's bias: exact for 1x1 convs without
-    padding and for Gemm, which see the constant at every position.
+    Slim pruning folds `values[i] * weight column i` into the layer's bias: exact for the layers whose
+    registry entry has a `fold` view (1x1 convs without padding, Gemm), which see the constant at every
+    position.
     """
 
     node: int  # index in the graph's (topologically sorted) node list
@@ -99,21 +115,6 @@ class _Placed:
     base: int
 
 
-def _seed_axes(node: gs.Node) -> list[tuple[int, int]]:
-    """(input index, axis) of the weights whose slices produce channels: where walking starts."""
-    if node.op == "Conv":
-        return [(1, 0)]
-    if node.op == "ConvTranspose":
-        return [(1, 1), (1, 0)]
-    if node.op == "Gemm":
-        return [(1, 0 if node.attrs.get("transB", 0) else 1)]
-    if node.op == "MatMul":
-        return [(1, -1), (0, -2)]
-    if node.op == "Gather" and int(node.attrs.get("axis", 0)) == 0:
-        return [(0, -1)]
-    return []
-
-
 def find_groups(model: Model, attention: str = "dims") -> list[Group]:
     """All channel groups of the model, prunable or not, in the order their producers run.
 
@@ -150,7 +151,8 @@ class _GroupFinder:
     def _seeds(self) -> list[Key]:
         seeds = []
         for node in self.graph.nodes:
-            for index, axis in _seed_axes(node):
+            rule = entry_for(node)
+            for index, axis in rule.seeds(node) if rule is not None and rule.seeds is not None else []:
                 weight = node.inputs[index] if index < len(node.inputs) else None
                 if isinstance(weight, gs.Constant) and weight.values.ndim >= 2:
                     seeds.append((weight.name, axis % weight.values.ndim))
@@ -184,8 +186,8 @@ class _GroupFinder:
             self._stop(key, f"'{key[0]}' is read inside a subgraph ({node.op} '{node.name}')")
             return []
         self.axes[key].nodes.append(index)
-        rule = RULES.get(node.op)
-        if rule is None or (node.domain or "") not in ("", "ai.onnx"):
+        rule = entry_for(node)
+        if rule is None:
             self._stop(key, f"no channel rule for {node.op} '{node.name}'")
             return []
         try:
@@ -239,15 +241,15 @@ class _GroupFinder:
             by_node.setdefault(id(placed.node), []).append(placed)
         for node in self.graph.nodes:
             for placed in by_node.get(id(node), []):
-                space = _space_values(node, placed.bundle, values)
+                space = space_values(entry_for(node), node, placed.bundle, values)
                 for t in placed.bundle.ties:
                     if any(t.tensor is o for o in node.outputs):
                         target = values[(t.tensor.name, t.axis)]
                         valid = t.pairs[:, 1] < len(target)  # as in _components: an axis of unknown size
                         target[t.pairs[valid, 1]] = space[t.pairs[valid, 0]]
-                bad = _unread_nonzero(node, placed.bundle, values)
-                if np.any(bad) and np.all(np.isfinite(bad)) and _compensable(node):
-                    reader = next(t for t in _inputs_of(node, placed.bundle) if not isinstance(t.tensor, gs.Constant))
+                bad = unread_nonzero(node, placed.bundle, values)
+                if np.any(bad) and np.all(np.isfinite(bad)) and fold_view(node) is not None:
+                    reader = next(t for t in inputs_of(node, placed.bundle) if not isinstance(t.tensor, gs.Constant))
                     key = (reader.tensor.name, reader.axis)
                     index = self.node_index[id(node)]
                     if not any(c.node == index and (c.tensor, c.axis) == key for c in self.compensations):
@@ -359,121 +361,6 @@ def connected_components(n: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
             labels = jumped
         if not changed:
             return labels.astype(np.int64)
-
-
-# --- values of removed channels ---------------------------------------------------------------------
-
-
-def _tie_values(tie, values: dict[Key, np.ndarray], size: int) -> np.ndarray:
-    """Value of a removed channel at each bundle index, as seen through one tie (NaN: unknown)."""
-    if isinstance(tie.tensor, gs.Constant):
-        if tie.role in ZEROED_ROLES:
-            return np.zeros(size)
-        if tie.role == IN:
-            return np.full(size, np.nan)  # consumer weights: their value does not matter
-        along = np.moveaxis(np.asarray(tie.tensor.values, dtype=np.float64), tie.axis, 0)
-        flat = along.reshape(along.shape[0], -1)
-        uniform = np.where(np.all(flat == flat[:, :1], axis=1), flat[:, 0], np.nan)
-        per_atom = uniform
-    else:
-        per_atom = values[(tie.tensor.name, tie.axis)]
-    low, high = np.full(size, np.inf), np.full(size, -np.inf)
-    pairs = tie.pairs[tie.pairs[:, 1] < len(per_atom)]  # an axis of unknown size holds no atoms
-    with np.errstate(invalid="ignore"):
-        np.minimum.at(low, pairs[:, 0], per_atom[pairs[:, 1]])
-        np.maximum.at(high, pairs[:, 0], per_atom[pairs[:, 1]])
-    return np.where(low == high, low, np.nan)
-
-
-def _inputs_of(node: gs.Node, bundle: Bundle) -> list:
-    return [t for t in bundle.ties if any(t.tensor is i for i in node.inputs)]
-
-
-def _space_values(node: gs.Node, bundle: Bundle, values: dict[Key, np.ndarray]) -> np.ndarray:
-    rule = RULES[node.op]
-    size = bundle.size
-    inputs = _inputs_of(node, bundle)
-    seen = [_tie_values(t, values, size) for t in inputs]
-    if rule.value is Value.LINEAR:
-        return np.where(np.any([s == 0 for s in seen], axis=0), 0.0, np.nan) if seen else np.full(size, np.nan)
-    if rule.value is Value.BINARY:
-        return _binary(node, rule.binary, bundle, values)
-    copy = _agree(seen, size)
-    if rule.value is Value.COPY:
-        return copy
-    if rule.value is Value.ZERO:
-        return np.where(copy == 0, 0.0, np.nan)
-    if rule.value is Value.UNARY:
-        with np.errstate(all="ignore"):
-            return rule.unary(copy, node).astype(np.float64)
-    return np.full(size, np.nan)
-
-
-def _agree(seen: list[np.ndarray], size: int) -> np.ndarray:
-    if not seen:
-        return np.full(size, np.nan)
-    stacked = np.stack(seen)
-    return np.where(np.all(stacked == stacked[:1], axis=0), stacked[0], np.nan)
-
-
-def _binary(node: gs.Node, op: str, bundle: Bundle, values: dict[Key, np.ndarray]) -> np.ndarray:
-    size = bundle.size
-    operands = []
-    for tensor in node.inputs:
-        tied = next((t for t in bundle.ties if t.tensor is tensor), None)
-        if tied is not None:
-            operands.append(_tie_values(tied, values, size))
-        elif isinstance(tensor, gs.Constant) and np.asarray(tensor.values).size:
-            flat = np.asarray(tensor.values, dtype=np.float64).reshape(-1)
-            operands.append(np.full(size, flat[0] if np.all(flat == flat[0]) else np.nan))
-        else:
-            operands.append(np.full(size, np.nan))
-    with np.errstate(all="ignore"):
-        if op == "mul":
-            result = np.prod(operands, axis=0)
-            return np.where(np.any([o == 0 for o in operands], axis=0), 0.0, result)
-        a, b = operands[0], operands[1] if len(operands) > 1 else operands[0]
-        if op == "div":
-            return np.where(a == 0, 0.0, a / b)
-        if op == "pow":
-            return np.where((a == 0) & (b > 0), 0.0, a**b)
-        if op == "add":
-            return np.sum(operands, axis=0)
-        if op == "sub":
-            return a - b
-        if op == "max":
-            return np.max(operands, axis=0)
-        if op == "min":
-            return np.min(operands, axis=0)
-    return np.full(size, np.nan)
-
-
-def _unread_nonzero(node: gs.Node, bundle: Bundle, values: dict[Key, np.ndarray]) -> np.ndarray:
-    """Per bundle index: the nonzero (or unknown) value a layer would read; 0 where all is well."""
-    roles = {t.role for t in bundle.ties}
-    size = bundle.size
-    if IN in roles:
-        readers = [t for t in _inputs_of(node, bundle) if not isinstance(t.tensor, gs.Constant)]
-        seen = [_tie_values(t, values, size) for t in readers]
-        return np.nan_to_num(np.max(np.abs(seen), axis=0), nan=np.inf) if seen else np.zeros(size)
-    if CONTRACT in roles:
-        a, b = (_tie_values(t, values, size) for t in _inputs_of(node, bundle)[:2])
-        both = np.where((a == 0) | (b == 0), 0.0, np.abs(a * b))
-        return np.nan_to_num(both, nan=np.inf)
-    return np.zeros(size)
-
-
-def _compensable(node: gs.Node) -> bool:
-    """Layers that see a constant input channel identically at every output position."""
-    if len(node.inputs) < 2 or not isinstance(node.inputs[1], gs.Constant):
-        return False
-    if node.op == "Gemm":
-        return not node.attrs.get("transA", 0)
-    if node.op != "Conv" or int(node.attrs.get("group", 1)) != 1:
-        return False
-    kernel = node.inputs[1].values.shape[2:]
-    pads = node.attrs.get("pads", [0])
-    return all(k == 1 for k in kernel) and not any(pads) and node.attrs.get("auto_pad", "NOTSET") in ("NOTSET", "VALID")
 
 
 def _value_reason(node: gs.Node, value: float) -> str:

@@ -15,7 +15,7 @@ import onnx_graphsurgeon as gs
 from onnxprune.channels import Group, Member
 from onnxprune.errors import OnnxPruneError
 from onnxprune.io import Model
-from onnxprune.rules import AFFINE, IN, OUT, ZEROED_ROLES
+from onnxprune.rules import AFFINE, IN, OUT, ZEROED_ROLES, entry_for
 
 Criterion = Callable[[Model, Group], np.ndarray]
 
@@ -46,8 +46,7 @@ def _magnitude(power: int) -> Criterion:
 
 def bn_scale(model: Model, group: Group) -> np.ndarray:
     """|gamma| of the group's BatchNormalization layers; groups without BN fall back to L2."""
-    scales = {n.inputs[1].name for n in model.graph.nodes if n.op == "BatchNormalization"
-              and isinstance(n.inputs[1], gs.Constant)}
+    scales = _scales(model)
     weights = model.weights()
     score = np.zeros(group.channels)
     found = False
@@ -56,6 +55,16 @@ def bn_scale(model: Model, group: Group) -> np.ndarray:
             found = True
             score += _per_channel(member, np.asarray(weights[member.tensor].values), 1, group.channels)
     return score if found else CRITERIA["l2"](model, group)
+
+
+def _scales(model: Model) -> set[str]:
+    """Names of the constant per-channel scales (the `scale_input` of an operator's registry entry)."""
+    names = set()
+    for node in model.graph.nodes:
+        rule = entry_for(node)
+        if rule is not None and rule.scale_input is not None and isinstance(node.inputs[rule.scale_input], gs.Constant):
+            names.add(node.inputs[rule.scale_input].name)
+    return names
 
 
 def zero_channels(model: Model, group: Group) -> list[int]:

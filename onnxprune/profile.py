@@ -1,8 +1,9 @@
 """MACs and parameters per layer, for the model as it is or as it would be after a plan.
 
-MACs are counted for Conv, ConvTranspose, Gemm and MatMul at batch 1 (the `inspect --json` contract);
-params are the elements of float weights. `kept(tensor, axis)` gives an axis's size after pruning, so the
-planner can ask "what would this cost?" without building the pruned model.
+MACs are counted at batch 1 for the operators whose registry entry has a `macs` function (Conv,
+ConvTranspose, Gemm and MatMul: the `inspect --json` contract); params are the elements of float
+weights. `kept(tensor, axis)` gives an axis's size after pruning, so the planner can ask "what would this
+cost?" without building the pruned model.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxprune.io import Model
+from onnxprune.rules import entry_for
 
 Kept = Callable[[str, int, int], int]  # (tensor name, axis, full size) -> size after pruning
 
@@ -61,16 +63,8 @@ def _dims(tensor: gs.Tensor, shapes: dict[str, tuple[int, ...]], kept: Kept) -> 
 
 
 def _macs(node: gs.Node, shapes: dict[str, tuple[int, ...]], kept: Kept) -> int:
-    if node.op not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or len(node.inputs) < 2:
+    rule = entry_for(node)
+    if rule is None or rule.macs is None or len(node.inputs) < 2:
         return 0
-    a, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
-    da, dw, dy = _dims(a, shapes, kept), _dims(w, shapes, kept), _dims(y, shapes, kept)
-    if da is None or dw is None or dy is None:
-        return 0
-    if node.op == "Conv":
-        return int(np.prod(dw, dtype=np.int64) * np.prod(dy[2:], dtype=np.int64))
-    if node.op == "ConvTranspose":
-        return int(np.prod(dw, dtype=np.int64) * np.prod(da[2:], dtype=np.int64))
-    if node.op == "Gemm":
-        return int(dy[0] * np.prod(dw, dtype=np.int64))
-    return int(np.prod(dy, dtype=np.int64) * da[-1])
+    dims = [_dims(t, shapes, kept) for t in (node.inputs[0], node.inputs[1], node.outputs[0])]
+    return 0 if any(d is None for d in dims) else int(rule.macs(*dims))

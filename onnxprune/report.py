@@ -11,8 +11,7 @@ from dataclasses import asdict, dataclass
 from onnxprune.channels import Group, find_groups
 from onnxprune.io import Model
 from onnxprune.profile import layer_costs, totals
-
-_OUT_AXIS = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": -1}
+from onnxprune.rules import CONTRACT, entry_for
 
 
 @dataclass
@@ -70,8 +69,9 @@ def inspect_model(model: Model, groups: list[Group] | None = None, attention: st
         out = node.outputs[0]
         shape = model.shapes.get(out.name)
         channels = group = None
-        if node.op in _OUT_AXIS and shape:
-            axis = _OUT_AXIS[node.op] % len(shape)
+        rule = entry_for(node)
+        if rule is not None and rule.out_axis is not None and shape:
+            axis = rule.out_axis % len(shape)
             channels = shape[axis]
             group = owner.get((out.name, axis))
         rows.append(LayerRow(name, node.op, channels, cost.macs, cost.params, group.id if group else None,
@@ -81,7 +81,8 @@ def inspect_model(model: Model, groups: list[Group] | None = None, attention: st
 
 
 def group_macs(model: Model, groups: list[Group]) -> dict[str, int]:
-    """Per group, the MACs of the layers whose weights it slices: what pruning it can save at most."""
+    """Per group, the MACs of the layers whose weights it slices and of the products of two activations it
+    contracts (attention): what pruning it can save at most."""
     macs = {c.node: c.macs for c in layer_costs(model)}
     owner: dict[str, str] = {}
     for node in model.graph.nodes:
@@ -89,7 +90,7 @@ def group_macs(model: Model, groups: list[Group]) -> dict[str, int]:
             owner.setdefault(t.name, node.name or node.outputs[0].name)
     result = {}
     for g in groups:
-        layers = {owner[m.tensor] for m in g.members if m.is_weight and m.tensor in owner}
+        layers = {owner[m.tensor] for m in g.members if (m.is_weight or m.role == CONTRACT) and m.tensor in owner}
         result[g.id] = sum(macs.get(name, 0) for name in layers)
     return result
 

@@ -19,7 +19,7 @@ from onnxprune.channels import Group, Member
 from onnxprune.errors import OnnxPruneError
 from onnxprune.io import Model, to_proto, with_weights
 from onnxprune.plan import Plan
-from onnxprune.rules import RULES, ZEROED_ROLES, Context, Removed
+from onnxprune.rules import ZEROED_ROLES, Context, Removed, entry_for, fold_view
 from onnxprune.shapes import shape_values
 
 Key = tuple[str, int]
@@ -104,45 +104,15 @@ def _compensations(model: Model, groups: list[Group], plan: Plan) -> dict[int, n
             positions = member.index[np.isin(member.channel, part.removed)]
             if positions.size == 0:
                 continue
-            node = model.graph.nodes[comp.node]
-            weight = np.asarray(node.inputs[1].values, dtype=np.float64)
-            if node.op == "Conv":
-                columns = weight.reshape(weight.shape[0], weight.shape[1])[:, positions]
-                contribution = columns @ comp.values[positions]
-            else:  # Gemm: alpha * v @ B, and C is scaled by beta (beta = 0: `_add_to_bias` sets it to 1)
-                rows = (weight.T if node.attrs.get("transB", 0) else weight)[positions, :]
-                beta = float(node.attrs.get("beta", 1.0)) or 1.0
-                scale = float(node.attrs.get("alpha", 1.0)) / beta
-                contribution = scale * (comp.values[positions] @ rows)
+            contribution = fold_view(model.graph.nodes[comp.node]).offset(comp.values[positions], positions)
             folded[comp.node] = folded.get(comp.node, 0) + contribution
     return folded
 
 
 def _add_to_bias(node: gs.Node, contribution: np.ndarray, removed: Removed) -> None:
     """Add a per-output contribution (over the original outputs) to the bias of a pruned layer."""
-    weight = node.inputs[1]
-    out_axis = 0 if node.op == "Conv" or node.attrs.get("transB", 0) else 1
-    contribution = np.delete(contribution, removed.of(weight, out_axis))
-    bias_index = 2
-    old = node.inputs[bias_index] if len(node.inputs) > bias_index and node.inputs[bias_index].name else None
-    dtype = weight.values.dtype
-    if node.op == "Gemm" and float(node.attrs.get("beta", 1.0)) == 0.0:  # C counts for nothing: replace it
-        node.attrs["beta"] = 1.0
-        if old is not None:
-            node.inputs[bias_index] = gs.Constant(f"{old.name}_compensated", contribution.astype(dtype))
-            return
-    if old is None:
-        bias = contribution.astype(dtype)
-    else:
-        bias = (np.asarray(old.values, dtype=np.float64) + contribution.reshape(-1)).astype(dtype)
-        if node.op == "Gemm" and np.asarray(old.values).ndim == 2:
-            bias = bias.reshape(1, -1)
-    name = f"{(old.name if old is not None else weight.name)}_compensated"
-    constant = gs.Constant(name, bias)
-    if old is None:
-        node.inputs.append(constant)
-    else:
-        node.inputs[bias_index] = constant
+    view = fold_view(node)
+    view.add_bias(np.delete(contribution, removed.of(view.weight, view.weight_axes[1])))
 
 
 def pruned_shapes(shapes: dict[str, tuple[int, ...]], indices: dict[Key, np.ndarray]) -> dict[str, tuple[int, ...]]:
@@ -180,7 +150,7 @@ def slim_graph(model: Model, groups: list[Group], plan: Plan) -> gs.Graph:
     new_shapes = pruned_shapes(model.shapes, indices)
     ctx = Context(new_shapes, model.opset, shape_values(graph, new_shapes))
     for node in graph.nodes:
-        rule = RULES.get(node.op)
+        rule = entry_for(node)
         if rule is not None and rule.fixup is not None:
             rule.fixup(node, removed, ctx)
     keep = {t.name for t in list(graph.inputs) + list(graph.outputs)}

@@ -16,6 +16,7 @@ from onnxprune.io import with_weights
 from onnxprune.metrics import Dataset, Fidelity, Top1, load_data, relative_distance
 from onnxprune.plan import Planner, candidate_groups
 from onnxprune.pruner import PruneOptions, prune
+from onnxprune.report import inspect_model
 from onnxprune.runtime import session
 from onnxprune.sensitivity import ratio_key
 from onnxprune.surgery import sparse_values
@@ -101,6 +102,40 @@ def test_weights_mode_where_masks_would_not_be_exact(tmp_path) -> None:
             expected = naive_metric(metric, with_weights(model, sparse_values(model, groups, plan)))
             assert value == pytest.approx(expected, abs=1e-6)
             assert value < 1 - 1e-3
+
+
+def chain_model(op: str) -> onnx.ModelProto:
+    """x -> op(W1) -> op(W2) -> y: the first layer's output is an activation that the second layer reads."""
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+               for name, shape in (("w1", [6, 8]), ("w2", [8, 4]))]
+    nodes = [helper.make_node(op, ["x", "w1"], ["h"], name="first"),
+             helper.make_node(op, ["h", "w2"], ["y"], name="second")]
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])], weights)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("op", ["MatMul", "Gemm"])
+def test_an_activation_a_layer_reads_is_not_a_weight(tmp_path, op: str) -> None:
+    """MatMul->MatMul and Gemm->Gemm: the activation between them is no weight (it was, with role "in"),
+    so analysis masks it (the fast mode: one session for every ratio) and `inspect --json` gives it no role."""
+    model = onnxprune.io.from_proto(chain_model(op))
+    groups = find_groups(model)
+    group = next(g for g in groups if g.id == "first")
+    roles = {(m.tensor, m.is_weight): m.role for m in group.members}
+    assert roles == {("w1", True): "out", ("h", False): None, ("w2", True): "in"}
+    assert [(p.tensor, p.axis) for p in mask_points(model, group)] == [("h", 1)]
+    members = next(g for g in inspect_model(model, groups).to_dict()["groups"] if g["id"] == "first")["members"]
+    assert {m["tensor"]: m["role"] for m in members} == {"w1": "out", "h": None, "w2": "in"}
+    x = np.random.default_rng(1).standard_normal([6, 6]).astype(np.float32)
+    np.savez(tmp_path / "data.npz", x=x)
+    result = analyze(model, AnalyzeOptions(data=str(tmp_path / "data.npz"), ratios=[0.5], groups=["first"]))
+    metric = Fidelity(load_data(tmp_path / "data.npz", model))
+    metric.record(FullRunner(session(with_weights(model))))
+    plan = Planner(model, groups, {"first": get_criterion("l1")(model, group)}).plan({"first": 0.5})
+    expected = naive_metric(metric, with_weights(model, sparse_values(model, groups, plan)))
+    assert result.table.groups["first"]["0.5"] == pytest.approx(expected, abs=1e-6)
 
 
 @pytest.mark.parametrize("name,ratios", [("digits_cnn", [0.3, 0.7]), ("residual", [0.2, 0.6]),

@@ -107,6 +107,22 @@ def test_transformer_whole_heads() -> None:
     assert dense.plan.macs_after <= plan.macs_after * 1.0001
 
 
+def test_heads_pass_the_nan_guard_of_exported_attention() -> None:
+    """Exported scaled-dot-product attention (GPT-2, Phi) guards its weights with Softmax -> IsNaN -> Where:
+    whole heads go through the guard (they stopped at "no channel rule for IsNaN")."""
+    model, plan, sparse_model, slim_model = _prune_both("attention_guard", PruneOptions(ratio=0.4, attention="heads"))
+    heads = {g.id: g for g in find_groups(model, "heads")}["/attn/q/MatMul"]
+    assert heads.prunable and heads.channels == 4
+    assert {"/attn/IsNaN_output_0", "/attn/Where_output_0"} <= {m.tensor for m in heads.members}
+    assert "/attn/q/MatMul" in plan.groups
+    for batch in (1, 3):
+        x = {"input": random_batch(SHAPES["attention_guard"], batch, seed=batch)}
+        y_sparse, y_slim = run_model(sparse_model, x), run_model(slim_model, x)
+        assert relative_difference(y_sparse, y_slim) <= TOLERANCE
+    kept = [list(i.dims) for i in slim_model.graph.initializer if i.name == "attn.q.bias"]
+    assert kept[0][0] < 32 and kept[0][0] % 8 == 0  # whole heads of 8 went
+
+
 @pytest.mark.parametrize("with_c", [True, False])
 def test_gemm_with_beta_zero_takes_the_compensation(with_c: bool) -> None:
     """Removed channels after a Sigmoid are 0.5, not 0: the next Gemm's bias takes their share. With

@@ -509,18 +509,31 @@ class SelfAttention(nn.Module):
         q = self.q(x).view(b, s, self.heads, self.head_dim).transpose(1, 2)
         k = self.k(x).view(b, s, self.heads, self.head_dim).transpose(1, 2)
         v = self.v(x).view(b, s, self.heads, self.head_dim).transpose(1, 2)
-        attn = torch.softmax(q @ k.transpose(-2, -1) * self.scale, dim=-1)
+        attn = self.weights(q, k)
         out = (attn @ v).transpose(1, 2).reshape(b, s, d)
         return self.out(out)
+
+    def weights(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(q @ k.transpose(-2, -1) * self.scale, dim=-1)
+
+
+class GuardedAttention(SelfAttention):
+    """Self-attention with the NaN guard of exported scaled-dot-product attention (GPT-2, Phi): a row
+    that a mask hides entirely is NaN after Softmax and is set to zero (IsNaN -> Where)."""
+
+    def weights(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        attn = super().weights(q, k)
+        return attn.masked_fill(torch.isnan(attn), 0.0)
 
 
 class TransformerNet(nn.Module):
     """One pre-norm encoder block (attention + GELU FFN), mean over tokens, linear head."""
 
-    def __init__(self, dim: int = 64, heads: int = 4, hidden: int = 256) -> None:
+    def __init__(self, dim: int = 64, heads: int = 4, hidden: int = 256,
+                 attention: type[SelfAttention] = SelfAttention) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = SelfAttention(dim, heads)
+        self.attn = attention(dim, heads)
         self.norm2 = nn.LayerNorm(dim)
         self.ffn = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
         self.head = nn.Linear(dim, 10)
@@ -723,6 +736,13 @@ FIXTURES: dict[str, FixtureSpec] = {
             "Pre-norm transformer encoder block (LayerNormalization), 4 heads, attention with explicit "
             "MatMuls and Shape-computed head reshapes, GELU FFN (Div-Erf-Add-Mul-Mul), mean over tokens "
             "(ReduceMean), linear head; Linear on 3-D input is Transpose(W)-MatMul-Add.",
+        ),
+        FixtureSpec(
+            "attention_guard",
+            lambda: TransformerNet(32, 4, 64, attention=GuardedAttention),
+            (1, 8, 32),
+            "The transformer block, smaller, with the NaN guard of exported scaled-dot-product attention "
+            "(Softmax -> IsNaN -> Where(isnan, 0, weights)) that GPT-2 and Phi exports carry.",
         ),
         FixtureSpec(
             "activations",

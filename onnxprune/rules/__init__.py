@@ -14,11 +14,16 @@ the channel), IN slices (consumer weights) and KEEP slices (BN statistics, divis
 slim pruning deletes every tied slice. CONTRACT ties two activations summed over in a MatMul.
 
 Each rule also names how the *value of a removed channel* flows through the node (`value`, see
-`channels.py`) and may have a `fixup` that rewrites attributes and shape inputs after slim pruning.
+`values.py`) and may have a `fixup` that rewrites attributes and shape inputs after slim pruning.
 An operator without a rule stops every group that reaches it: unknown means unprunable, never guessed.
 
-The rules live by kind in `elementwise`, `weighted`, `layout` and `spatial`; `RULES` below maps operator
-types to them. A new operator is one entry here (and one fixture).
+`RULES` is the operator registry: one `Rule` per operator type holds everything the project knows about
+the operator — besides the channel rule, for layers with weights where groups start (`seeds`), their MACs,
+their output-channel axis, whether analysis may mask their outputs, and their matrix form (`linear`,
+`fold`; see `Rule`). The other modules ask `entry_for(node)`; none keeps its own list of operators. The
+functions live by kind in `elementwise`, `weighted`, `linear`, `layout` and `spatial`; `values` follows a
+removed channel's value through the entries. A new operator is one entry here and one fixture (the
+README's "Adding an operator" walks through one).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from onnxprune.rules.base import (
     IN,
     KEEP,
     OUT,
+    WEIGHT_ROLES,
     ZEROED_ROLES,
     Bundle,
     Context,
@@ -41,7 +47,7 @@ from onnxprune.rules.base import (
     Tie,
     Value,
 )
-from onnxprune.rules.elementwise import UNARY, elementwise, neutral, passthrough
+from onnxprune.rules.elementwise import BINARY, UNARY, elementwise, neutral, passthrough
 from onnxprune.rules.layout import (
     concat,
     fix_reshape,
@@ -54,7 +60,7 @@ from onnxprune.rules.layout import (
     squeeze_like,
     transpose,
 )
-from onnxprune.rules.linear import LinearView, conv_view, gemm_view, matmul_view
+from onnxprune.rules.linear import LinearView, conv_fold, conv_view, gemm_fold, gemm_view, matmul_view
 from onnxprune.rules.spatial import (
     fix_resize,
     group_norm,
@@ -66,17 +72,26 @@ from onnxprune.rules.spatial import (
 )
 from onnxprune.rules.weighted import (
     conv,
+    conv_macs,
+    conv_seeds,
     conv_transpose,
+    conv_transpose_macs,
+    conv_transpose_seeds,
     fix_conv_groups,
     gather,
+    gather_seeds,
     gemm,
+    gemm_macs,
+    gemm_seeds,
     matmul,
+    matmul_macs,
+    matmul_seeds,
     normalization,
 )
 
 __all__ = [
-    "AFFINE", "CONTRACT", "IN", "KEEP", "OUT", "RULES", "ZEROED_ROLES", "Bundle", "Context", "LinearView", "Port",
-    "Removed", "Rule", "Stop", "Tie", "Value", "linear_view",
+    "AFFINE", "CONTRACT", "IN", "KEEP", "OUT", "RULES", "WEIGHT_ROLES", "ZEROED_ROLES", "Bundle", "Context", "LinearView", "Port",
+    "Removed", "Rule", "Stop", "Tie", "Value", "entry_for", "fold_view", "linear_view",
 ]
 
 
@@ -84,18 +99,23 @@ def _build_rules() -> dict[str, Rule]:
     rules: dict[str, Rule] = {}
     for op, fn in UNARY.items():
         rules[op] = Rule(passthrough, Value.UNARY, unary=fn)
-    rules["PRelu"] = Rule(elementwise, Value.UNARY, unary=UNARY["PRelu"])
-    for op, kind in {"Add": "add", "Sum": "add", "Sub": "sub", "Mul": "mul", "Max": "max", "Min": "min"}.items():
-        rules[op] = Rule(elementwise, Value.BINARY, binary=kind)
-    rules["Div"] = Rule(elementwise, Value.BINARY, binary="div")
-    rules["Pow"] = Rule(elementwise, Value.BINARY, binary="pow")
+    rules["PRelu"] = Rule(elementwise, Value.UNARY, unary=UNARY["PRelu"], zero_keeper=True, channelwise=True)
+    for op in ("Add", "Sum", "Sub", "Max", "Min"):
+        rules[op] = Rule(elementwise, Value.BINARY, binary=BINARY[op], zero_keeper=True, channelwise=True)
+    rules["Mul"] = Rule(elementwise, Value.BINARY, binary=BINARY["Mul"], zero_maker=True, channelwise=True)
+    rules["Div"] = Rule(elementwise, Value.BINARY, binary=BINARY["Div"])
+    rules["Pow"] = Rule(elementwise, Value.BINARY, binary=BINARY["Pow"])
     rules["Where"] = Rule(elementwise, Value.UNKNOWN)
-    rules["Conv"] = Rule(conv, Value.LINEAR, fixup=fix_conv_groups, linear=conv_view)
-    rules["ConvTranspose"] = Rule(conv_transpose, Value.LINEAR, fixup=fix_conv_groups)
-    rules["Gemm"] = Rule(gemm, Value.LINEAR, linear=gemm_view)
-    rules["MatMul"] = Rule(matmul, Value.LINEAR, linear=matmul_view)
-    rules["BatchNormalization"] = Rule(normalization, Value.LINEAR)
-    rules["InstanceNormalization"] = Rule(normalization, Value.LINEAR)
+    rules["Conv"] = Rule(conv, Value.LINEAR, fixup=fix_conv_groups, seeds=conv_seeds, macs=conv_macs, out_axis=1,
+                         zero_maker=True, linear=conv_view, fold=conv_fold)
+    rules["ConvTranspose"] = Rule(conv_transpose, Value.LINEAR, fixup=fix_conv_groups, seeds=conv_transpose_seeds,
+                                  macs=conv_transpose_macs, out_axis=1, zero_maker=True)
+    rules["Gemm"] = Rule(gemm, Value.LINEAR, seeds=gemm_seeds, macs=gemm_macs, out_axis=1, zero_maker=True,
+                         linear=gemm_view, fold=gemm_fold)
+    rules["MatMul"] = Rule(matmul, Value.LINEAR, seeds=matmul_seeds, macs=matmul_macs, out_axis=-1, zero_maker=True,
+                           linear=matmul_view)
+    rules["BatchNormalization"] = Rule(normalization, Value.LINEAR, zero_maker=True, channelwise=True, scale_input=1)
+    rules["InstanceNormalization"] = Rule(normalization, Value.LINEAR, zero_maker=True, channelwise=True)
     rules["Concat"] = Rule(concat, Value.COPY)
     rules["Split"] = Rule(split, Value.COPY, fixup=fix_split)
     rules["Slice"] = Rule(slice_, Value.COPY, fixup=fix_slice)
@@ -118,7 +138,7 @@ def _build_rules() -> dict[str, Rule]:
         rules[op] = Rule(normalized_from(softmax_axis), Value.UNKNOWN)
     rules["LayerNormalization"] = Rule(normalized_from(layer_norm_axis), Value.UNKNOWN)
     rules["GroupNormalization"] = Rule(group_norm, Value.UNKNOWN)
-    rules["Gather"] = Rule(gather, Value.LINEAR)
+    rules["Gather"] = Rule(gather, Value.LINEAR, seeds=gather_seeds)
     rules["Shape"] = Rule(shape_of)
     for op in ("Size", "NonZero"):
         rules[op] = Rule(lambda n, p, a, c: Stop(f"{n.op} '{n.name}' reads the channel count"))
@@ -129,9 +149,20 @@ def _build_rules() -> dict[str, Rule]:
 RULES: dict[str, Rule] = _build_rules()
 
 
-def linear_view(node: gs.Node) -> LinearView | None:
-    """The node as a matrix product over one activation input, when its rule knows one (else None)."""
-    rule = RULES.get(node.op)
-    if rule is None or rule.linear is None or (node.domain or "") not in ("", "ai.onnx"):
+def entry_for(node: gs.Node) -> Rule | None:
+    """The registry entry of a node's operator; None for operators of other domains or without one."""
+    if (node.domain or "") not in ("", "ai.onnx"):
         return None
-    return rule.linear(node)
+    return RULES.get(node.op)
+
+
+def linear_view(node: gs.Node) -> LinearView | None:
+    """The node as a matrix product over one activation input, when its entry knows one (else None)."""
+    rule = entry_for(node)
+    return rule.linear(node) if rule is not None and rule.linear is not None else None
+
+
+def fold_view(node: gs.Node) -> LinearView | None:
+    """The node as a matrix product whose own bias takes constant input channels exactly (else None)."""
+    rule = entry_for(node)
+    return rule.fold(node) if rule is not None and rule.fold is not None else None

@@ -12,6 +12,7 @@ import onnx_graphsurgeon as gs
 
 OUT, IN, AFFINE, KEEP, CONTRACT = "out", "in", "affine", "keep", "contract"
 ZEROED_ROLES = (OUT, AFFINE)
+WEIGHT_ROLES = (OUT, IN, AFFINE, KEEP)  # CONTRACT is the one role of activations
 
 
 @dataclass
@@ -92,18 +93,43 @@ class Context:
 
 RuleFn = Callable[[gs.Node, Port, int, Context], "list[Bundle] | Stop"]
 FixupFn = Callable[[gs.Node, "Removed", Context], None]
+SeedsFn = Callable[[gs.Node], list[tuple[int, int]]]
+MacsFn = Callable[[list[int], list[int], list[int]], int]
+ViewFn = Callable[[gs.Node], object]  # a `rules.linear.LinearView` or None
 
 
 @dataclass
 class Rule:
-    """One operator's entry: its bundles, how removed values pass, and its slim-time fixup."""
+    """One operator's registry entry: everything onnxprune knows about the operator.
+
+    Channels (every entry): `bundles` maps a channel axis to the node's other tensors; `value` (with
+    `unary` or `binary`) says how a removed channel's value passes through; `fixup` rewrites attributes
+    and shape inputs after slim pruning.
+    Layers with weights: `seeds(node)` lists (input index, axis) of the weights whose slices produce
+    channels (where grouping starts); `macs(input dims, weight dims, output dims)` counts MACs at batch 1
+    (`profile`); `out_axis` is the output-channel axis `inspect` shows.
+    Analysis' mask mode: `zero_maker` (zeroed weights give exactly zero output channels), `zero_keeper`
+    (zero inputs give zero outputs), `channelwise` (output channel c reads input channel c only).
+    Matrix form: `linear(node)` gives the layer as a matrix product (`rules.linear.LinearView`, for
+    reconstruction) or None; `fold(node)` gives such a view when constant input channels fold exactly
+    into the layer's own bias (bias compensation), else None.
+    Criteria: `scale_input`, the input holding a per-channel scale (the `bn` criterion).
+    """
 
     bundles: RuleFn
     value: Value = Value.UNKNOWN
     unary: Callable[[np.ndarray, gs.Node], np.ndarray] | None = None
-    binary: str | None = None
+    binary: Callable[[list[np.ndarray]], np.ndarray] | None = None
     fixup: FixupFn | None = None
-    linear: Callable[[gs.Node], object] | None = None  # the layer as a matrix product (`rules.linear`)
+    seeds: SeedsFn | None = None
+    macs: MacsFn | None = None
+    out_axis: int | None = None
+    zero_maker: bool = False
+    zero_keeper: bool = False
+    channelwise: bool = False
+    linear: ViewFn | None = None
+    fold: ViewFn | None = None
+    scale_input: int | None = None
 
 
 class Removed:

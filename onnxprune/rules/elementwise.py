@@ -88,6 +88,13 @@ def _clip(v: np.ndarray, node: gs.Node) -> np.ndarray:
 
 _erf = np.vectorize(math.erf, otypes=[float])
 
+
+def is_nan(v: np.ndarray, node: gs.Node) -> np.ndarray:
+    """IsNaN: a removed channel's known value is a number, so False (0); NaN here means "unknown" and
+    stays so (np.isnan alone would call an unknown value True)."""
+    return np.where(np.isnan(v), np.nan, 0.0)
+
+
 UNARY: dict[str, Callable[[np.ndarray, gs.Node], np.ndarray]] = {
     "Relu": lambda v, n: np.maximum(v, 0),
     "LeakyRelu": lambda v, n: np.where(v >= 0, v, v * _attr(n, "alpha", 0.01)),
@@ -117,8 +124,34 @@ UNARY: dict[str, Callable[[np.ndarray, gs.Node], np.ndarray]] = {
     "Sin": lambda v, n: np.sin(v),
     "Cos": lambda v, n: np.cos(v),
     "Sign": lambda v, n: np.sign(v),
+    "IsNaN": is_nan,
     "Identity": lambda v, n: v,
     "Dropout": lambda v, n: v,
     "Cast": lambda v, n: v,
     "CastLike": lambda v, n: v,
+}
+
+
+# --- values of removed channels through arithmetic --------------------------------------------------
+# Each function takes the values of the node's inputs (one array over the bundle each; NaN: unknown).
+
+
+def _second(operands: list[np.ndarray]) -> np.ndarray:
+    return operands[1] if len(operands) > 1 else operands[0]
+
+
+def _mul(operands: list[np.ndarray]) -> np.ndarray:
+    """A zero factor makes zero, whatever the others (unknown included)."""
+    return np.where(np.any([o == 0 for o in operands], axis=0), 0.0, np.prod(operands, axis=0))
+
+
+BINARY: dict[str, Callable[[list[np.ndarray]], np.ndarray]] = {
+    "Add": lambda ops: np.sum(ops, axis=0),
+    "Sum": lambda ops: np.sum(ops, axis=0),
+    "Sub": lambda ops: ops[0] - _second(ops),
+    "Mul": _mul,
+    "Div": lambda ops: np.where(ops[0] == 0, 0.0, ops[0] / _second(ops)),
+    "Pow": lambda ops: np.where((ops[0] == 0) & (_second(ops) > 0), 0.0, ops[0] ** _second(ops)),
+    "Max": lambda ops: np.max(ops, axis=0),
+    "Min": lambda ops: np.min(ops, axis=0),
 }

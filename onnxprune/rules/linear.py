@@ -5,6 +5,10 @@ see the layer as a matrix product: `y[rows, out] = features[rows, F] @ matrix[F,
 group of a grouped conv. A `LinearView` gives exactly that for one node — the feature rows of sampled
 output positions (im2col for convs), the weight as a matrix and back, where an intercept can go, and
 which input channel each feature reads. It knows nothing about pruning or data.
+
+The same view folds constant input channels into the layer's bias (slim-time bias compensation): a
+channel that holds the constant v everywhere adds `v * matrix row` to every output, which the layer's
+own bias can take exactly when it sees the channel alike at every position (`conv_fold`, `gemm_fold`).
 """
 
 from __future__ import annotations
@@ -84,6 +88,31 @@ class LinearView:
         values = self.intercept.values
         self.intercept.values = (self.intercept_sign * bias).reshape(values.shape).astype(values.dtype)
 
+    def offset(self, values: np.ndarray, channels: np.ndarray) -> np.ndarray:
+        """What the constants `values` on input `channels` add to each output (a `fold` view: one group,
+        one feature per channel)."""
+        return np.asarray(values, dtype=np.float64) @ self.matrix()[0][channels]
+
+    def add_bias(self, offset: np.ndarray) -> None:
+        """Add a per-output offset through the layer's own bias input (layers that have one)."""
+        raise NotImplementedError(f"{self.node.op} '{self.node.name}' has no bias input")
+
+    def _add_to_input(self, index: int, offset: np.ndarray, replace: bool = False) -> None:
+        """Add `offset` to the constant at input `index` (or replace it; append one when it is absent)."""
+        node, dtype = self.node, self.weight.values.dtype
+        old = node.inputs[index] if len(node.inputs) > index and present(node.inputs[index]) else None
+        if old is None or replace:
+            bias = offset.astype(dtype)
+        else:
+            bias = (np.asarray(old.values, dtype=np.float64) + offset.reshape(-1)).astype(dtype)
+            if np.asarray(old.values).ndim == 2:  # Gemm's C as [1, N]
+                bias = bias.reshape(1, -1)
+        constant = gs.Constant(f"{(old.name if old is not None else self.weight.name)}_compensated", bias)
+        if old is None:
+            node.inputs.append(constant)
+        else:
+            node.inputs[index] = constant
+
 
 @dataclass
 class ConvView(LinearView):
@@ -149,6 +178,14 @@ class ConvView(LinearView):
         w = self.weight.values
         self.weight.values = matrix.transpose(0, 2, 1).reshape(w.shape).astype(w.dtype)
 
+    def add_bias(self, offset: np.ndarray) -> None:
+        self._add_to_input(2, offset)
+
+    @property
+    def pointwise(self) -> bool:
+        """1x1 without padding: every output position reads one input position, all alike."""
+        return self.kernel_size == 1 and self.auto_pad in ("NOTSET", "VALID") and not any(self.pads)
+
 
 @dataclass
 class GemmView(LinearView):
@@ -164,6 +201,15 @@ class GemmView(LinearView):
     def set_matrix(self, matrix: np.ndarray) -> None:
         b = matrix[0] / self.alpha
         self.weight.values = (b.T if self.trans_b else b).astype(self.weight.values.dtype)
+
+    def add_bias(self, offset: np.ndarray) -> None:
+        """C is scaled by beta; with beta = 0 it counts for nothing, so the offset replaces it (beta = 1)."""
+        beta = float(self.node.attrs.get("beta", 1.0))
+        if beta == 0.0:
+            self.node.attrs["beta"] = 1.0
+            self._add_to_input(2, offset, replace=True)
+        else:
+            self._add_to_input(2, offset / beta)
 
 
 @dataclass
@@ -227,21 +273,30 @@ def conv_view(node: gs.Node) -> LinearView | None:
                     str(node.attrs.get("auto_pad", "NOTSET")), tuple(int(p) for p in node.attrs.get("pads", [])))
 
 
-def gemm_view(node: gs.Node) -> LinearView | None:
+def _gemm(node: gs.Node) -> GemmView | None:
+    """The Gemm as a matrix product, without an intercept: None unless B is a constant float matrix."""
     b = node.inputs[1]
     if not isinstance(b, gs.Constant) or node.attrs.get("transA", 0) or b.values.ndim != 2 \
             or not np.issubdtype(b.values.dtype, np.floating):
         return None
     trans_b = bool(node.attrs.get("transB", 0))
     k, n = (b.values.shape[1], b.values.shape[0]) if trans_b else b.values.shape
+    return GemmView(node, b, 1, k, n, 1, (1, 0) if trans_b else (0, 1), None, 1.0,
+                    float(node.attrs.get("alpha", 1.0)), trans_b)
+
+
+def gemm_view(node: gs.Node) -> LinearView | None:
+    view = _gemm(node)
+    if view is None:
+        return None
     c = node.inputs[2] if len(node.inputs) > 2 and present(node.inputs[2]) else None
     beta = float(node.attrs.get("beta", 1.0))
-    intercept = _float_constant(c, n) if beta == 1.0 else None
-    if c is not None and intercept is None:
+    view.intercept = _float_constant(c, view.out_channels) if beta == 1.0 else None
+    if c is not None and view.intercept is None:
         return None  # a broadcast scalar, scaled or computed C: leave the layer alone
     if c is None:
-        intercept = _added_constant(node, n)
-    return GemmView(node, b, 1, k, n, 1, (1, 0) if trans_b else (0, 1), intercept, 1.0, float(node.attrs.get("alpha", 1.0)), trans_b)
+        view.intercept = _added_constant(node, view.out_channels)
+    return view
 
 
 def matmul_view(node: gs.Node) -> LinearView | None:
@@ -251,3 +306,14 @@ def matmul_view(node: gs.Node) -> LinearView | None:
         return None
     k, n = b.values.shape
     return MatMulView(node, b, 1, k, n, -1, (0, 1), _added_constant(node, n))
+
+
+def conv_fold(node: gs.Node) -> LinearView | None:
+    """An ungrouped 1x1 Conv without padding sees a constant input channel alike at every position."""
+    view = conv_view(node)
+    return view if view is not None and view.groups == 1 and view.pointwise else None
+
+
+def gemm_fold(node: gs.Node) -> LinearView | None:
+    """A Gemm (any beta and C: the bias input is C itself) sees a constant input channel in every row."""
+    return _gemm(node)

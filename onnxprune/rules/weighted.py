@@ -28,6 +28,13 @@ from onnxprune.rules.base import (
 # --- weighted layers -------------------------------------------------------------------------------
 
 
+def contract_role(a: gs.Tensor, b: gs.Tensor) -> str | None:
+    """The role of an activation summed over in a product: CONTRACT when both operands are activations
+    (attention: each side's removed channels must be zero where the other is not); none when the other
+    operand is a weight (roles IN and OUT are for weights only)."""
+    return None if isinstance(a, gs.Constant) or isinstance(b, gs.Constant) else CONTRACT
+
+
 def _conv_parts(node: gs.Node) -> tuple[gs.Tensor, gs.Constant, gs.Tensor | None, gs.Tensor, int] | Stop:
     """(input, weight, bias or None, output, group) of a Conv or ConvTranspose with constant weights."""
     w = node.inputs[1]
@@ -121,7 +128,7 @@ def gemm(node: gs.Node, port: Port, axis: int, ctx: Context) -> list[Bundle] | S
             ties.append(tie(c, c_axis, n, weight_role(c, OUT)))
         return [Bundle(n, ties)]
     if (tensor is a and axis == a_k) or (tensor is b and axis == b_k):
-        role = IN if isinstance(b, gs.Constant) else CONTRACT
+        role = contract_role(a, b)
         return [Bundle(k, [tie(a, a_k, k, weight_role(a, IN) or role), tie(b, b_k, k, weight_role(b, IN) or role)])]
     return Stop(f"axis {axis} of '{tensor.name}' is the row axis of Gemm '{node.name}'")
 
@@ -139,7 +146,7 @@ def matmul(node: gs.Node, port: Port, axis: int, ctx: Context) -> list[Bundle] |
     tensor = port.tensor(node)
     if (tensor is a and axis == ra - 1) or (tensor is b and axis == rb - 2):
         k = sa[-1]
-        role = IN if isinstance(a, gs.Constant) or isinstance(b, gs.Constant) else CONTRACT
+        role = contract_role(a, b)
         return [Bundle(k, [tie(a, ra - 1, k, weight_role(a, IN) or role), tie(b, rb - 2, k, weight_role(b, IN) or role)])]
     if (tensor is a and axis == ra - 2) or (tensor is y and axis == ry - 2):
         m = sa[-2]
@@ -212,3 +219,51 @@ def fix_conv_groups(node: gs.Node, removed: Removed, ctx: Context) -> None:
         node.attrs["group"] = old_in - removed.of(node.inputs[0], 1).size
     elif node.op == "ConvTranspose" and groups == removed.old_shapes[node.inputs[0].name][1]:
         node.attrs["group"] = w.values.shape[0]
+
+
+# --- where groups start, and what the layers cost -------------------------------------------------------
+# A seed is (input index, axis) of a weight whose slices produce channels; MACs are counted at batch 1
+# from the dims of input 0, the weight (input 1) and output 0, after pruning when the caller asks so.
+
+
+def conv_seeds(node: gs.Node) -> list[tuple[int, int]]:
+    return [(1, 0)]
+
+
+def conv_transpose_seeds(node: gs.Node) -> list[tuple[int, int]]:
+    return [(1, 1), (1, 0)]
+
+
+def gemm_seeds(node: gs.Node) -> list[tuple[int, int]]:
+    return [(1, 0 if node.attrs.get("transB", 0) else 1)]
+
+
+def matmul_seeds(node: gs.Node) -> list[tuple[int, int]]:
+    return [(1, -1), (0, -2)]
+
+
+def gather_seeds(node: gs.Node) -> list[tuple[int, int]]:
+    """An embedding table (rows gathered): its columns are channels."""
+    return [(0, -1)] if int(node.attrs.get("axis", 0)) == 0 else []
+
+
+def _prod(dims: list[int]) -> int:
+    return int(np.prod(dims, dtype=np.int64))
+
+
+def conv_macs(x: list[int], w: list[int], y: list[int]) -> int:
+    """Every weight element once per output position."""
+    return _prod(w) * _prod(y[2:])
+
+
+def conv_transpose_macs(x: list[int], w: list[int], y: list[int]) -> int:
+    """Every weight element once per input position."""
+    return _prod(w) * _prod(x[2:])
+
+
+def gemm_macs(a: list[int], b: list[int], y: list[int]) -> int:
+    return y[0] * _prod(b)
+
+
+def matmul_macs(a: list[int], b: list[int], y: list[int]) -> int:
+    return _prod(y) * a[-1]
