@@ -13,7 +13,7 @@ from onnxprune.analysis import AnalyzeOptions, analyze
 from onnxprune.channels import find_groups
 from onnxprune.cli import main
 from onnxprune.errors import OnnxPruneError
-from onnxprune.recover.reconstruct import STABLE_RIDGE
+from onnxprune.recover.lstsq import STABLE_RIDGE
 from onnxprune.recover.resolve import resolved_readers
 
 

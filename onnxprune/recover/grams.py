@@ -16,7 +16,7 @@ import numpy as np
 from onnxprune.channels import Group, Member
 from onnxprune.io import Model
 from onnxprune.progress import Progress
-from onnxprune.recover.reconstruct import SINGLE, sample_rows
+from onnxprune.recover.lstsq import SINGLE, sample_rows
 from onnxprune.recover.staged import Batches, StagedRun
 from onnxprune.rules import IN, LinearView, linear_view
 

@@ -38,7 +38,7 @@ from onnxprune.recover.grams import (
     reading_views,
     weights_with_bias,
 )
-from onnxprune.recover.reconstruct import STABLE_RIDGE, add_ridge
+from onnxprune.recover.lstsq import STABLE_RIDGE, add_ridge
 from onnxprune.recover.spd import spd_inverse
 from onnxprune.recover.staged import Batches
 

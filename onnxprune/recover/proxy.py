@@ -30,7 +30,7 @@ from onnxprune.recover.grams import (
     reading_views,
     weights_with_bias,
 )
-from onnxprune.recover.reconstruct import STABLE_RIDGE, ridge_solve
+from onnxprune.recover.lstsq import STABLE_RIDGE, ridge_solve
 from onnxprune.recover.staged import Batches
 from onnxprune.sensitivity import DEFAULT_RATIOS, ratio_key, sensitivity_ratios
 

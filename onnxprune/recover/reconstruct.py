@@ -19,10 +19,7 @@ slim == sparse holds as before. Where a layer has no bias, an offset goes into t
 BatchNormalization that alone reads it, or into the constant added right after a MatMul; otherwise the
 layer is solved without one.
 
-Rows: a conv contributes one row per output position; positions are drawn at random, spread evenly over
-the samples (the same ones for the pruned and the unpruned activations), about `ROWS_PER_UNKNOWN` rows
-per unknown: neighbouring positions are strongly correlated, so positions from many samples beat all
-positions of a few, and the statistics (A'A, A'Y) stay small whatever the feature map size.
+Rows are sampled as `lstsq.sample_rows` says (the same ones for the pruned and the unpruned activations).
 """
 
 from __future__ import annotations
@@ -39,17 +36,13 @@ from onnxprune.channels import Group
 from onnxprune.io import Model
 from onnxprune.plan import Plan
 from onnxprune.progress import Progress
-from onnxprune.recover.spd import spd_solve
+from onnxprune.recover.lstsq import SINGLE, ridge_solve, sample_rows
 from onnxprune.recover.staged import Batches, StagedRun
 from onnxprune.rules import IN, LinearView, linear_view
 from onnxprune.surgery import removed_slices, zeroed_slices
 
 RIDGES = (1e-6, 1e-4, 1e-2)  # relative to the mean feature energy; chosen on held-out samples
-STABLE_RIDGE = 1e-4  # the one used where no held-out choice is made (choice of channels, proxy table)
-SINGLE = 1024  # layers with more features per group keep their sums in float32 and solve by float32 Cholesky
 HELD_OUT = 4  # every 4th calibration sample is held out to choose the ridge and to check each output
-ROWS_PER_UNKNOWN = 4
-MIN_ROWS, MAX_ROWS = 4096, 65536
 MAX_FEATURES = 6144  # bigger layers (A'A over 150 MB) get their bias compensated only
 
 
@@ -241,19 +234,6 @@ class _Edits:
             del self.originals[name]
 
 
-def sample_rows(view: LinearView, x: np.ndarray, samples: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(sample, output position) of the rows to take from a batch `x` of a layer's input: about
-    `ROWS_PER_UNKNOWN` rows per unknown over all `samples`, spread evenly over the samples."""
-    wanted = min(max(ROWS_PER_UNKNOWN * (view.features + 1), MIN_ROWS), MAX_ROWS)
-    positions = view.positions(x)
-    per_sample = max(1, min(positions, math.ceil(wanted / samples)))
-    n = len(x)
-    who = np.repeat(np.arange(n), per_sample)
-    if per_sample < positions:
-        return who, (rng.random((n, per_sample)) * positions).astype(np.int64).reshape(-1)
-    return who, np.tile(np.arange(positions), n)
-
-
 def _target_parts(view: LinearView, originals: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """The unpruned layer's matrix and bias (its weights as they were before zeroing)."""
     current = view.weight.values, (view.intercept.values if view.intercept is not None else None)
@@ -340,40 +320,6 @@ def _error(full: np.ndarray, gram: np.ndarray, cross: np.ndarray, energy: np.nda
     full = full.astype(gram.dtype, copy=False)  # never upcast a float32 A'A (a copy of it)
     quadratic = (full * (gram @ full)).sum(axis=0, dtype=np.float64)
     return quadratic - 2 * (full * cross).sum(axis=0, dtype=np.float64) + energy
-
-
-def _ridge_lhs(gram: np.ndarray, index: np.ndarray, ridge: float, regularized: int) -> np.ndarray:
-    """gram[index, index] (a new array) with `ridge` times the mean energy of the first `regularized` of
-    `index` added to their diagonal."""
-    return add_ridge(gram[np.ix_(index, index)], ridge, regularized)
-
-
-def add_ridge(matrix: np.ndarray, ridge: float, regularized: int) -> np.ndarray:
-    """`matrix` (changed in place) with `ridge` times the mean of the first `regularized` diagonal entries
-    added to those entries (the column of ones, last, gets none)."""
-    diag = np.arange(regularized)
-    if diag.size:
-        matrix[diag, diag] += ridge * max(float(np.mean(matrix[diag, diag])), 1e-12)
-    return matrix
-
-
-def ridge_solve(gram: np.ndarray, index: np.ndarray, rhs: np.ndarray, ridge: float, regularized: int) -> np.ndarray:
-    """x with gram[index, index] x = rhs, `ridge` times their mean energy added to the first `regularized`
-    of `index` (not to the column of ones); least squares where the system is singular.
-
-    A float32 gram is solved by float32 Cholesky (`spd`: numpy would solve a float64 copy by LU, 4x the
-    time), a float64 one by numpy."""
-    lhs = _ridge_lhs(gram, index, ridge, regularized)
-    if lhs.dtype == np.float32:
-        try:
-            return spd_solve(lhs, rhs)
-        except np.linalg.LinAlgError:  # not positive definite: the general solver below, on a new copy
-            lhs = _ridge_lhs(gram, index, ridge, regularized)
-    rhs = rhs.astype(lhs.dtype, copy=False)
-    try:
-        return np.linalg.solve(lhs, rhs)
-    except np.linalg.LinAlgError:
-        return np.linalg.lstsq(lhs, rhs, rcond=None)[0]
 
 
 @dataclass

@@ -1,0 +1,69 @@
+"""The least-squares pieces that reconstruction, the greedy choice, the proxy table and `analyze
+--reconstruct` share: which feature rows to sample, and ridge-regularized solves.
+
+Rows: a conv contributes one row per output position; positions are drawn at random, spread evenly over
+the samples, about `ROWS_PER_UNKNOWN` rows per unknown: neighbouring positions are strongly correlated,
+so positions from many samples beat all positions of a few, and A'A stays small whatever the feature
+map size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from onnxprune.recover.spd import spd_solve
+from onnxprune.rules import LinearView
+
+STABLE_RIDGE = 1e-4  # the ridge used where no held-out choice is made (choice of channels, tables)
+SINGLE = 1024  # layers with more features per group keep their sums in float32 and solve by float32 Cholesky
+ROWS_PER_UNKNOWN = 4
+MIN_ROWS, MAX_ROWS = 4096, 65536
+
+
+def sample_rows(view: LinearView, x: np.ndarray, samples: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(sample, output position) of the rows to take from a batch `x` of a layer's input: about
+    `ROWS_PER_UNKNOWN` rows per unknown over all `samples`, spread evenly over the samples."""
+    wanted = min(max(ROWS_PER_UNKNOWN * (view.features + 1), MIN_ROWS), MAX_ROWS)
+    positions = view.positions(x)
+    per_sample = max(1, min(positions, math.ceil(wanted / samples)))
+    n = len(x)
+    who = np.repeat(np.arange(n), per_sample)
+    if per_sample < positions:
+        return who, (rng.random((n, per_sample)) * positions).astype(np.int64).reshape(-1)
+    return who, np.tile(np.arange(positions), n)
+
+
+def _ridge_lhs(gram: np.ndarray, index: np.ndarray, ridge: float, regularized: int) -> np.ndarray:
+    """gram[index, index] (a new array) with `ridge` times the mean energy of the first `regularized` of
+    `index` added to their diagonal."""
+    return add_ridge(gram[np.ix_(index, index)], ridge, regularized)
+
+
+def add_ridge(matrix: np.ndarray, ridge: float, regularized: int) -> np.ndarray:
+    """`matrix` (changed in place) with `ridge` times the mean of the first `regularized` diagonal entries
+    added to those entries (the column of ones, last, gets none)."""
+    diag = np.arange(regularized)
+    if diag.size:
+        matrix[diag, diag] += ridge * max(float(np.mean(matrix[diag, diag])), 1e-12)
+    return matrix
+
+
+def ridge_solve(gram: np.ndarray, index: np.ndarray, rhs: np.ndarray, ridge: float, regularized: int) -> np.ndarray:
+    """x with gram[index, index] x = rhs, `ridge` times their mean energy added to the first `regularized`
+    of `index` (not to the column of ones); least squares where the system is singular.
+
+    A float32 gram is solved by float32 Cholesky (`spd`: numpy would solve a float64 copy by LU, 4x the
+    time), a float64 one by numpy."""
+    lhs = _ridge_lhs(gram, index, ridge, regularized)
+    if lhs.dtype == np.float32:
+        try:
+            return spd_solve(lhs, rhs)
+        except np.linalg.LinAlgError:  # not positive definite: the general solver below, on a new copy
+            lhs = _ridge_lhs(gram, index, ridge, regularized)
+    rhs = rhs.astype(lhs.dtype, copy=False)
+    try:
+        return np.linalg.solve(lhs, rhs)
+    except np.linalg.LinAlgError:
+        return np.linalg.lstsq(lhs, rhs, rcond=None)[0]
