@@ -15,7 +15,7 @@ import onnx_graphsurgeon as gs
 from onnxprune.channels import Group, Member
 from onnxprune.errors import OnnxPruneError
 from onnxprune.io import Model
-from onnxprune.rules import AFFINE, IN, OUT, ZEROED_ROLES
+from onnxprune.rules import AFFINE, IN, OUT
 
 Criterion = Callable[[Model, Group], np.ndarray]
 
@@ -56,21 +56,6 @@ def bn_scale(model: Model, group: Group) -> np.ndarray:
             found = True
             score += _per_channel(member, np.asarray(weights[member.tensor].values), 1, group.channels)
     return score if found else CRITERIA["l2"](model, group)
-
-
-def zero_channels(model: Model, group: Group) -> list[int]:
-    """Group channels whose producing slices are all exactly zero."""
-    weights = model.weights()
-    producing = [m for m in group.members if m.role in ZEROED_ROLES and m.tensor in weights]
-    if not producing:
-        return []
-    zero = np.ones(group.channels, dtype=bool)
-    for member in producing:
-        values = np.asarray(weights[member.tensor].values)
-        slices = np.moveaxis(np.take(values, member.index, axis=member.axis), member.axis, 0)
-        nonzero = np.any(slices.reshape(len(member.index), -1) != 0, axis=1)
-        zero[np.unique(member.channel[nonzero])] = False
-    return np.flatnonzero(zero).tolist()
 
 
 def activation_weighted(energies: dict[str, np.ndarray]) -> Criterion:

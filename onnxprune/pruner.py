@@ -19,8 +19,9 @@ import onnx_graphsurgeon as gs
 
 from onnxprune.channels import Group, find_groups
 from onnxprune.errors import NotExact, OnnxPruneError, first_line
-from onnxprune.importance import DATA_CRITERIA, get_criterion, zero_channels
+from onnxprune.importance import DATA_CRITERIA, get_criterion
 from onnxprune.io import Model, to_proto, with_weights
+from onnxprune.masks import zero_channels
 from onnxprune.plan import Plan, Planner, candidate_groups, spec_ratios, uniform_ratios
 from onnxprune.progress import Progress
 from onnxprune.recover.calibration import calibration_batches
