@@ -52,7 +52,7 @@ from onnxprune.metrics import (
     load_eval,
     random_data,
 )
-from onnxprune.plan import Plan, Planner, candidate_groups
+from onnxprune.plan import Plan, Planner, candidate_groups, named_groups
 from onnxprune.progress import Progress
 from onnxprune.rules import ZEROED_ROLES
 from onnxprune.sensitivity import DEFAULT_RATIOS, SensitivityTable, ratio_key
@@ -193,17 +193,9 @@ def analyze(model: Model, options: AnalyzeOptions, progress: Callable[[Progress]
 
 def _targets(model: Model, groups: list[Group], wanted: list[str] | None) -> list[Group]:
     prunable = candidate_groups(model, groups, [])
-    if wanted is None:
-        if not prunable:
-            raise OnnxPruneError("no prunable channel groups in this model (see `onnxprune inspect`)")
-        return prunable
-    known, allowed = {g.id: g for g in groups}, {g.id for g in prunable}
-    for gid in wanted:
-        if gid not in known:
-            raise OnnxPruneError(f"unknown group {gid!r} (see `onnxprune inspect` for group ids)")
-        if gid not in allowed:
-            raise OnnxPruneError(f"group {gid!r} cannot be pruned: {known[gid].reason or 'single channel'}")
-    return [g for g in prunable if g.id in set(wanted)]
+    if wanted is None and not prunable:
+        raise OnnxPruneError("no prunable channel groups in this model (see `onnxprune inspect`)")
+    return prunable if wanted is None else named_groups(wanted, prunable, groups)
 
 
 def _data(model: Model, options: AnalyzeOptions, note: Callable[[str], None]) -> Dataset:

@@ -154,3 +154,15 @@ def test_top1_tracks_accuracy_on_digits() -> None:
         assert row["0.9"] < row["0.5"] <= table.baseline
         assert all(value == round(value * 450) / 450 for value in row.values())  # counts of 450 samples
     assert sum(table.macs_share.values()) > 1  # a conv between two groups counts for both
+
+
+def test_analysis_names_groups_as_a_spec_does() -> None:
+    """`AnalyzeOptions.groups` is checked by the same function as a spec's keys (plan.named_groups)."""
+    model = onnxprune.load(fixture_path("plain_cnn"))
+    groups = find_groups(model)
+    fixed = next((g.id for g in groups if not g.prunable), None)
+    with pytest.raises(onnxprune.OnnxPruneError, match="unknown group 'nope'"):
+        analyze(model, AnalyzeOptions(groups=["nope"], ratios=[0.5]))
+    if fixed is not None:
+        with pytest.raises(onnxprune.OnnxPruneError, match="cannot be pruned"):
+            analyze(model, AnalyzeOptions(groups=[fixed], ratios=[0.5]))
