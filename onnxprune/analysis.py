@@ -33,7 +33,7 @@ import onnx_graphsurgeon as gs
 from onnxprune import io
 from onnxprune.cache import AnalysisCache, cache_key, removal_digest
 from onnxprune.channels import Group, find_groups
-from onnxprune.errors import OnnxPruneError
+from onnxprune.errors import OnnxPruneError, OptionError
 from onnxprune.evaluator import DEFAULT_PREFIX_BUDGET, Entry, Evaluator, Job, Payload
 from onnxprune.executors import make_executor, require_ray, split_jobs
 from onnxprune.importance import get_criterion
@@ -55,7 +55,7 @@ from onnxprune.metrics import (
 from onnxprune.plan import Plan, Planner, candidate_groups, named_groups
 from onnxprune.progress import Progress
 from onnxprune.rules import ZEROED_ROLES
-from onnxprune.sensitivity import DEFAULT_RATIOS, SensitivityTable, ratio_key
+from onnxprune.sensitivity import DEFAULT_RATIOS, SensitivityTable, check_analysis, ratio_key
 from onnxprune.split import MaskPoint
 from onnxprune.surgery import removed_slices, sparse_values
 
@@ -94,17 +94,12 @@ class AnalyzeOptions:
     prefix_budget: int = DEFAULT_PREFIX_BUDGET
 
     def check(self) -> None:
-        if not self.ratios:
-            raise OnnxPruneError("--ratios: give at least one ratio")
-        for ratio in self.ratios:
-            if not 0 < ratio < 1:
-                raise OnnxPruneError(f"--ratios: {ratio} is not in (0, 1)")
-        if self.workers < 1:
-            raise OnnxPruneError(f"--workers {self.workers} must be >= 1")
+        """Refuse bad options (an `OptionError` naming them by field: the CLI says its flags instead)."""
+        check_analysis(self.ratios, self.workers)
         if self.ray is not None and self.workers > 1:
-            raise OnnxPruneError("give --workers or --ray, not both")
+            raise OptionError("give {workers} or {ray}, not both")
         if self.round_to is not None and self.round_to < 1:
-            raise OnnxPruneError(f"--round-to {self.round_to} must be >= 1")
+            raise OptionError(f"{{round_to}} {self.round_to} must be >= 1")
         if self.batch_size < 1:
             raise OnnxPruneError(f"batch size {self.batch_size} must be >= 1")
         get_criterion(self.criterion)

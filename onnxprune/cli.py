@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from onnxprune import io
-from onnxprune.errors import OnnxPruneError
+from onnxprune.errors import OnnxPruneError, OptionError
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
 
@@ -125,25 +125,13 @@ def cmd_transform(args: argparse.Namespace) -> int:
 def _key_source(args: argparse.Namespace, required: str = ""):
     """The key from --key-file, --key-env or --passphrase-env (at most one); None when none is given,
     unless `required` names what needs it."""
-    from onnxprune.secure import KeySource
+    from onnxprune.secure import KeyOrigin
 
-    given = [name for name in ("key_file", "key_env", "passphrase_env") if getattr(args, name, None)]
-    if len(given) > 1:
-        raise OnnxPruneError("give only one of --key-file, --key-env and --passphrase-env")
-    if args.key_env:
-        return KeySource.from_env(args.key_env)
-    if args.passphrase_env:
-        import os
-
-        passphrase = os.environ.get(args.passphrase_env)
-        if not passphrase:
-            raise OnnxPruneError(f"environment variable {args.passphrase_env}: not set or empty (expected a passphrase)")
-        return KeySource(passphrase=passphrase)
-    if args.key_file:
-        return KeySource(key_file=args.key_file)
-    if required:
+    origin = KeyOrigin(getattr(args, "key_file", None) or None, getattr(args, "key_env", None) or None,
+                       getattr(args, "passphrase_env", None) or None)
+    if required and not origin.given:
         raise OnnxPruneError(f"{required} needs --key-file, --key-env or --passphrase-env")
-    return None
+    return origin.source()
 
 
 def _add_key_options(p: argparse.ArgumentParser) -> None:
@@ -451,9 +439,21 @@ def main(argv: list[str] | None = None) -> int:
         return _dispatch(args)
 
 
+_FLAGS = {"sensitivity": "--sens", "data": "--data CALIB.npz", "cache_dir": "--cache", "input_shapes": "--input-shape"}
+
+
+def flag(option: str) -> str:
+    """The command-line flag of a library option (`round_to` -> `--round-to`), for the library's
+    `OptionError`s."""
+    return _FLAGS.get(option, "--" + option.replace("_", "-"))
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     try:
         return args.func(args)
+    except OptionError as exc:
+        print(f"onnxprune: error: {exc.say(flag)}", file=sys.stderr)
+        return EXIT_USAGE
     except OnnxPruneError as exc:
         print(f"onnxprune: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from onnxprune.errors import OnnxPruneError
+from onnxprune.errors import OnnxPruneError, OptionError
 from onnxprune.evaluator import Evaluator, Job, Payload, Result, worker_evaluator
 
 
@@ -169,7 +169,7 @@ def _ray_get(ray, ref) -> Result:
 def require_ray():
     """The ray module, or a clear message on how to get it."""
     if importlib.util.find_spec("ray") is None:
-        raise OnnxPruneError("--ray needs the ray package: pip install 'onnxprune[ray]'")
+        raise OptionError("{ray} needs the ray package: pip install 'onnxprune[ray]'")
     import ray
 
     return ray

@@ -13,7 +13,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxprune.channels import Group, Member
-from onnxprune.errors import OnnxPruneError
+from onnxprune.errors import OptionError
 from onnxprune.io import Model
 from onnxprune.rules import AFFINE, IN, OUT
 
@@ -93,10 +93,14 @@ CRITERIA: dict[str, Criterion] = {"l1": _magnitude(1), "l2": _magnitude(2), "bn"
 DATA_CRITERIA = ("act", "greedy")  # need calibration data (`prune --data`); built by `recover.scores.data_criterion`
 
 
-def get_criterion(name: str) -> Criterion:
-    """The weight-only criterion called `name` (data-aware ones need calibration data: see DATA_CRITERIA)."""
+def get_criterion(name: str, data: bool = False) -> Criterion | None:
+    """The weight-only criterion called `name`; with `data`, a data-aware name is accepted too (None: it is
+    built from calibration data by `recover.scores.data_criterion`)."""
     if name in DATA_CRITERIA:
-        raise OnnxPruneError(f"criterion {name!r} looks at activations: it needs calibration data (--data)")
+        if data:
+            return None
+        raise OptionError(f"{{criterion}} {name!r} looks at activations: it needs calibration data ({{data}})")
     if name not in CRITERIA:
-        raise OnnxPruneError(f"unknown criterion {name!r}; choose one of {', '.join([*CRITERIA, *DATA_CRITERIA])}")
+        raise OptionError(f"{{criterion}} {name!r}: unknown criterion; choose one of "
+                          f"{', '.join([*CRITERIA, *DATA_CRITERIA])}")
     return CRITERIA[name]

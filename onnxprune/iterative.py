@@ -48,7 +48,7 @@ from onnxprune import io
 from onnxprune.adapters import Adapter, check_returned
 from onnxprune.channels import find_groups
 from onnxprune.config import RunConfig
-from onnxprune.errors import OnnxPruneError
+from onnxprune.errors import OnnxPruneError, OptionError
 from onnxprune.importance import CRITERIA
 from onnxprune.io import Model
 from onnxprune.masks import Masks, masks_from_plan
@@ -240,7 +240,7 @@ class _Loop:
         if self.wd.has("baseline.onnx"):
             stored = self.wd.read_model("baseline.onnx")
             if given is not None and _digest(given) != _digest(stored):
-                raise OnnxPruneError(f"--workdir {self.wd.root}: was started from another baseline model; "
+                raise OptionError(f"{{workdir}} {self.wd.root}: was started from another baseline model; "
                                      "use a new work dir")
             return stored
         self.wd.write_model("baseline.onnx", given)
@@ -393,18 +393,10 @@ class _Loop:
         return result
 
     def _encrypt(self, dense: Path) -> str:
-        from onnxprune.secure import KeySource, encrypt_file
+        from onnxprune.secure import encrypt_file
 
-        how = self.config.encrypt
-        if how.key_file is not None:
-            key = KeySource(key_file=how.key_file)
-        else:
-            passphrase = os.environ.get(how.passphrase_env)
-            if not passphrase:
-                raise OnnxPruneError(f"encrypt.passphrase_env: environment variable {how.passphrase_env} is not set")
-            key = KeySource(passphrase=passphrase)
         target = dense.with_name(dense.name + ".enc")
-        encrypt_file(dense, target, key)
+        encrypt_file(dense, target, self.config.encrypt.source())  # checked with the config
         return str(target)
 
 

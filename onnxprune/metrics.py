@@ -36,7 +36,7 @@ from typing import Protocol
 import numpy as np
 
 from onnxprune.data import read_arrays
-from onnxprune.errors import OnnxPruneError
+from onnxprune.errors import OnnxPruneError, OptionError
 from onnxprune.io import Model
 from onnxprune.shapes import random_input
 
@@ -258,7 +258,7 @@ class UserEval:
         arrays = self.data.arrays() if self.data is not None else {}
         value = fn(lambda feeds: run(feeds, key=None), arrays)
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise OnnxPruneError(f"--eval {self.spec} returned {type(value).__name__}, not a number")
+            raise OptionError(f"{{eval}} {self.spec} returned {type(value).__name__}, not a number")
         return float(value)
 
 
@@ -269,20 +269,20 @@ def load_eval(spec: str) -> Callable:
     """Import `package.module:function`; the current directory is searched first, as `python -m` does."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr or not all(p.isidentifier() for p in module_name.split(".") + [attr]):
-        raise OnnxPruneError(f"--eval {spec!r}: expected package.module:function")
+        raise OptionError(f"{{eval}} {spec!r}: expected package.module:function")
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise OnnxPruneError(f"--eval {spec}: cannot import {module_name!r} ({exc})") from None
+        raise OptionError(f"{{eval}} {spec}: cannot import {module_name!r} ({exc})") from None
     fn = getattr(module, attr, None)
     if not callable(fn):
-        raise OnnxPruneError(f"--eval {spec}: {module_name} has no function {attr!r}")
+        raise OptionError(f"{{eval}} {spec}: {module_name} has no function {attr!r}")
     try:
         inspect.signature(fn).bind(None, None)
     except TypeError:
-        raise OnnxPruneError(f"--eval {spec}: the function must take (run, data)") from None
+        raise OptionError(f"{{eval}} {spec}: the function must take (run, data)") from None
     except ValueError:
         pass  # builtins without a signature: trust them
     return fn

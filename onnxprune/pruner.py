@@ -18,7 +18,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxprune.channels import Group, find_groups
-from onnxprune.errors import NotExact, OnnxPruneError, first_line
+from onnxprune.errors import NotExact, OnnxPruneError, OptionError, first_line
 from onnxprune.importance import DATA_CRITERIA, get_criterion
 from onnxprune.io import Model, to_proto, with_weights
 from onnxprune.masks import zero_channels
@@ -77,28 +77,33 @@ class PruneOptions:
         return self.data is not None and self.reconstruct is not False
 
     def check(self) -> None:
+        """Refuse bad options (an `OptionError` naming them by field: the CLI says its flags instead)."""
         if (self.ratio is None) == (self.spec is None):
-            raise OnnxPruneError("give exactly one of --ratio and --spec")
+            raise OptionError("give exactly one of {ratio} and {spec}")
         if self.ratio is not None and not 0 < self.ratio < 1:
-            raise OnnxPruneError(f"--ratio {self.ratio} is not in (0, 1)")
+            raise OptionError(f"{{ratio}} {self.ratio} is not in (0, 1)")
         if self.mode not in ("slim", "sparse"):
-            raise OnnxPruneError(f"--mode {self.mode!r}: choose slim or sparse")
-        if self.attention not in ("dims", "heads"):
-            raise OnnxPruneError(f"--attention {self.attention!r}: choose dims or heads")
-        if self.round_to is not None and self.round_to < 1:
-            raise OnnxPruneError(f"--round-to {self.round_to} must be >= 1")
-        if self.reconstruct and self.data is None:
-            raise OnnxPruneError("--reconstruct needs calibration data (--data CALIB.npz)")
-        if self.chosen_criterion in DATA_CRITERIA and self.data is None:
-            raise OnnxPruneError(f"--criterion {self.criterion} looks at activations: it needs --data CALIB.npz")
-        if self.chosen_criterion not in DATA_CRITERIA:
-            get_criterion(self.chosen_criterion)
+            raise OptionError(f"{{mode}} {self.mode!r}: choose slim or sparse")
+        check_method(self.criterion, self.round_to, self.attention, self.data is not None, self.reconstruct)
         if self.allocation not in (None, "uniform", "reconstruction"):
-            raise OnnxPruneError(f"--allocation {self.allocation!r}: choose uniform or reconstruction")
+            raise OptionError(f"{{allocation}} {self.allocation!r}: choose uniform or reconstruction")
         if self.allocation == "reconstruction" and self.data is None:
-            raise OnnxPruneError("--allocation reconstruction needs calibration data (--data CALIB.npz)")
+            raise OptionError("{allocation} reconstruction needs calibration data ({data})")
         if self.allocation is not None and self.sensitivity is not None:
-            raise OnnxPruneError("give either --sens or --allocation, not both")
+            raise OptionError("give either {sensitivity} or {allocation}, not both")
+
+
+def check_method(criterion: str | None, round_to: int | None, attention: str, has_data: bool,
+                 reconstruct: bool | None) -> None:
+    """The checks of how channels are chosen, shared by `PruneOptions` and the run config's [prune]."""
+    if attention not in ("dims", "heads"):
+        raise OptionError(f"{{attention}} {attention!r}: choose dims or heads")
+    if round_to is not None and round_to < 1:
+        raise OptionError(f"{{round_to}} {round_to} must be >= 1")
+    if reconstruct and not has_data:
+        raise OptionError("{reconstruct} needs calibration data ({data})")
+    if criterion is not None:
+        get_criterion(criterion, data=has_data)
 
 
 @dataclass

@@ -7,7 +7,7 @@ import onnx
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
-from onnxprune.errors import OnnxPruneError, first_line
+from onnxprune.errors import OnnxPruneError, OptionError, first_line
 from onnxprune.shapes import random_input
 
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
@@ -23,7 +23,7 @@ def parse_providers(text: str | None) -> list[str]:
         item = item.strip()
         name = item if item.endswith("ExecutionProvider") else f"{item}ExecutionProvider"
         if name not in available:
-            raise OnnxPruneError(f"--providers: {item!r} is not available here ({', '.join(available)})")
+            raise OptionError(f"{{providers}}: {item!r} is not available here ({', '.join(available)})")
         names.append(name)
     return names
 

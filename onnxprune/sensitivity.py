@@ -22,7 +22,7 @@ from pathlib import Path
 from onnxprune.atomic import write_bytes, write_text
 from onnxprune.channels import Group
 from onnxprune.data import read_json
-from onnxprune.errors import OnnxPruneError
+from onnxprune.errors import OnnxPruneError, OptionError
 
 TABLE_VERSION = 1
 DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -38,17 +38,29 @@ def ratio_key(ratio: float) -> str:
 def parse_ratios(text: str) -> list[float]:
     """`--ratios 0.1,0.2,...` -> sorted unique ratios, each in (0, 1)."""
     if not text.strip():
-        raise OnnxPruneError("--ratios is empty: give fractions such as 0.1,0.3,0.5")
+        raise OptionError("{ratios} is empty: give fractions such as 0.1,0.3,0.5")
     ratios = []
     for item in text.split(","):
         try:
             value = round(float(item), 6)
         except ValueError:
-            raise OnnxPruneError(f"--ratios: {item.strip()!r} is not a number") from None
+            raise OptionError(f"{{ratios}}: {item.strip()!r} is not a number") from None
         if not 0 < value < 1:
-            raise OnnxPruneError(f"--ratios: {value} is not in (0, 1)")
+            raise OptionError(f"{{ratios}}: {value} is not in (0, 1)")
         ratios.append(value)
     return sorted(set(ratios))
+
+
+def check_analysis(ratios: list[float] | None, workers: int) -> None:
+    """The checks of what analysis measures and how widely, shared by `analysis.AnalyzeOptions` and the run
+    config's [analyze]."""
+    if ratios is not None and not ratios:
+        raise OptionError("{ratios}: give at least one ratio")
+    for ratio in ratios or []:
+        if not 0 < ratio < 1:
+            raise OptionError(f"{{ratios}}: {ratio} is not in (0, 1)")
+    if workers < 1:
+        raise OptionError(f"{{workers}} {workers} must be >= 1")
 
 
 @dataclass
