@@ -175,13 +175,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     random batch, and write its outputs to an .npz (one array per output)."""
     from onnxprune.data import read_feeds, write_npz
     from onnxprune.runtime import parse_providers, random_feeds
-    from onnxprune.secure import KeySource, is_encrypted, load_session
+    from onnxprune.secure import KeySource, ensure_plain_model, is_encrypted, load_session
 
     _check_output(args, args.output)
     key = _key_source(args)
-    if key is None and is_encrypted(args.model):
-        raise OnnxPruneError(f"{args.model}: model is encrypted; pass --key-file, --key-env or --passphrase-env")
-    if key is not None and not is_encrypted(args.model):
+    if key is None:
+        ensure_plain_model(args.model, "pass --key-file, --key-env or --passphrase-env")
+    elif not is_encrypted(args.model):
         raise OnnxPruneError(f"{args.model}: not an encrypted model, but a key was given")
     providers = parse_providers(args.providers)
     if key is None:

@@ -97,10 +97,9 @@ def read_proto(path: str | os.PathLike) -> onnx.ModelProto:
         raise OnnxPruneError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise OnnxPruneError(f"{path}: file is empty")
-    from onnxprune.secure import is_encrypted
+    from onnxprune.secure import ensure_plain_model
 
-    if is_encrypted(path):
-        raise OnnxPruneError(f"{path}: model is encrypted; decrypt it first (onnxprune decrypt)")
+    ensure_plain_model(path, "decrypt it first")
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except (DecodeError, RuntimeError, ValueError, OSError) as exc:

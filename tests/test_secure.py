@@ -13,6 +13,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+import onnxprune
 from onnxprune.errors import OnnxPruneError
 from onnxprune.secure import (
     SCRYPT_N,
@@ -481,6 +482,9 @@ def test_encrypted_model_where_plain_expected(small_container: Path, key: bytes,
     with pytest.raises(OnnxPruneError) as exc:
         encrypt_file(small_container, tmp_path / "twice.enc", KeySource(key=key))
     assert_one_line_refusal(exc, "encrypted model")
+    with pytest.raises(OnnxPruneError) as exc:  # every reader of plain models refuses in the same words
+        onnxprune.load(small_container)
+    assert_one_line_refusal(exc, "is an encrypted model (decrypt it first)")
     assert not (tmp_path / "twice.enc").exists()
 
 

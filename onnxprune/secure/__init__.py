@@ -12,6 +12,7 @@ from onnxprune.secure.container import (
     ContainerHeader,
     KdfParams,
     PartInfo,
+    ensure_plain_model,
     is_encrypted,
     read_container_header,
 )
@@ -20,7 +21,6 @@ from onnxprune.secure.files import (
     decrypt_file,
     encrypt_bytes,
     encrypt_file,
-    ensure_plain_model,
 )
 from onnxprune.secure.keys import (
     KEY_SIZE,

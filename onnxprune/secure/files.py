@@ -19,7 +19,7 @@ from onnxprune.secure.container import (
     Manifest,
     PayloadPart,
     decrypt_container_bytes,
-    is_encrypted,
+    ensure_plain_model,
     is_encrypted_stream,
     open_container,
     open_payload,
@@ -28,12 +28,6 @@ from onnxprune.secure.container import (
 )
 from onnxprune.secure.external import check_location, external_locations, resolve_location
 from onnxprune.secure.keys import KeySource
-
-
-def ensure_plain_model(path: str | os.PathLike) -> None:
-    """Refuse an encrypted model where a plain ONNX file is needed, with a message that says what to do."""
-    if is_encrypted(path):
-        raise OnnxPruneError(f"{os.fspath(path)}: is an encrypted model (decrypt it first, or pass its key)")
 
 
 def encrypt_file(
