@@ -46,6 +46,7 @@ from tasks import OUT, TASKS, Task, load_task
 
 import onnxprune
 from onnxprune.pruner import PruneOptions, prune
+from onnxprune.sensitivity import SensitivityTable
 
 RATIOS = (0.1, 0.2, 0.3, 0.5)
 TABLE_RATIOS = [0.1, 0.2, 0.3, 0.5, 0.7]
@@ -121,14 +122,14 @@ def run_variant(task: Task, options: dict, calib_npz: str | None, baseline: floa
     return Cell(metric, kept, removed, seconds, peak, extra=dict(task.extra) or None)
 
 
-def sensitivity_table(task: Task, calib_npz: Path) -> tuple[dict, float]:
+def sensitivity_table(task: Task, calib_npz: Path) -> tuple[SensitivityTable, float]:
     """The `analyze` table on the calibration inputs (cached under benchmarks/out/recovery/cache)."""
     from onnxprune.analysis import AnalyzeOptions, analyze
 
     start = time.perf_counter()
     options = AnalyzeOptions(data=str(calib_npz), ratios=TABLE_RATIOS, cache_dir=WORK / "cache")
     table = analyze(onnxprune.load(task.model_path, task.input_shapes), options).table
-    return table.to_dict(), time.perf_counter() - start
+    return table, time.perf_counter() - start
 
 
 def run_task(module: str, ratios: list[float], calib: int | None, variants: list[str]) -> dict:

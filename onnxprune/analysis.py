@@ -14,7 +14,7 @@ Otherwise the group's zeroed weights themselves are put in (weights mode, one se
 Example:
     model = onnxprune.load("model.onnx")
     result = analyze(model, AnalyzeOptions(data="val.npz", cache_dir=".cache"))
-    write_table(result.table, "sens.json")
+    result.table.save("sens.json")
 """
 
 from __future__ import annotations

@@ -75,10 +75,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _read_sensitivity(path: str) -> dict:
-    from onnxprune.sensitivity import read_table
+def _read_sensitivity(path: str):
+    from onnxprune.sensitivity import SensitivityTable
 
-    return read_table(path)
+    return SensitivityTable.load(path)
 
 
 def _print_prune_summary(result, output: str, reconstruction=None) -> None:
@@ -231,7 +231,6 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         parse_ratios,
         plot_table,
         table_paths,
-        write_table,
     )
 
     _check_output(args, *(table_paths(args.output) if args.output else []), args.plot)
@@ -253,7 +252,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         result = analyze(model, options, progress=bar.update, warn=warn)
     print(format_table(result.table))
     if args.output:
-        written = write_table(result.table, args.output)
+        written = result.table.save(args.output)
         print(f"wrote {' and '.join(map(str, written))}", file=sys.stderr)
     if args.plot:
         plot_table(result.table, args.plot)

@@ -54,11 +54,12 @@ from onnxprune.io import Model
 from onnxprune.masks import Masks, masks_from_plan
 from onnxprune.profile import layer_costs, totals
 from onnxprune.pruner import PruneOptions, prune
+from onnxprune.sensitivity import SensitivityTable
 from onnxprune.transform import transform
 from onnxprune.workdir import Workdir
 
-# analyze(model, cache folder) -> sensitivity table (`analyze -o` JSON as a dict): re-analysis per round
-Analyze = Callable[[Model, Path], dict]
+# analyze(model, cache folder) -> sensitivity table: re-analysis per round
+Analyze = Callable[[Model, Path], SensitivityTable]
 Progress = Callable[[str], None]
 PROGRESS_EPS = 1e-6  # a round must remove at least this fraction of MACs more than the last
 
@@ -136,8 +137,8 @@ def default_analyze(config: RunConfig) -> Analyze:
     if settings.ratios:
         options.ratios = list(settings.ratios)
 
-    def run_analysis(model: Model, cache: Path) -> dict:
-        return analyze(model, replace(options, cache_dir=cache)).table.to_dict()
+    def run_analysis(model: Model, cache: Path) -> SensitivityTable:
+        return analyze(model, replace(options, cache_dir=cache)).table
 
     return run_analysis
 
@@ -192,7 +193,7 @@ class _Loop:
                                     attention=config.prune.attention,
                                     data=config.prune.data, reconstruct=config.prune.reconstruct,
                                     cumulative=True)
-        self.table: dict | None = None
+        self.table: SensitivityTable | None = None
 
     def run(self, baseline: onnx.ModelProto | str | os.PathLike | None) -> RunResult:
         given = self._given(baseline)
@@ -307,14 +308,12 @@ class _Loop:
                  f"{_num(metric)} before fine-tuning")
         return done
 
-    def _sensitivity(self, model: Model, folder: str) -> dict | None:
+    def _sensitivity(self, model: Model, folder: str) -> SensitivityTable | None:
         if self.config.prune.reanalyze:
             self.say(f"{folder}: analyzing sensitivity")
             return self.analyze(model, self.wd.path(f"{folder}/analysis"))
         if self.config.prune.sensitivity and self.table is None:
-            from onnxprune.sensitivity import read_table
-
-            self.table = read_table(self.config.prune.sensitivity)
+            self.table = SensitivityTable.load(self.config.prune.sensitivity)
         return self.table
 
     def _fine_tune(self, number: int, state: _State, pruned: dict[str, Any], base: dict,

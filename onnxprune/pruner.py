@@ -29,7 +29,7 @@ from onnxprune.recover.proxy import reconstruction_ratios
 from onnxprune.recover.reconstruct import Reconstruction, reconstruct
 from onnxprune.recover.scores import data_criterion
 from onnxprune.runtime import graph_feeds, max_relative_difference, run_graph
-from onnxprune.sensitivity import sensitivity_ratios
+from onnxprune.sensitivity import SensitivityTable, sensitivity_ratios
 from onnxprune.surgery import slim_graph, sparse, zeroed_in_place
 
 TOLERANCE = 1e-4  # the invariant: max |sparse - slim| <= 1e-4 * max |sparse|
@@ -41,7 +41,7 @@ class PruneOptions:
 
     ratio: float | None = None  # fraction of MACs to remove
     spec: dict[str, float] | None = None  # group id -> fraction of its channels to remove
-    sensitivity: dict | None = None  # an `analyze` table: per-group ratios from metric loss
+    sensitivity: SensitivityTable | None = None  # an `analyze` table: per-group ratios from metric loss
     criterion: str | None = None  # None: "greedy" with data and reconstruction, "act" with data only, else "l1"
     round_to: int | None = None  # kept channels a multiple of this; None: automatic (plan.alignment)
     exclude: list[str] = field(default_factory=list)
@@ -56,6 +56,10 @@ class PruneOptions:
     activation_budget: int = 1 << 27  # bytes of activations kept in memory (more goes to a temporary folder)
     reconstruct_scope: str = "consumers"  # or "downstream": every layer whose input pruning changes
     allocation: str | None = None  # without a sensitivity table: "uniform" (None) or "reconstruction"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.sensitivity, Mapping):  # the table as JSON (`SensitivityTable.to_dict`): check it
+            self.sensitivity = SensitivityTable.from_dict(self.sensitivity)
 
     @property
     def allocates_by_reconstruction(self) -> bool:

@@ -240,8 +240,8 @@ def test_proxy_matches_the_direct_measurement() -> None:
         result = prune(onnxprune.load(FIXTURES / "digits_cnn.onnx"),
                        PruneOptions(spec={gid: ratio}, data=options.data, criterion="l1", mode="sparse"))
         (fit,) = [f for f in result.reconstruction.layers if f.how == "solved"]
-        assert abs((1 - fit.error_after) - table["groups"][gid][str(ratio)]) < 0.03
-    rows = table["groups"][gid]
+        assert abs((1 - fit.error_after) - table.groups[gid][str(ratio)]) < 0.03
+    rows = table.groups[gid]
     assert rows["0.1"] > rows["0.5"] > rows["0.9"]  # more removed, less recoverable
 
 
