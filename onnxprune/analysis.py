@@ -33,25 +33,21 @@ import onnx_graphsurgeon as gs
 from onnxprune import io
 from onnxprune.cache import AnalysisCache, cache_key, removal_digest
 from onnxprune.channels import Group, find_groups
+from onnxprune.data import (
+    DEFAULT_BATCH,
+    RANDOM_SAMPLES,
+    Dataset,
+    count_samples,
+    load_data,
+    model_specs,
+    random_data,
+)
 from onnxprune.errors import OnnxPruneError, OptionError
 from onnxprune.evaluator import DEFAULT_PREFIX_BUDGET, Entry, Evaluator, Job, Payload
 from onnxprune.executors import make_executor, require_ray, split_jobs
 from onnxprune.importance import get_criterion
 from onnxprune.io import Model, stored_values
-from onnxprune.metrics import (
-    DEFAULT_BATCH,
-    RANDOM_SAMPLES,
-    Dataset,
-    Fidelity,
-    Metric,
-    Top1,
-    UserEval,
-    count_samples,
-    eval_source_digest,
-    load_data,
-    load_eval,
-    random_data,
-)
+from onnxprune.metrics import Fidelity, Metric, Top1, UserEval, eval_source_digest, load_eval
 from onnxprune.plan import Plan, Planner, candidate_groups, named_groups
 from onnxprune.progress import Progress
 from onnxprune.rules import ZEROED_ROLES
@@ -195,12 +191,12 @@ def _targets(model: Model, groups: list[Group], wanted: list[str] | None) -> lis
 
 def _data(model: Model, options: AnalyzeOptions, note: Callable[[str], None]) -> Dataset:
     if options.data is not None:
-        return load_data(options.data, model, options.batch_size, user_eval=options.eval is not None)
+        return load_data(options.data, model_specs(model), options.batch_size, user_eval=options.eval is not None)
     if options.eval is not None:  # the function brings its own data; keep the dataset only for the key
-        return replace(random_data(model, 1, 1), source="from --eval")
+        return replace(random_data(model_specs(model), 1, 1), source="from --eval")
     note(f"no --data: analyzing on {RANDOM_SAMPLES} random inputs with the label-free fidelity metric; "
          "real data gives a table you can trust")
-    return random_data(model, RANDOM_SAMPLES, options.batch_size)
+    return random_data(model_specs(model), RANDOM_SAMPLES, options.batch_size)
 
 
 def _metric(data: Dataset, options: AnalyzeOptions) -> Metric:

@@ -173,8 +173,8 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """Run a model (plain, or encrypted with a key: decrypted in memory only) on a data file or on a
     random batch, and write its outputs to an .npz (one array per output)."""
-    from onnxprune.data import read_feeds, write_npz
-    from onnxprune.runtime import parse_providers, random_feeds
+    from onnxprune.data import load_data, random_feeds, session_specs, write_npz
+    from onnxprune.runtime import parse_providers
     from onnxprune.secure import KeySource, ensure_plain_model, is_encrypted, load_session
 
     _check_output(args, args.output)
@@ -191,7 +191,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         secret = KeySource.raw_key(key) if key.passphrase is None else None
         sess = load_session(args.model, key=secret, passphrase=key.passphrase, providers=providers)
     if args.data:
-        feeds = read_feeds(args.data, sess.get_inputs()).inputs
+        feeds = load_data(args.data, session_specs(sess.get_inputs()), cast=True).inputs
     else:
         shapes = io.parse_input_shapes(args.input_shape)
         for inp in sess.get_inputs():
@@ -200,7 +200,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 if any(d is None for d in dims[1:]):
                     raise OnnxPruneError(f"input {inp.name!r} has dynamic dims {inp.shape}; pass --data or --input-shape")
                 shapes[inp.name] = tuple([1] + dims[1:])
-        feeds = random_feeds(sess, shapes, batch=args.batch)
+        feeds = random_feeds(session_specs(sess.get_inputs(), shapes), batch=args.batch)
     outputs = sess.run(None, feeds)
     names = [o.name for o in sess.get_outputs()]
     for name, value in zip(names, outputs):

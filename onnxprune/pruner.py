@@ -18,6 +18,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxprune.channels import Group, find_groups
+from onnxprune.data import model_specs, random_feeds
 from onnxprune.errors import NotExact, OnnxPruneError, OptionError, first_line
 from onnxprune.importance import DATA_CRITERIA, get_criterion
 from onnxprune.io import Model, to_proto, with_weights
@@ -28,7 +29,7 @@ from onnxprune.recover.calibration import calibration_batches
 from onnxprune.recover.proxy import reconstruction_ratios
 from onnxprune.recover.reconstruct import Reconstruction, reconstruct
 from onnxprune.recover.scores import data_criterion
-from onnxprune.runtime import graph_feeds, max_relative_difference, run_graph
+from onnxprune.runtime import max_relative_difference, run_graph
 from onnxprune.sensitivity import SensitivityTable, sensitivity_ratios
 from onnxprune.surgery import slim_graph, sparse, zeroed_in_place
 
@@ -180,7 +181,7 @@ def prune(model: Model, options: PruneOptions, progress: Callable[[Progress], No
     try:
         graph = slim_graph(model, groups, plan)
     except Exception:
-        run_input(model, graph_feeds(model.graph, model.input_shapes), options.providers)  # whose fault?
+        run_input(model, random_feeds(model_specs(model), batch=1), options.providers)  # whose fault?
         raise
     difference = None
     if options.verify:
@@ -211,7 +212,7 @@ def check_same_function(model: Model, candidate: gs.Graph, providers: list[str] 
     noise of the reference itself, measured as the difference between onnxruntime with and without
     graph optimizations. A wrong pruning differs by orders of magnitude more.
     """
-    feeds = graph_feeds(model.graph, model.input_shapes, batch=2)
+    feeds = random_feeds(model_specs(model), batch=2)
     expected = run_input(model, feeds, providers)
     try:
         difference = max_relative_difference(expected, run_graph(candidate, model.skeleton, feeds, providers))

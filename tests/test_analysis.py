@@ -10,10 +10,11 @@ from onnx import TensorProto, helper, numpy_helper
 import onnxprune
 from onnxprune.analysis import AnalyzeOptions, analyze, mask_points
 from onnxprune.channels import find_groups
+from onnxprune.data import Dataset, load_data, model_specs
 from onnxprune.evaluator import FullRunner
 from onnxprune.importance import get_criterion
 from onnxprune.io import with_weights
-from onnxprune.metrics import Dataset, Fidelity, Top1, load_data, relative_distance
+from onnxprune.metrics import Fidelity, Top1, relative_distance
 from onnxprune.plan import Planner, candidate_groups
 from onnxprune.pruner import PruneOptions, prune
 from onnxprune.runtime import session
@@ -48,7 +49,7 @@ def test_table_equals_the_sparse_model_on_every_fixture(tmp_path, name: str) -> 
         pytest.skip("no prunable groups")
     data_path = random_npz(tmp_path, name)
     result = analyze(model, AnalyzeOptions(data=str(data_path), ratios=[0.5], batch_size=4))
-    data = load_data(data_path, model, batch_size=4)
+    data = load_data(data_path, model_specs(model), batch_size=4)
     metric = Fidelity(data)
     metric.record(FullRunner(session(with_weights(model))))
     planner = Planner(model, groups, {g.id: get_criterion("l1")(model, g) for g in groups if g.prunable})
@@ -91,7 +92,7 @@ def test_weights_mode_where_masks_would_not_be_exact(tmp_path) -> None:
     x = np.random.default_rng(1).standard_normal([5, 3, 8, 8]).astype(np.float32)
     np.savez(tmp_path / "data.npz", x=x)
     result = analyze(model, AnalyzeOptions(data=str(tmp_path / "data.npz"), ratios=[0.25, 0.5]))
-    metric = Fidelity(load_data(tmp_path / "data.npz", model))
+    metric = Fidelity(load_data(tmp_path / "data.npz", model_specs(model)))
     assert metric.data.batch_size == 1  # the model's batch is fixed
     metric.record(FullRunner(session(with_weights(model))))
     planner = Planner(model, groups, {g.id: get_criterion("l1")(model, g) for g in groups if g.prunable})
@@ -110,7 +111,7 @@ def test_what_you_analyze_is_what_you_get(tmp_path, name: str, ratios: list[floa
     model = onnxprune.load(fixture_path(name))
     data_path = DIGITS_TEST if name == "digits_cnn" else random_npz(tmp_path, name, samples=8)
     result = analyze(model, AnalyzeOptions(data=str(data_path), ratios=ratios))
-    data = load_data(data_path, model)
+    data = load_data(data_path, model_specs(model))
     metric = Top1(data) if data.labels is not None else Fidelity(data)
     if isinstance(metric, Fidelity):
         metric.record(FullRunner(session(with_weights(model))))

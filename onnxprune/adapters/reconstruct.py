@@ -14,8 +14,8 @@ import numpy as np
 import onnx
 
 from onnxprune.adapters import Masks, Settings
-from onnxprune.data import read_arrays
-from onnxprune.metrics import LABELS, relative_distance
+from onnxprune.data import LABELS, read_arrays
+from onnxprune.metrics import relative_distance
 from onnxprune.runtime import session
 
 BATCH = 32
