@@ -441,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
 _FLAGS = {"sensitivity": "--sens", "data": "--data CALIB.npz", "cache_dir": "--cache", "input_shapes": "--input-shape"}
 
 
-def flag(option: str) -> str:
+def _flag(option: str) -> str:
     """The command-line flag of a library option (`round_to` -> `--round-to`), for the library's
     `OptionError`s."""
     return _FLAGS.get(option, "--" + option.replace("_", "-"))
@@ -451,7 +451,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     try:
         return args.func(args)
     except OptionError as exc:
-        print(f"onnxprune: error: {exc.say(flag)}", file=sys.stderr)
+        print(f"onnxprune: error: {exc.say(_flag)}", file=sys.stderr)
         return EXIT_USAGE
     except OnnxPruneError as exc:
         print(f"onnxprune: error: {exc}", file=sys.stderr)

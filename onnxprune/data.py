@@ -72,9 +72,11 @@ def model_specs(model: Model) -> list[InputSpec]:
         try:
             dtype = np.dtype(tensor.dtype) if tensor.dtype is not None else np.dtype(np.float32)
         except TypeError:  # an ONNX type numpy has no dtype for (bfloat16, float8, ...)
-            raise OnnxPruneError(f"input {tensor.name!r} is of a type numpy cannot hold (ONNX data type "
-                                 f"{tensor.dtype}), which onnxprune cannot feed to onnxruntime; convert the model "
-                                 "to float32 or float16") from None
+            from onnx.helper import tensor_dtype_to_string  # only to name it: data knows numpy types alone
+
+            kind = tensor_dtype_to_string(tensor.dtype) if isinstance(tensor.dtype, int) else tensor.dtype
+            raise OnnxPruneError(f"input {tensor.name!r} is of type {kind}, which onnxprune cannot feed to "
+                                 "onnxruntime; convert the model to float32 or float16") from None
         specs.append(InputSpec(tensor.name, tuple(model.input_shapes[tensor.name]), dtype, _dynamic(tensor.shape)))
     return specs
 

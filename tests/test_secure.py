@@ -707,3 +707,23 @@ def test_decrypted_files_replace_atomically(tmp_path: Path, key: bytes) -> None:
         decrypt_file(dst, out / "m.onnx", KeySource(key=key))
     assert {p: p.read_bytes() for p in files_under(out)} == before
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_cli_encrypt_never_loads_the_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`onnxprune encrypt` streams: it reads the external-data locations off the protobuf wire and never
+    loads the model or its weights (the streaming memory bound), yet still refuses a non-ONNX file."""
+    from onnxprune import io as onnxprune_io
+    from onnxprune.cli import main
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("encrypt loaded the model")
+
+    for name in ("load", "load_model", "load_model_from_string", "load_external_data_for_model"):
+        monkeypatch.setattr(onnx, name, no_load)
+    monkeypatch.setattr(onnxprune_io, "read_proto", no_load)
+    model = save_external(tmp_path / "m")
+    key = tmp_path / "k.key"
+    write_key_file(key)
+    assert main(["encrypt", str(model), "-o", str(tmp_path / "m.enc"), "--key-file", str(key)]) == 0
+    (tmp_path / "junk.onnx").write_bytes(b"\xff" * 64)
+    assert main(["encrypt", str(tmp_path / "junk.onnx"), "-o", str(tmp_path / "j.enc"), "--key-file", str(key)]) == 2
