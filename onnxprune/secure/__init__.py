@@ -12,7 +12,6 @@ from onnxprune.secure.container import (
     ContainerHeader,
     KdfParams,
     PartInfo,
-    ensure_plain_model,
     is_encrypted,
     read_container_header,
 )
@@ -21,6 +20,7 @@ from onnxprune.secure.files import (
     decrypt_file,
     encrypt_bytes,
     encrypt_file,
+    ensure_plain_model,
 )
 from onnxprune.secure.keys import (
     KEY_SIZE,

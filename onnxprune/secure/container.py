@@ -168,13 +168,6 @@ def is_encrypted(path: str | os.PathLike) -> bool:
         raise OnnxPruneError(f"{os.fspath(path)}: cannot read it ({exc.strerror or exc})") from None
 
 
-def ensure_plain_model(path: str | os.PathLike, remedy: str = "decrypt it first, or pass its key") -> None:
-    """Refuse an encrypted model where a plain ONNX file is needed (every reader of plain models asks
-    here); `remedy` says what to do instead, in the caller's terms."""
-    if is_encrypted(path):
-        raise OnnxPruneError(f"{os.fspath(path)}: is an encrypted model ({remedy})")
-
-
 def read_container_header(path: str | os.PathLike) -> ContainerHeader:
     """Read and check the clear header of an encrypted model (no key needed), e.g. to inspect it."""
     with open_container(path) as (_, _, header):

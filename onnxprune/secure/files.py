@@ -19,7 +19,7 @@ from onnxprune.secure.container import (
     Manifest,
     PayloadPart,
     decrypt_container_bytes,
-    ensure_plain_model,
+    is_encrypted,
     is_encrypted_stream,
     open_container,
     open_payload,
@@ -28,6 +28,13 @@ from onnxprune.secure.container import (
 )
 from onnxprune.secure.external import check_location, external_locations, resolve_location
 from onnxprune.secure.keys import KeySource
+
+
+def ensure_plain_model(path: str | os.PathLike, remedy: str = "decrypt it first, or pass its key") -> None:
+    """Refuse an encrypted model where a plain ONNX file is needed (every reader of plain models asks
+    here); `remedy` says what to do instead, in the caller's terms."""
+    if is_encrypted(path):
+        raise OnnxPruneError(f"{os.fspath(path)}: is an encrypted model ({remedy})")
 
 
 def encrypt_file(
