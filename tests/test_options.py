@@ -57,3 +57,12 @@ def test_the_config_says_its_keys() -> None:
         PruneSettings(reconstruct=True).check()
     with pytest.raises(OnnxPruneError, match=r"analyze.workers 0 must be >= 1"):
         Analysis(workers=0).check()
+
+
+def test_an_option_error_keeps_its_fields_across_processes() -> None:
+    """Analysis workers send errors back pickled: the CLI must still be able to say its flags."""
+    import pickle
+
+    error = pickle.loads(pickle.dumps(OptionError("{eval} x:y returned str, not a number")))
+    assert str(error) == "eval x:y returned str, not a number"
+    assert error.say(lambda name: f"--{name}") == "--eval x:y returned str, not a number"
