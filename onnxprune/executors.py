@@ -95,18 +95,27 @@ def _pool_worker(payload: Payload, tasks, results) -> None:
                     return
                 results.put(("result", result))
         except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it
-            results.put(("error", isinstance(exc, OnnxPruneError), _describe(exc)))
+            results.put(("error", _kind(exc), _describe(exc)))
             return
 
 
+def _kind(exc: BaseException) -> str:
+    """"option" (an `OptionError`: its text keeps the field marks, for the CLI), "user", or "" (a bug)."""
+    return "option" if isinstance(exc, OptionError) else "user" if isinstance(exc, OnnxPruneError) else ""
+
+
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OptionError):
+        return exc.text
     if isinstance(exc, OnnxPruneError):
         return str(exc)
     return "".join(traceback.format_exception_only(type(exc), exc)).strip() + "\n" + traceback.format_exc()
 
 
-def _raise_remote(user_error: bool, text: str) -> None:
-    if user_error:
+def _raise_remote(kind: str, text: str) -> None:
+    if kind == "option":
+        raise OptionError(text)
+    if kind:
         raise OnnxPruneError(text)
     raise RuntimeError(f"in an analysis worker: {text}")
 
@@ -161,6 +170,8 @@ def _ray_get(ray, ref) -> Result:
         return ray.get(ref)
     except ray.exceptions.RayTaskError as exc:
         cause = getattr(exc, "cause", None)
+        if isinstance(cause, OptionError):
+            raise OptionError(cause.text) from None
         if isinstance(cause, OnnxPruneError):
             raise OnnxPruneError(str(cause)) from None
         raise
