@@ -54,10 +54,11 @@ def main() -> int:
     import onnxprune
     from onnxprune.analysis import AnalyzeOptions, analyze, mask_points
     from onnxprune.channels import find_groups
+    from onnxprune.data import load_data, model_specs
     from onnxprune.evaluator import FullRunner
     from onnxprune.importance import get_criterion
     from onnxprune.io import with_weights
-    from onnxprune.metrics import Fidelity, load_data
+    from onnxprune.metrics import Fidelity
     from onnxprune.plan import Planner, candidate_groups
     from onnxprune.profile import layer_costs
     from onnxprune.runtime import session
@@ -85,7 +86,7 @@ def main() -> int:
     groups = find_groups(model)
     targets = candidate_groups(model, groups, [])
     planner = Planner(model, groups, {g.id: get_criterion("l1")(model, g) for g in targets})
-    metric = Fidelity(load_data(data_path, model))
+    metric = Fidelity(load_data(data_path, model_specs(model)))
     metric.record(FullRunner(session(with_weights(model))))
     naive: dict[str, dict[str, float]] = {}
     per_group_naive = {}

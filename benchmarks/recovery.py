@@ -48,6 +48,7 @@ from tasks import OUT, TASKS, Task, load_task
 
 import onnxprune
 from onnxprune.pruner import PruneOptions, prune
+from onnxprune.sensitivity import SensitivityTable
 
 RATIOS = (0.1, 0.2, 0.3, 0.5)
 TABLE_RATIOS = [0.1, 0.2, 0.3, 0.5, 0.7]
@@ -127,7 +128,7 @@ def run_variant(task: Task, options: dict, calib_npz: str | None, baseline: floa
     return Cell(metric, kept, removed, seconds, peak, extra=dict(task.extra) or None)
 
 
-def sensitivity_table(task: Task, calib_npz: Path, kind: str) -> tuple[dict, float]:
+def sensitivity_table(task: Task, calib_npz: Path, kind: str) -> tuple[SensitivityTable, float]:
     """The `analyze` table on the calibration inputs (cached under benchmarks/out/recovery/cache); kind
     "reconstructed" is `analyze --reconstruct`."""
     from onnxprune.analysis import AnalyzeOptions, analyze
@@ -136,7 +137,7 @@ def sensitivity_table(task: Task, calib_npz: Path, kind: str) -> tuple[dict, flo
     options = AnalyzeOptions(data=str(calib_npz), ratios=TABLE_RATIOS, cache_dir=WORK / "cache",
                              reconstruct=kind == "reconstructed")
     table = analyze(onnxprune.load(task.model_path, task.input_shapes), options).table
-    return table.to_dict(), time.perf_counter() - start
+    return table, time.perf_counter() - start
 
 
 def run_task(module: str, ratios: list[float], calib: int | None, variants: list[str]) -> dict:

@@ -15,7 +15,7 @@ Otherwise the group's zeroed weights themselves are put in (weights mode, one se
 Example:
     model = onnxprune.load("model.onnx")
     result = analyze(model, AnalyzeOptions(data="val.npz", cache_dir=".cache"))
-    write_table(result.table, "sens.json")
+    result.table.save("sens.json")
 """
 
 from __future__ import annotations
@@ -34,32 +34,28 @@ import onnx_graphsurgeon as gs
 from onnxprune import io
 from onnxprune.cache import AnalysisCache, cache_key, removal_digest
 from onnxprune.channels import Group, find_groups
-from onnxprune.errors import OnnxPruneError
+from onnxprune.data import (
+    DEFAULT_BATCH,
+    RANDOM_SAMPLES,
+    Dataset,
+    count_samples,
+    load_data,
+    model_specs,
+    random_data,
+)
+from onnxprune.errors import OnnxPruneError, OptionError
 from onnxprune.evaluator import DEFAULT_PREFIX_BUDGET, Entry, Evaluator, Job, Payload
 from onnxprune.executors import make_executor, require_ray, split_jobs
 from onnxprune.importance import DATA_CRITERIA, get_criterion
 from onnxprune.io import Model, stored_values
-from onnxprune.metrics import (
-    DEFAULT_BATCH,
-    RANDOM_SAMPLES,
-    Dataset,
-    Fidelity,
-    Metric,
-    Top1,
-    UserEval,
-    count_samples,
-    eval_source_digest,
-    load_data,
-    load_eval,
-    random_data,
-)
-from onnxprune.plan import Plan, Planner, candidate_groups
+from onnxprune.metrics import Fidelity, Metric, Top1, UserEval, eval_source_digest, load_eval
+from onnxprune.plan import Plan, Planner, candidate_groups, named_groups
 from onnxprune.progress import Progress
 from onnxprune.recover.calibration import calibration_batches
 from onnxprune.recover.resolve import Resolved, entry_values, resolved_readers
 from onnxprune.recover.scores import data_criterion
 from onnxprune.rules import ZEROED_ROLES, entry_for
-from onnxprune.sensitivity import DEFAULT_RATIOS, SensitivityTable, ratio_key
+from onnxprune.sensitivity import DEFAULT_RATIOS, SensitivityTable, check_analysis, ratio_key
 from onnxprune.split import MaskPoint
 from onnxprune.surgery import removed_slices, sparse_values
 
@@ -100,26 +96,17 @@ class AnalyzeOptions:
         return self.criterion or ("greedy" if self.reconstruct else "l1")
 
     def check(self) -> None:
-        if not self.ratios:
-            raise OnnxPruneError("--ratios: give at least one ratio")
-        for ratio in self.ratios:
-            if not 0 < ratio < 1:
-                raise OnnxPruneError(f"--ratios: {ratio} is not in (0, 1)")
-        if self.workers < 1:
-            raise OnnxPruneError(f"--workers {self.workers} must be >= 1")
+        """Refuse bad options (an `OptionError` naming them by field: the CLI says its flags instead)."""
+        check_analysis(self.ratios, self.workers)
         if self.ray is not None and self.workers > 1:
-            raise OnnxPruneError("give --workers or --ray, not both")
+            raise OptionError("give {workers} or {ray}, not both")
         if self.round_to is not None and self.round_to < 1:
-            raise OnnxPruneError(f"--round-to {self.round_to} must be >= 1")
+            raise OptionError(f"{{round_to}} {self.round_to} must be >= 1")
         if self.batch_size < 1:
             raise OnnxPruneError(f"batch size {self.batch_size} must be >= 1")
         if self.reconstruct and self.data is None:
-            raise OnnxPruneError("analysis with reconstruction needs calibration data (--data CALIB.npz)")
-        if self.chosen_criterion in DATA_CRITERIA:
-            if self.data is None:
-                raise OnnxPruneError(f"criterion {self.chosen_criterion} looks at activations: it needs data")
-        else:
-            get_criterion(self.chosen_criterion)
+            raise OptionError("{reconstruct} needs calibration data ({data})")
+        get_criterion(self.chosen_criterion, data=self.data is not None)
         if self.eval is not None:
             load_eval(self.eval)
         if self.ray is not None:
@@ -165,8 +152,8 @@ def analyze(model: Model, options: AnalyzeOptions, progress: Callable[[Progress]
 
     batches = calibration_batches(model, options.data) \
         if options.reconstruct or options.chosen_criterion in DATA_CRITERIA else None
-    criterion = data_criterion(options.chosen_criterion, model, targets, batches, options.providers, progress=progress) \
-        if options.chosen_criterion in DATA_CRITERIA else get_criterion(options.chosen_criterion)
+    criterion = get_criterion(options.chosen_criterion, data=True) \
+        or data_criterion(options.chosen_criterion, model, targets, batches, options.providers, progress=progress)
     scores = {g.id: criterion(model, g) for g in targets}
     planner = Planner(model, groups, scores, options.round_to)  # the channels `prune --spec` would take
     keys = [ratio_key(r) for r in options.ratios]
@@ -217,27 +204,19 @@ def analyze(model: Model, options: AnalyzeOptions, progress: Callable[[Progress]
 
 def _targets(model: Model, groups: list[Group], wanted: list[str] | None) -> list[Group]:
     prunable = candidate_groups(model, groups, [])
-    if wanted is None:
-        if not prunable:
-            raise OnnxPruneError("no prunable channel groups in this model (see `onnxprune inspect`)")
-        return prunable
-    known, allowed = {g.id: g for g in groups}, {g.id for g in prunable}
-    for gid in wanted:
-        if gid not in known:
-            raise OnnxPruneError(f"unknown group {gid!r} (see `onnxprune inspect` for group ids)")
-        if gid not in allowed:
-            raise OnnxPruneError(f"group {gid!r} cannot be pruned: {known[gid].reason or 'single channel'}")
-    return [g for g in prunable if g.id in set(wanted)]
+    if wanted is None and not prunable:
+        raise OnnxPruneError("no prunable channel groups in this model (see `onnxprune inspect`)")
+    return prunable if wanted is None else named_groups(wanted, prunable, groups)
 
 
 def _data(model: Model, options: AnalyzeOptions, note: Callable[[str], None]) -> Dataset:
     if options.data is not None:
-        return load_data(options.data, model, options.batch_size, user_eval=options.eval is not None)
+        return load_data(options.data, model_specs(model), options.batch_size, user_eval=options.eval is not None)
     if options.eval is not None:  # the function brings its own data; keep the dataset only for the key
-        return replace(random_data(model, 1, 1), source="from --eval")
+        return replace(random_data(model_specs(model), 1, 1), source="from --eval")
     note(f"no --data: analyzing on {RANDOM_SAMPLES} random inputs with the label-free fidelity metric; "
          "real data gives a table you can trust")
-    return random_data(model, RANDOM_SAMPLES, options.batch_size)
+    return random_data(model_specs(model), RANDOM_SAMPLES, options.batch_size)
 
 
 def _metric(data: Dataset, options: AnalyzeOptions) -> Metric:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from onnxprune.atomic import write_text
 from onnxprune.data import MAX_JSON_BYTES, read_bounded
-from onnxprune.errors import OnnxPruneError
+from onnxprune.errors import OnnxPruneError, OptionError
 from onnxprune.sensitivity import is_number
 
 FORMAT = "onnxprune-sensitivity-cache"
@@ -57,11 +57,11 @@ class AnalysisCache:
         if directory is None:
             return AnalysisCache(key, None, settings), None
         if Path(directory).exists() and not Path(directory).is_dir():
-            raise OnnxPruneError(f"--cache {directory}: exists and is not a folder")
+            raise OptionError(f"{{cache_dir}} {directory}: exists and is not a folder")
         path = Path(directory) / f"{key}.json"
         fresh = AnalysisCache(key, path, settings)
         if path.is_symlink() or (path.exists() and not path.is_file()):
-            raise OnnxPruneError(f"cache {path}: not a regular file (remove it, or pass another --cache)")
+            raise OptionError(f"cache {path}: not a regular file (remove it, or pass another {{cache_dir}})")
         if force or not path.exists():
             return fresh, None
         try:

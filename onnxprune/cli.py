@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from onnxprune import io
-from onnxprune.errors import OnnxPruneError
+from onnxprune.errors import OnnxPruneError, OptionError
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
 
@@ -75,10 +75,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _read_sensitivity(path: str) -> dict:
-    from onnxprune.sensitivity import read_table
+def _read_sensitivity(path: str):
+    from onnxprune.sensitivity import SensitivityTable
 
-    return read_table(path)
+    return SensitivityTable.load(path)
 
 
 def _print_prune_summary(result, output: str, reconstruction=None) -> None:
@@ -125,25 +125,13 @@ def cmd_transform(args: argparse.Namespace) -> int:
 def _key_source(args: argparse.Namespace, required: str = ""):
     """The key from --key-file, --key-env or --passphrase-env (at most one); None when none is given,
     unless `required` names what needs it."""
-    from onnxprune.secure import KeySource
+    from onnxprune.secure import KeyOrigin
 
-    given = [name for name in ("key_file", "key_env", "passphrase_env") if getattr(args, name, None)]
-    if len(given) > 1:
-        raise OnnxPruneError("give only one of --key-file, --key-env and --passphrase-env")
-    if args.key_env:
-        return KeySource.from_env(args.key_env)
-    if args.passphrase_env:
-        import os
-
-        passphrase = os.environ.get(args.passphrase_env)
-        if not passphrase:
-            raise OnnxPruneError(f"environment variable {args.passphrase_env}: not set or empty (expected a passphrase)")
-        return KeySource(passphrase=passphrase)
-    if args.key_file:
-        return KeySource(key_file=args.key_file)
-    if required:
+    origin = KeyOrigin(getattr(args, "key_file", None) or None, getattr(args, "key_env", None) or None,
+                       getattr(args, "passphrase_env", None) or None)
+    if required and not origin.given:
         raise OnnxPruneError(f"{required} needs --key-file, --key-env or --passphrase-env")
-    return None
+    return origin.source()
 
 
 def _add_key_options(p: argparse.ArgumentParser) -> None:
@@ -185,15 +173,15 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """Run a model (plain, or encrypted with a key: decrypted in memory only) on a data file or on a
     random batch, and write its outputs to an .npz (one array per output)."""
-    from onnxprune.data import read_feeds, write_npz
-    from onnxprune.runtime import parse_providers, random_feeds
-    from onnxprune.secure import KeySource, is_encrypted, load_session
+    from onnxprune.data import load_data, random_feeds, session_specs, write_npz
+    from onnxprune.runtime import parse_providers
+    from onnxprune.secure import KeySource, ensure_plain_model, is_encrypted, load_session
 
     _check_output(args, args.output)
     key = _key_source(args)
-    if key is None and is_encrypted(args.model):
-        raise OnnxPruneError(f"{args.model}: model is encrypted; pass --key-file, --key-env or --passphrase-env")
-    if key is not None and not is_encrypted(args.model):
+    if key is None:
+        ensure_plain_model(args.model, "pass --key-file, --key-env or --passphrase-env")
+    elif not is_encrypted(args.model):
         raise OnnxPruneError(f"{args.model}: not an encrypted model, but a key was given")
     providers = parse_providers(args.providers)
     if key is None:
@@ -203,7 +191,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         secret = KeySource.raw_key(key) if key.passphrase is None else None
         sess = load_session(args.model, key=secret, passphrase=key.passphrase, providers=providers)
     if args.data:
-        feeds = read_feeds(args.data, sess.get_inputs()).inputs
+        feeds = load_data(args.data, session_specs(sess.get_inputs()), cast=True).inputs
     else:
         shapes = io.parse_input_shapes(args.input_shape)
         for inp in sess.get_inputs():
@@ -212,7 +200,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 if any(d is None for d in dims[1:]):
                     raise OnnxPruneError(f"input {inp.name!r} has dynamic dims {inp.shape}; pass --data or --input-shape")
                 shapes[inp.name] = tuple([1] + dims[1:])
-        feeds = random_feeds(sess, shapes, batch=args.batch)
+        feeds = random_feeds(session_specs(sess.get_inputs(), shapes), batch=args.batch)
     outputs = sess.run(None, feeds)
     names = [o.name for o in sess.get_outputs()]
     for name, value in zip(names, outputs):
@@ -243,7 +231,6 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         parse_ratios,
         plot_table,
         table_paths,
-        write_table,
     )
 
     _check_output(args, *(table_paths(args.output) if args.output else []), args.plot)
@@ -265,7 +252,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         result = analyze(model, options, progress=bar.update, warn=warn)
     print(format_table(result.table))
     if args.output:
-        written = write_table(result.table, args.output)
+        written = result.table.save(args.output)
         print(f"wrote {' and '.join(map(str, written))}", file=sys.stderr)
     if args.plot:
         plot_table(result.table, args.plot)
@@ -455,9 +442,21 @@ def main(argv: list[str] | None = None) -> int:
         return _dispatch(args)
 
 
+_FLAGS = {"sensitivity": "--sens", "data": "--data CALIB.npz", "cache_dir": "--cache", "input_shapes": "--input-shape"}
+
+
+def _flag(option: str) -> str:
+    """The command-line flag of a library option (`round_to` -> `--round-to`), for the library's
+    `OptionError`s."""
+    return _FLAGS.get(option, "--" + option.replace("_", "-"))
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     try:
         return args.func(args)
+    except OptionError as exc:
+        print(f"onnxprune: error: {exc.say(_flag)}", file=sys.stderr)
+        return EXIT_USAGE
     except OnnxPruneError as exc:
         print(f"onnxprune: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -32,7 +32,7 @@ the TOML file is that, plus an `[adapter]` table saying how the command line bui
     factory = "my_adapter.py:make_adapter"   # kind = "reconstruct": no training (needs [prune] data)
 
     [encrypt]                         # optional: also write the dense model encrypted
-    key_file = "model.key"            # or passphrase_env = "VAR"
+    key_file = "model.key"            # or key_env = "VAR" (the key as hex or base64), or passphrase_env = "VAR"
 
 Relative paths are relative to the config file.
 """
@@ -44,12 +44,16 @@ import importlib.util
 import json
 import math
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from onnxprune.errors import OnnxPruneError
-from onnxprune.importance import CRITERIA, DATA_CRITERIA
+from onnxprune.errors import OnnxPruneError, OptionError
+from onnxprune.pruner import check_method
+from onnxprune.secure.keys import KeyOrigin
+from onnxprune.sensitivity import check_analysis
 
 try:
     import tomllib
@@ -120,16 +124,8 @@ class PruneSettings:
     reconstruct: bool | None = None  # None: on when `data` is given
 
     def check(self) -> None:
-        known = (*CRITERIA, *DATA_CRITERIA)
-        if self.criterion is not None and self.criterion not in known:
-            raise OnnxPruneError(f"prune.criterion {self.criterion!r}: choose one of {', '.join(known)}")
-        if self.data is None and (self.reconstruct or self.criterion in DATA_CRITERIA):
-            raise OnnxPruneError(f"prune.reconstruct and prune.criterion = {', '.join(map(repr, DATA_CRITERIA))} "
-                                 "need prune.data (calibration data)")
-        if self.round_to is not None and self.round_to < 1:
-            raise OnnxPruneError(f"prune.round_to {self.round_to}: must be >= 1")
-        if self.attention not in ("dims", "heads"):
-            raise OnnxPruneError(f"prune.attention {self.attention!r}: choose dims or heads")
+        with _as_keys("prune"):
+            check_method(self.criterion, self.round_to, self.attention, self.data is not None, self.reconstruct)
 
 
 @dataclass
@@ -142,10 +138,8 @@ class Analysis:
     workers: int = 1
 
     def check(self) -> None:
-        if self.workers < 1:
-            raise OnnxPruneError(f"analyze.workers {self.workers}: must be >= 1")
-        if self.ratios is not None and (not self.ratios or any(not 0 < r < 1 for r in self.ratios)):
-            raise OnnxPruneError(f"analyze.ratios {self.ratios}: each must be in (0, 1)")
+        with _as_keys("analyze"):
+            check_analysis(self.ratios, self.workers)
 
 
 @dataclass
@@ -169,18 +163,6 @@ class FineTune:
 
 
 @dataclass
-class Encrypt:
-    """Where the key for the encrypted dense model comes from: a key file or an environment variable."""
-
-    key_file: str | None = None
-    passphrase_env: str | None = None
-
-    def check(self) -> None:
-        if (self.key_file is None) == (self.passphrase_env is None):
-            raise OnnxPruneError("encrypt: give exactly one of key_file and passphrase_env")
-
-
-@dataclass
 class RunConfig:
     """Everything `iterative.run` needs besides the adapter and the baseline model."""
 
@@ -188,7 +170,7 @@ class RunConfig:
     prune: PruneSettings = field(default_factory=PruneSettings)
     finetune: FineTune = field(default_factory=FineTune)
     analyze: Analysis = field(default_factory=Analysis)
-    encrypt: Encrypt | None = None
+    encrypt: KeyOrigin | None = None  # [encrypt]: also write the dense model encrypted with this key
     model: str | None = None  # the starting model, when not given to `run` directly
     output: str | None = None  # also write the dense model here
     input_shapes: list[str] = field(default_factory=list)  # NAME:D0,D1,... for dynamic inputs
@@ -200,13 +182,23 @@ class RunConfig:
         self.finetune.check()
         self.analyze.check()
         if self.encrypt is not None:
-            self.encrypt.check()
+            with _as_keys("encrypt"):
+                self.encrypt.check(required=True)
         return self
 
     def run_key(self) -> dict[str, Any]:
         """What decides the rounds: a work dir only resumes a run whose key is the same."""
         data = asdict(self)
         return {key: data[key] for key in ("schedule", "prune", "finetune", "analyze", "input_shapes")}
+
+
+@contextmanager
+def _as_keys(table: str) -> Iterator[None]:
+    """Say the library's option errors with this config's keys (`{round_to}` -> `prune.round_to`)."""
+    try:
+        yield
+    except OptionError as exc:
+        raise OnnxPruneError(exc.say(lambda name: f"{table}.{name}")) from None
 
 
 # --- reading the TOML file ---------------------------------------------------------------------------
@@ -301,7 +293,8 @@ def load_config(path: str | Path) -> RunConfig:
     encrypt = None
     if "encrypt" in top.data:
         e = top.table("encrypt")
-        encrypt = Encrypt(key_file=resolve(e.get("key_file", str)), passphrase_env=e.get("passphrase_env", str))
+        encrypt = KeyOrigin(key_file=resolve(e.get("key_file", str)), key_env=e.get("key_env", str),
+                            passphrase_env=e.get("passphrase_env", str))
         e.done()
     model = resolve(top.get("model", str))
     adapter = _adapter_table(top.get("adapter", dict, {}), base, path)

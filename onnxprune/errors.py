@@ -4,6 +4,11 @@ The CLI turns it into a one-line message on stderr and exit code 2; anything els
 Library callers catch it to tell bad input from internal failures.
 """
 
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
 
 def first_line(exc: BaseException, limit: int = 300) -> str:
     """The first line of an exception's message, for a one-line error (its type name when it has none)."""
@@ -18,3 +23,17 @@ class NotExact(OnnxPruneError):
     """A slim model that does not compute what its sparse twin computes (or does not run): onnxprune
     refuses to write it. The input is not wrong, but nothing is wrong to retry either: the message says
     how to go around it (--mode sparse, --exclude)."""
+
+
+class OptionError(OnnxPruneError):
+    """A bad option. The message names options as `{field}` (the library's field names, e.g. `{round_to}`),
+    so each front end says them its own way: `say` renames them (the CLI to its flags, the run config to
+    its keys); `str()` gives the plain field names, as a library caller wrote them."""
+
+    def __init__(self, text: str):
+        self.text = text
+        super().__init__(self.say(lambda name: name))
+
+    def say(self, rename: Callable[[str], str]) -> str:
+        """The message with every `{field}` named by `rename(field)`."""
+        return re.sub(r"\{([a-z_]+)\}", lambda m: rename(m[1]), self.text)

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from onnxprune.errors import OnnxPruneError
+from onnxprune.errors import OnnxPruneError, OptionError
 from onnxprune.evaluator import Evaluator, Job, Payload, Result, worker_evaluator
 
 
@@ -95,18 +95,27 @@ def _pool_worker(payload: Payload, tasks, results) -> None:
                     return
                 results.put(("result", result))
         except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it
-            results.put(("error", isinstance(exc, OnnxPruneError), _describe(exc)))
+            results.put(("error", _kind(exc), _describe(exc)))
             return
 
 
+def _kind(exc: BaseException) -> str:
+    """"option" (an `OptionError`: its text keeps the field marks, for the CLI), "user", or "" (a bug)."""
+    return "option" if isinstance(exc, OptionError) else "user" if isinstance(exc, OnnxPruneError) else ""
+
+
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OptionError):
+        return exc.text
     if isinstance(exc, OnnxPruneError):
         return str(exc)
     return "".join(traceback.format_exception_only(type(exc), exc)).strip() + "\n" + traceback.format_exc()
 
 
-def _raise_remote(user_error: bool, text: str) -> None:
-    if user_error:
+def _raise_remote(kind: str, text: str) -> None:
+    if kind == "option":
+        raise OptionError(text)
+    if kind:
         raise OnnxPruneError(text)
     raise RuntimeError(f"in an analysis worker: {text}")
 
@@ -161,6 +170,8 @@ def _ray_get(ray, ref) -> Result:
         return ray.get(ref)
     except ray.exceptions.RayTaskError as exc:
         cause = getattr(exc, "cause", None)
+        if isinstance(cause, OptionError):
+            raise OptionError(cause.text) from None
         if isinstance(cause, OnnxPruneError):
             raise OnnxPruneError(str(cause)) from None
         raise
@@ -169,7 +180,7 @@ def _ray_get(ray, ref) -> Result:
 def require_ray():
     """The ray module, or a clear message on how to get it."""
     if importlib.util.find_spec("ray") is None:
-        raise OnnxPruneError("--ray needs the ray package: pip install 'onnxprune[ray]'")
+        raise OptionError("{ray} needs the ray package: pip install 'onnxprune[ray]'")
     import ray
 
     return ray

@@ -13,9 +13,9 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxprune.channels import Group, Member
-from onnxprune.errors import OnnxPruneError
+from onnxprune.errors import OptionError
 from onnxprune.io import Model
-from onnxprune.rules import AFFINE, IN, OUT, ZEROED_ROLES, entry_for
+from onnxprune.rules import AFFINE, IN, OUT, entry_for
 
 Criterion = Callable[[Model, Group], np.ndarray]
 
@@ -67,21 +67,6 @@ def _scales(model: Model) -> set[str]:
     return names
 
 
-def zero_channels(model: Model, group: Group) -> list[int]:
-    """Group channels whose producing slices are all exactly zero."""
-    weights = model.weights()
-    producing = [m for m in group.members if m.role in ZEROED_ROLES and m.tensor in weights]
-    if not producing:
-        return []
-    zero = np.ones(group.channels, dtype=bool)
-    for member in producing:
-        values = np.asarray(weights[member.tensor].values)
-        slices = np.moveaxis(np.take(values, member.index, axis=member.axis), member.axis, 0)
-        nonzero = np.any(slices.reshape(len(member.index), -1) != 0, axis=1)
-        zero[np.unique(member.channel[nonzero])] = False
-    return np.flatnonzero(zero).tolist()
-
-
 def activation_weighted(energies: dict[str, np.ndarray]) -> Criterion:
     """The data-aware criterion `act`: per channel, sqrt(||W[:, c]||^2 * E[x_c^2]) summed over every layer
     that reads the group (`recover.scores`), each layer's part divided by its mean as for magnitudes.
@@ -117,10 +102,14 @@ CRITERIA: dict[str, Criterion] = {"l1": _magnitude(1), "l2": _magnitude(2), "bn"
 DATA_CRITERIA = ("act", "greedy")  # need calibration data (`prune --data`); built by `recover.scores.data_criterion`
 
 
-def get_criterion(name: str) -> Criterion:
-    """The weight-only criterion called `name` (data-aware ones need calibration data: see DATA_CRITERIA)."""
+def get_criterion(name: str, data: bool = False) -> Criterion | None:
+    """The weight-only criterion called `name`; with `data`, a data-aware name is accepted too (None: it is
+    built from calibration data by `recover.scores.data_criterion`)."""
     if name in DATA_CRITERIA:
-        raise OnnxPruneError(f"criterion {name!r} looks at activations: it needs calibration data (--data)")
+        if data:
+            return None
+        raise OptionError(f"{{criterion}} {name!r} looks at activations: it needs calibration data ({{data}})")
     if name not in CRITERIA:
-        raise OnnxPruneError(f"unknown criterion {name!r}; choose one of {', '.join([*CRITERIA, *DATA_CRITERIA])}")
+        raise OptionError(f"{{criterion}} {name!r}: unknown criterion; choose one of "
+                          f"{', '.join([*CRITERIA, *DATA_CRITERIA])}")
     return CRITERIA[name]

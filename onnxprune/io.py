@@ -21,7 +21,7 @@ from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
 from onnxprune.atomic import write_bytes
-from onnxprune.errors import OnnxPruneError
+from onnxprune.errors import OnnxPruneError, OptionError
 
 MIN_OPSET = 11
 MAX_DIM = 2**31 - 1  # a dimension beyond this is a typo, and overflows products of dims
@@ -85,7 +85,7 @@ def parse_input_shapes(specs: list[str] | None) -> dict[str, tuple[int, ...]]:
         except ValueError:
             shape = ()
         if not sep or not name or not shape or any(not 0 < d <= MAX_DIM for d in shape):
-            raise OnnxPruneError(f"--input-shape {spec!r}: expected NAME:D0,D1,... with integers from 1 to {MAX_DIM}")
+            raise OptionError(f"{{input_shapes}} {spec!r}: expected NAME:D0,D1,... with integers from 1 to {MAX_DIM}")
         result[name] = shape
     return result
 
@@ -97,10 +97,9 @@ def read_proto(path: str | os.PathLike) -> onnx.ModelProto:
         raise OnnxPruneError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise OnnxPruneError(f"{path}: file is empty")
-    from onnxprune.secure import is_encrypted
+    from onnxprune.secure import ensure_plain_model
 
-    if is_encrypted(path):
-        raise OnnxPruneError(f"{path}: model is encrypted; decrypt it first (onnxprune decrypt)")
+    ensure_plain_model(path, "decrypt it first")
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except (DecodeError, RuntimeError, ValueError, OSError) as exc:
@@ -457,7 +456,7 @@ def _fix_input_shapes(
     unknown = set(given) - {i.name for i in inputs}
     if unknown:
         names = ", ".join(i.name for i in inputs)
-        raise OnnxPruneError(f"--input-shape names {sorted(unknown)}, but the model's inputs are: {names}")
+        raise OptionError(f"{{input_shapes}} names {sorted(unknown)}, but the model's inputs are: {names}")
     fixed: dict[str, tuple[int, ...]] = {}
     for inp in inputs:
         if not inp.type.HasField("tensor_type"):
@@ -469,7 +468,7 @@ def _fix_input_shapes(
                 d.HasField("dim_value") and d.dim_value > 0 and d.dim_value != s for d, s in zip(dims, shape)
             ):
                 declared = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
-                raise OnnxPruneError(f"--input-shape {inp.name}:{list(shape)} does not fit its declared shape {declared}")
+                raise OptionError(f"{{input_shapes}} {inp.name}:{list(shape)} does not fit its declared shape {declared}")
             fixed[inp.name] = tuple(shape)
             continue
         shape = []

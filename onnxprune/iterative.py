@@ -48,17 +48,18 @@ from onnxprune import io
 from onnxprune.adapters import Adapter, check_returned
 from onnxprune.channels import find_groups
 from onnxprune.config import RunConfig
-from onnxprune.errors import OnnxPruneError
+from onnxprune.errors import OnnxPruneError, OptionError
 from onnxprune.importance import DATA_CRITERIA
 from onnxprune.io import Model
 from onnxprune.masks import Masks, masks_from_plan
 from onnxprune.profile import layer_costs, totals
 from onnxprune.pruner import PruneOptions, prune
+from onnxprune.sensitivity import SensitivityTable
 from onnxprune.transform import transform
 from onnxprune.workdir import Workdir
 
-# analyze(model, cache folder) -> sensitivity table (`analyze -o` JSON as a dict): re-analysis per round
-Analyze = Callable[[Model, Path], dict]
+# analyze(model, cache folder) -> sensitivity table: re-analysis per round
+Analyze = Callable[[Model, Path], SensitivityTable]
 Progress = Callable[[str], None]
 PROGRESS_EPS = 1e-6  # a round must remove at least this fraction of MACs more than the last
 
@@ -143,8 +144,8 @@ def default_analyze(config: RunConfig) -> Analyze:
     if settings.ratios:
         options.ratios = list(settings.ratios)
 
-    def run_analysis(model: Model, cache: Path) -> dict:
-        return analyze(model, replace(options, cache_dir=cache)).table.to_dict()
+    def run_analysis(model: Model, cache: Path) -> SensitivityTable:
+        return analyze(model, replace(options, cache_dir=cache)).table
 
     return run_analysis
 
@@ -199,7 +200,7 @@ class _Loop:
                                     attention=config.prune.attention,
                                     data=config.prune.data, reconstruct=config.prune.reconstruct,
                                     cumulative=True)
-        self.table: dict | None = None
+        self.table: SensitivityTable | None = None
 
     def run(self, baseline: onnx.ModelProto | str | os.PathLike | None) -> RunResult:
         given = self._given(baseline)
@@ -247,7 +248,7 @@ class _Loop:
         if self.wd.has("baseline.onnx"):
             stored = self.wd.read_model("baseline.onnx")
             if given is not None and _digest(given) != _digest(stored):
-                raise OnnxPruneError(f"--workdir {self.wd.root}: was started from another baseline model; "
+                raise OptionError(f"{{workdir}} {self.wd.root}: was started from another baseline model; "
                                      "use a new work dir")
             return stored
         self.wd.write_model("baseline.onnx", given)
@@ -314,14 +315,12 @@ class _Loop:
                  f"{_num(metric)} before fine-tuning")
         return done
 
-    def _sensitivity(self, model: Model, folder: str) -> dict | None:
+    def _sensitivity(self, model: Model, folder: str) -> SensitivityTable | None:
         if self.config.prune.reanalyze:
             self.say(f"{folder}: analyzing sensitivity")
             return self.analyze(model, self.wd.path(f"{folder}/analysis"))
         if self.config.prune.sensitivity and self.table is None:
-            from onnxprune.sensitivity import read_table
-
-            self.table = read_table(self.config.prune.sensitivity)
+            self.table = SensitivityTable.load(self.config.prune.sensitivity)
         return self.table
 
     def _fine_tune(self, number: int, state: _State, pruned: dict[str, Any], base: dict,
@@ -400,18 +399,10 @@ class _Loop:
         return result
 
     def _encrypt(self, dense: Path) -> str:
-        from onnxprune.secure import KeySource, encrypt_file
+        from onnxprune.secure import encrypt_file
 
-        how = self.config.encrypt
-        if how.key_file is not None:
-            key = KeySource(key_file=how.key_file)
-        else:
-            passphrase = os.environ.get(how.passphrase_env)
-            if not passphrase:
-                raise OnnxPruneError(f"encrypt.passphrase_env: environment variable {how.passphrase_env} is not set")
-            key = KeySource(passphrase=passphrase)
         target = dense.with_name(dense.name + ".enc")
-        encrypt_file(dense, target, key)
+        encrypt_file(dense, target, self.config.encrypt.source())  # checked with the config
         return str(target)
 
 

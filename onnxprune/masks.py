@@ -1,4 +1,5 @@
-"""Channel masks: which weight elements of a sparse model must stay zero while a framework fine-tunes it.
+"""Channel masks: which weight elements of a sparse model must stay zero while a framework fine-tunes it,
+and the reverse reading, which channels of a sparse model are zero already (`zero_channels`).
 
 Masks are keyed by the names the ONNX file gives its weights (initializers, or `Constant` node outputs)
 and are boolean arrays in the file's layout, True where the value must stay zero. So an adapter maps
@@ -24,6 +25,7 @@ from onnxprune.channels import Group
 from onnxprune.errors import OnnxPruneError
 from onnxprune.io import Model, stored_values, weight_tensors
 from onnxprune.plan import Plan
+from onnxprune.rules import ZEROED_ROLES
 from onnxprune.surgery import zeroed_slices
 
 
@@ -51,6 +53,21 @@ class Masks:
                 return Masks({name: np.asarray(arrays[name], dtype=bool) for name in arrays.files})
         except (ValueError, OSError, KeyError) as exc:
             raise OnnxPruneError(f"{where}: not a masks file ({exc})") from None
+
+
+def zero_channels(model: Model, group: Group) -> list[int]:
+    """Group channels whose producing slices are all exactly zero."""
+    weights = model.weights()
+    producing = [m for m in group.members if m.role in ZEROED_ROLES and m.tensor in weights]
+    if not producing:
+        return []
+    zero = np.ones(group.channels, dtype=bool)
+    for member in producing:
+        values = np.asarray(weights[member.tensor].values)
+        slices = np.moveaxis(np.take(values, member.index, axis=member.axis), member.axis, 0)
+        nonzero = np.any(slices.reshape(len(member.index), -1) != 0, axis=1)
+        zero[np.unique(member.channel[nonzero])] = False
+    return np.flatnonzero(zero).tolist()
 
 
 def masks_from_plan(model: Model, groups: list[Group], plan: Plan) -> Masks:

@@ -1,4 +1,4 @@
-"""What sensitivity analysis measures: the data it runs on and the metric, built in or the user's.
+"""What sensitivity analysis measures: the metric, built in or the user's, on a `data.Dataset`.
 
 Data is an `.npz` (read without pickle) whose arrays are named after the model's inputs, N samples on
 axis 0. The metric, higher is better:
@@ -28,158 +28,21 @@ import inspect
 import numbers
 import os
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from onnxprune.data import read_arrays
-from onnxprune.errors import OnnxPruneError
-from onnxprune.io import Model
-from onnxprune.shapes import random_input
-
-LABELS = "labels"
-DEFAULT_BATCH = 32
-RANDOM_SAMPLES = 64
+from onnxprune.data import Dataset
+from onnxprune.errors import OnnxPruneError, OptionError
 
 
 class Runner(Protocol):
     """Runs the model being evaluated; `key` names a batch the runner may have seen before."""
 
     def __call__(self, feeds: Mapping[str, np.ndarray], key: object = None) -> dict[str, np.ndarray]: ...
-
-
-@dataclass
-class InputSpec:
-    """One model input: its shape at batch 1 (fixed dims), dtype, and whether the batch is dynamic."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: np.dtype
-    dynamic_batch: bool
-
-
-def input_specs(model: Model) -> list[InputSpec]:
-    specs = []
-    for tensor in model.graph.inputs:
-        declared = list(tensor.shape or [])
-        dynamic = not declared or not isinstance(declared[0], int) or declared[0] <= 0
-        specs.append(InputSpec(tensor.name, tuple(model.input_shapes[tensor.name]), np.dtype(tensor.dtype), dynamic))
-    return specs
-
-
-@dataclass
-class Dataset:
-    """Analysis data: one array per model input with N samples on axis 0, and whatever else the file had."""
-
-    inputs: dict[str, np.ndarray]
-    extra: dict[str, np.ndarray] = field(default_factory=dict)  # `labels` and arrays for a user eval
-    batch_size: int = DEFAULT_BATCH
-    source: str = "random"
-
-    @property
-    def samples(self) -> int:
-        return len(next(iter(self.inputs.values())))
-
-    @property
-    def labels(self) -> np.ndarray | None:
-        return self.extra.get(LABELS)
-
-    def batches(self) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-        """(index, feeds) for each batch, in order."""
-        for k, start in enumerate(range(0, self.samples, self.batch_size)):
-            yield k, {name: a[start:start + self.batch_size] for name, a in self.inputs.items()}
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        return {**self.inputs, **self.extra}
-
-    def digest(self) -> str:
-        """Identifies the data (names, shapes, dtypes and bytes of every array) and the batching."""
-        h = hashlib.sha256(f"batch={self.batch_size}".encode())
-        for name, array in sorted(self.arrays().items()):
-            h.update(f"{name}|{array.dtype.str}|{array.shape}".encode())
-            h.update(np.ascontiguousarray(array).data)
-        return h.hexdigest()
-
-
-def count_samples(path: str | os.PathLike) -> int:
-    """Samples in an .npz (the length of its first array), e.g. of a full validation set."""
-    arrays = read_arrays(path)
-    if not arrays:
-        raise OnnxPruneError(f"{path}: the file holds no arrays")
-    first = arrays[min(arrays)]
-    return int(first.shape[0]) if first.ndim else 1
-
-
-def load_data(path: str | os.PathLike, model: Model, batch_size: int = DEFAULT_BATCH,
-              user_eval: bool = False) -> Dataset:
-    """Read and check analysis data against the model's inputs (names, shapes, dtypes, sample counts)."""
-    return check_data(read_arrays(path), model, str(path), batch_size, user_eval)
-
-
-def check_data(arrays: Mapping[str, np.ndarray], model: Model, where: str, batch_size: int = DEFAULT_BATCH,
-               user_eval: bool = False) -> Dataset:
-    """Check arrays (from a file, or handed in by a library caller) against the model's inputs."""
-    arrays = {name: np.asarray(a) for name, a in arrays.items()}
-    specs = input_specs(model)
-    names = [s.name for s in specs]
-    inputs: dict[str, np.ndarray] = {}
-    for spec in specs:
-        if spec.name not in arrays:
-            raise OnnxPruneError(f"{where}: no array named {spec.name!r}; the model's inputs are: {', '.join(names)}")
-        array = arrays.pop(spec.name)
-        if array.dtype != spec.dtype:
-            raise OnnxPruneError(f"{where}: array {spec.name!r} is {array.dtype}, the model wants {spec.dtype}")
-        if array.ndim != len(spec.shape) or tuple(array.shape[1:]) != tuple(spec.shape[1:]):
-            want = ",".join(["N", *map(str, spec.shape[1:])])
-            raise OnnxPruneError(f"{where}: array {spec.name!r} has shape {list(array.shape)}, the model wants [{want}]"
-                                 " (use --input-shape for dynamic dimensions)")
-        inputs[spec.name] = array
-    counts = {len(a) for a in inputs.values()}
-    if len(counts) != 1 or 0 in counts:
-        raise OnnxPruneError(f"{where}: the input arrays must hold the same, nonzero number of samples")
-    n = counts.pop()
-    if LABELS in arrays:
-        labels = arrays[LABELS]
-        if not np.issubdtype(labels.dtype, np.integer) or labels.ndim == 0 or len(labels) != n:
-            raise OnnxPruneError(f"{where}: 'labels' must be integers with one entry per sample ({n})")
-    if arrays and not user_eval and set(arrays) - {LABELS}:
-        extra = ", ".join(sorted(set(arrays) - {LABELS}))
-        raise OnnxPruneError(f"{where}: arrays {extra} are neither model inputs ({', '.join(names)}) nor 'labels'")
-    return Dataset(inputs, arrays, _batch_size(specs, batch_size, n, where), where)
-
-
-def random_data(model: Model, samples: int = RANDOM_SAMPLES, batch_size: int = DEFAULT_BATCH,
-                seed: int = 0) -> Dataset:
-    """Deterministic standard-normal inputs: a stand-in when no data is given (fidelity only)."""
-    specs = input_specs(model)
-    fixed = max((s.shape[0] for s in specs if not s.dynamic_batch), default=1)
-    samples = -(-samples // fixed) * fixed  # a whole number of the model's fixed batches
-    inputs = {}
-    for k, spec in enumerate(specs):
-        kind = _ORT_TYPES.get(spec.dtype.name, "tensor(int64)")
-        inputs[spec.name] = random_input(kind, (samples, *spec.shape[1:]), seed + k).astype(spec.dtype)
-    return Dataset(inputs, {}, _batch_size(specs, batch_size, samples, "random inputs"), "random")
-
-
-_ORT_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)", "float64": "tensor(double)",
-              "bool": "tensor(bool)", "int32": "tensor(int32)"}
-
-
-def _batch_size(specs: list[InputSpec], wanted: int, n: int, where: str) -> int:
-    fixed = {s.shape[0] for s in specs if not s.dynamic_batch}
-    if not fixed:
-        return max(1, min(wanted, n))
-    size = fixed.pop()
-    if fixed or n % size:
-        raise OnnxPruneError(f"{where}: the model's batch size is fixed at {size}; the data must hold a multiple "
-                             f"of it (has {n} samples)")
-    return size
-
-
-# --- metrics ---------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -258,7 +121,7 @@ class UserEval:
         arrays = self.data.arrays() if self.data is not None else {}
         value = fn(lambda feeds: run(feeds, key=None), arrays)
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise OnnxPruneError(f"--eval {self.spec} returned {type(value).__name__}, not a number")
+            raise OptionError(f"{{eval}} {self.spec} returned {type(value).__name__}, not a number")
         return float(value)
 
 
@@ -269,20 +132,20 @@ def load_eval(spec: str) -> Callable:
     """Import `package.module:function`; the current directory is searched first, as `python -m` does."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr or not all(p.isidentifier() for p in module_name.split(".") + [attr]):
-        raise OnnxPruneError(f"--eval {spec!r}: expected package.module:function")
+        raise OptionError(f"{{eval}} {spec!r}: expected package.module:function")
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise OnnxPruneError(f"--eval {spec}: cannot import {module_name!r} ({exc})") from None
+        raise OptionError(f"{{eval}} {spec}: cannot import {module_name!r} ({exc})") from None
     fn = getattr(module, attr, None)
     if not callable(fn):
-        raise OnnxPruneError(f"--eval {spec}: {module_name} has no function {attr!r}")
+        raise OptionError(f"{{eval}} {spec}: {module_name} has no function {attr!r}")
     try:
         inspect.signature(fn).bind(None, None)
     except TypeError:
-        raise OnnxPruneError(f"--eval {spec}: the function must take (run, data)") from None
+        raise OptionError(f"{{eval}} {spec}: the function must take (run, data)") from None
     except ValueError:
         pass  # builtins without a signature: trust them
     return fn

@@ -216,16 +216,25 @@ def uniform_ratios(groups: list[Group]) -> Callable[[float], dict[str, float]]:
     return lambda knob: {g.id: min(knob, 0.99) for g in groups}
 
 
+def named_groups(ids: list[str], candidates: list[Group], groups: list[Group], what: str = "") -> list[Group]:
+    """The candidate groups named by `ids` (a spec's keys, analysis' groups), in the model's order; an id
+    the model does not have, or one whose group cannot be pruned, is refused naming `what` gave it."""
+    known, allowed = {g.id: g for g in groups}, {g.id for g in candidates}
+    unknown, group = (f"{what} names unknown group", f"{what} group") if what else ("unknown group", "group")
+    for gid in ids:
+        if gid not in known:
+            raise OnnxPruneError(f"{unknown} {gid!r} (see `onnxprune inspect` for group ids)")
+        if gid not in allowed:
+            why = known[gid].reason or ("single channel" if known[gid].channels <= 1 else "excluded")
+            raise OnnxPruneError(f"{group} {gid!r} cannot be pruned: {why}")
+    wanted = set(ids)
+    return [g for g in candidates if g.id in wanted]
+
+
 def spec_ratios(spec: dict[str, float], groups: list[Group], all_groups: list[Group]) -> dict[str, float]:
     """Validate a user's {group id: channel ratio} against the model's groups."""
-    known = {g.id: g for g in all_groups}
-    allowed = {g.id for g in groups}
+    named_groups(list(spec), groups, all_groups, "spec")
     for gid, ratio in spec.items():
-        if gid not in known:
-            raise OnnxPruneError(f"spec names unknown group {gid!r} (see `onnxprune inspect` for group ids)")
-        if gid not in allowed:
-            why = known[gid].reason or "excluded or single-channel"
-            raise OnnxPruneError(f"spec group {gid!r} cannot be pruned: {why}")
         if not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
             raise OnnxPruneError(f"spec group {gid!r}: ratio {ratio!r} is not in [0, 1)")
     return dict(spec)

@@ -18,17 +18,19 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxprune.channels import Group, find_groups
-from onnxprune.errors import NotExact, OnnxPruneError, first_line
-from onnxprune.importance import DATA_CRITERIA, get_criterion, zero_channels
+from onnxprune.data import model_specs, random_feeds
+from onnxprune.errors import NotExact, OnnxPruneError, OptionError, first_line
+from onnxprune.importance import DATA_CRITERIA, get_criterion
 from onnxprune.io import Model, to_proto, with_weights
+from onnxprune.masks import zero_channels
 from onnxprune.plan import Plan, Planner, candidate_groups, spec_ratios, uniform_ratios
 from onnxprune.progress import Progress
 from onnxprune.recover.calibration import calibration_batches
 from onnxprune.recover.proxy import reconstruction_ratios
 from onnxprune.recover.reconstruct import Reconstruction, reconstruct
 from onnxprune.recover.scores import data_criterion
-from onnxprune.runtime import graph_feeds, max_relative_difference, run_graph
-from onnxprune.sensitivity import sensitivity_ratios
+from onnxprune.runtime import max_relative_difference, run_graph
+from onnxprune.sensitivity import SensitivityTable, sensitivity_ratios
 from onnxprune.surgery import slim_graph, sparse, zeroed_in_place
 
 TOLERANCE = 1e-4  # the invariant: max |sparse - slim| <= 1e-4 * max |sparse|
@@ -40,7 +42,7 @@ class PruneOptions:
 
     ratio: float | None = None  # fraction of MACs to remove
     spec: dict[str, float] | None = None  # group id -> fraction of its channels to remove
-    sensitivity: dict | None = None  # an `analyze` table: per-group ratios from metric loss
+    sensitivity: SensitivityTable | None = None  # an `analyze` table: per-group ratios from metric loss
     criterion: str | None = None  # None: "greedy" with data and reconstruction, "act" with data only, else "l1"
     round_to: int | None = None  # kept channels a multiple of this; None: automatic (plan.alignment)
     exclude: list[str] = field(default_factory=list)
@@ -55,6 +57,10 @@ class PruneOptions:
     activation_budget: int = 1 << 27  # bytes of activations kept in memory (more goes to a temporary folder)
     reconstruct_scope: str = "consumers"  # or "downstream": every layer whose input pruning changes
     allocation: str | None = None  # without a sensitivity table: "uniform" (None) or "reconstruction"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.sensitivity, Mapping):  # the table as JSON (`SensitivityTable.to_dict`): check it
+            self.sensitivity = SensitivityTable.from_dict(self.sensitivity)
 
     @property
     def allocates_by_reconstruction(self) -> bool:
@@ -76,28 +82,33 @@ class PruneOptions:
         return self.data is not None and self.reconstruct is not False
 
     def check(self) -> None:
+        """Refuse bad options (an `OptionError` naming them by field: the CLI says its flags instead)."""
         if (self.ratio is None) == (self.spec is None):
-            raise OnnxPruneError("give exactly one of --ratio and --spec")
+            raise OptionError("give exactly one of {ratio} and {spec}")
         if self.ratio is not None and not 0 < self.ratio < 1:
-            raise OnnxPruneError(f"--ratio {self.ratio} is not in (0, 1)")
+            raise OptionError(f"{{ratio}} {self.ratio} is not in (0, 1)")
         if self.mode not in ("slim", "sparse"):
-            raise OnnxPruneError(f"--mode {self.mode!r}: choose slim or sparse")
-        if self.attention not in ("dims", "heads"):
-            raise OnnxPruneError(f"--attention {self.attention!r}: choose dims or heads")
-        if self.round_to is not None and self.round_to < 1:
-            raise OnnxPruneError(f"--round-to {self.round_to} must be >= 1")
-        if self.reconstruct and self.data is None:
-            raise OnnxPruneError("--reconstruct needs calibration data (--data CALIB.npz)")
-        if self.chosen_criterion in DATA_CRITERIA and self.data is None:
-            raise OnnxPruneError(f"--criterion {self.criterion} looks at activations: it needs --data CALIB.npz")
-        if self.chosen_criterion not in DATA_CRITERIA:
-            get_criterion(self.chosen_criterion)
+            raise OptionError(f"{{mode}} {self.mode!r}: choose slim or sparse")
+        check_method(self.criterion, self.round_to, self.attention, self.data is not None, self.reconstruct)
         if self.allocation not in (None, "uniform", "reconstruction"):
-            raise OnnxPruneError(f"--allocation {self.allocation!r}: choose uniform or reconstruction")
+            raise OptionError(f"{{allocation}} {self.allocation!r}: choose uniform or reconstruction")
         if self.allocation == "reconstruction" and self.data is None:
-            raise OnnxPruneError("--allocation reconstruction needs calibration data (--data CALIB.npz)")
+            raise OptionError("{allocation} reconstruction needs calibration data ({data})")
         if self.allocation is not None and self.sensitivity is not None:
-            raise OnnxPruneError("give either --sens or --allocation, not both")
+            raise OptionError("give either {sensitivity} or {allocation}, not both")
+
+
+def check_method(criterion: str | None, round_to: int | None, attention: str, has_data: bool,
+                 reconstruct: bool | None) -> None:
+    """The checks of how channels are chosen, shared by `PruneOptions` and the run config's [prune]."""
+    if attention not in ("dims", "heads"):
+        raise OptionError(f"{{attention}} {attention!r}: choose dims or heads")
+    if round_to is not None and round_to < 1:
+        raise OptionError(f"{{round_to}} {round_to} must be >= 1")
+    if reconstruct and not has_data:
+        raise OptionError("{reconstruct} needs calibration data ({data})")
+    if criterion is not None:
+        get_criterion(criterion, data=has_data)
 
 
 @dataclass
@@ -170,7 +181,7 @@ def prune(model: Model, options: PruneOptions, progress: Callable[[Progress], No
     try:
         graph = slim_graph(model, groups, plan)
     except Exception:
-        run_input(model, graph_feeds(model.graph, model.input_shapes), options.providers)  # whose fault?
+        run_input(model, random_feeds(model_specs(model), batch=1), options.providers)  # whose fault?
         raise
     difference = None
     if options.verify:
@@ -201,7 +212,7 @@ def check_same_function(model: Model, candidate: gs.Graph, providers: list[str] 
     noise of the reference itself, measured as the difference between onnxruntime with and without
     graph optimizations. A wrong pruning differs by orders of magnitude more.
     """
-    feeds = graph_feeds(model.graph, model.input_shapes, batch=2)
+    feeds = random_feeds(model_specs(model), batch=2)
     expected = run_input(model, feeds, providers)
     try:
         difference = max_relative_difference(expected, run_graph(candidate, model.skeleton, feeds, providers))

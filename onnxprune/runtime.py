@@ -7,8 +7,7 @@ import onnx
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
-from onnxprune.errors import OnnxPruneError, first_line
-from onnxprune.shapes import random_input
+from onnxprune.errors import OnnxPruneError, OptionError, first_line
 
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
 
@@ -23,7 +22,7 @@ def parse_providers(text: str | None) -> list[str]:
         item = item.strip()
         name = item if item.endswith("ExecutionProvider") else f"{item}ExecutionProvider"
         if name not in available:
-            raise OnnxPruneError(f"--providers: {item!r} is not available here ({', '.join(available)})")
+            raise OptionError(f"{{providers}}: {item!r} is not available here ({', '.join(available)})")
         names.append(name)
     return names
 
@@ -139,40 +138,6 @@ def subgraph_session(nodes: list[gs.Node], inputs: dict[str, np.dtype], outputs:
     for info in proto.graph.output:
         info.type.tensor_type.ClearField("shape")
     return session(proto, providers, threads, arena=False)
-
-
-def with_batch(shape: tuple[int, ...], declared: list | tuple | None, batch: int) -> tuple[int, ...]:
-    """`shape` with `batch` on the first axis when the model (`declared` shape) leaves it dynamic; a
-    rank-0 input has no batch axis."""
-    if not shape or (declared is not None and len(declared) > 0 and isinstance(declared[0], int)):
-        return shape
-    return (batch,) + shape[1:]
-
-
-def graph_feeds(graph: gs.Graph, input_shapes: dict[str, tuple[int, ...]], batch: int = 1,
-                seed: int = 0) -> dict[str, np.ndarray]:
-    """Deterministic random inputs for an IR graph; a dynamic first axis gets `batch`."""
-    feeds = {}
-    for i, inp in enumerate(graph.inputs):
-        shape = with_batch(tuple(input_shapes[inp.name]), inp.shape, batch)
-        try:
-            dtype = np.dtype(inp.dtype) if inp.dtype is not None else np.dtype(np.float32)
-        except TypeError:  # an ONNX type numpy has no dtype for (bfloat16, float8, ...)
-            kind = onnx.helper.tensor_dtype_to_string(inp.dtype) if isinstance(inp.dtype, int) else inp.dtype
-            raise OnnxPruneError(f"input {inp.name!r} is of type {kind}, which onnxprune cannot feed to "
-                                 "onnxruntime; convert the model to float32 or float16") from None
-        name = {np.float32: "float", np.float64: "double", np.float16: "float16"}.get(dtype.type, str(dtype))
-        feeds[inp.name] = random_input(f"tensor({name})", shape, seed + i)
-    return feeds
-
-
-def random_feeds(sess: ort.InferenceSession, input_shapes: dict[str, tuple[int, ...]], batch: int = 1,
-                 seed: int = 0) -> dict[str, np.ndarray]:
-    """Deterministic random inputs at the given batch size."""
-    feeds = {}
-    for i, inp in enumerate(sess.get_inputs()):
-        feeds[inp.name] = random_input(inp.type, with_batch(tuple(input_shapes[inp.name]), inp.shape, batch), seed + i)
-    return feeds
 
 
 def max_relative_difference(a: list[np.ndarray], b: list[np.ndarray]) -> float:

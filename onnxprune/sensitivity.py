@@ -2,7 +2,9 @@
 
 `analyze -o SENS.json` writes it (the contract: `{"metric", "baseline", "groups": {id: {"0.1": m, ...}}}`
 plus `group_info` and `data` for people), a CSV beside it and, with `--plot`, metric-vs-ratio curves.
-`prune --sens` reads it back: `sensitivity_ratios` turns it into per-group channel ratios driven by one
+`SensitivityTable` is the one type of it from end to end: `analyze` returns one, `save` and `load` write
+and read the file, `recover.proxy` builds one from reconstruction errors, `prune --sens` (and each round
+of `iterate`) allocates by one. `prune --sens` reads it back: `sensitivity_ratios` turns it into per-group channel ratios driven by one
 knob — a threshold on the metric loss — that the planner bisects until the MACs land on the target.
 
 A metric of `null` means the pruned model produced no finite metric (NaN outputs): the worst possible.
@@ -22,7 +24,7 @@ from pathlib import Path
 from onnxprune.atomic import write_bytes, write_text
 from onnxprune.channels import Group
 from onnxprune.data import read_json
-from onnxprune.errors import OnnxPruneError
+from onnxprune.errors import OnnxPruneError, OptionError
 
 TABLE_VERSION = 1
 DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -38,17 +40,29 @@ def ratio_key(ratio: float) -> str:
 def parse_ratios(text: str) -> list[float]:
     """`--ratios 0.1,0.2,...` -> sorted unique ratios, each in (0, 1)."""
     if not text.strip():
-        raise OnnxPruneError("--ratios is empty: give fractions such as 0.1,0.3,0.5")
+        raise OptionError("{ratios} is empty: give fractions such as 0.1,0.3,0.5")
     ratios = []
     for item in text.split(","):
         try:
             value = round(float(item), 6)
         except ValueError:
-            raise OnnxPruneError(f"--ratios: {item.strip()!r} is not a number") from None
+            raise OptionError(f"{{ratios}}: {item.strip()!r} is not a number") from None
         if not 0 < value < 1:
-            raise OnnxPruneError(f"--ratios: {value} is not in (0, 1)")
+            raise OptionError(f"{{ratios}}: {value} is not in (0, 1)")
         ratios.append(value)
     return sorted(set(ratios))
+
+
+def check_analysis(ratios: list[float] | None, workers: int) -> None:
+    """The checks of what analysis measures and how widely, shared by `analysis.AnalyzeOptions` and the run
+    config's [analyze]."""
+    if ratios is not None and not ratios:
+        raise OptionError("{ratios}: give at least one ratio")
+    for ratio in ratios or []:
+        if not 0 < ratio < 1:
+            raise OptionError(f"{{ratios}}: {ratio} is not in (0, 1)")
+    if workers < 1:
+        raise OptionError(f"{{workers}} {workers} must be >= 1")
 
 
 @dataclass
@@ -98,8 +112,21 @@ class SensitivityTable:
         }
 
     @staticmethod
+    def load(path: str | Path) -> SensitivityTable:
+        """Read and check `analyze -o` output (the JSON file)."""
+        return SensitivityTable.from_dict(read_json(path, "sensitivity table"), str(path))
+
+    def save(self, path: str | Path) -> list[Path]:
+        """Write the JSON table and its CSV twin, each atomically; returns both paths (`table_paths`)."""
+        paths = table_paths(path)
+        write_text(paths[0], json.dumps(self.to_dict(), indent=1) + "\n")
+        write_text(paths[1], table_csv(self))
+        return paths
+
+    @staticmethod
     def from_dict(data: object, where: str = "sensitivity table") -> SensitivityTable:
-        """Check a table read from JSON; any defect is an `OnnxPruneError` naming what is wrong."""
+        """Check a table read from JSON (or handed in as a dict); any defect is an `OnnxPruneError` naming
+        what is wrong. A `SensitivityTable` is always a checked one: this is its only way in from outside."""
         if not isinstance(data, dict):
             raise OnnxPruneError(f"{where}: not a sensitivity table (expected a JSON object)")
         metric, baseline, groups = data.get("metric"), data.get("baseline"), data.get("groups")
@@ -137,31 +164,17 @@ def is_number(value: object) -> bool:
 # --- files -----------------------------------------------------------------------------------------
 
 
-def read_table(path: str | Path) -> dict:
-    """Read and check `analyze -o` output; returns the table as a dict (see `SensitivityTable.to_dict`)."""
-    data = read_json(path, "sensitivity table")
-    return SensitivityTable.from_dict(data, str(path)).to_dict()
-
-
 def csv_path(json_path: str | Path) -> Path:
     """Where the CSV twin of a JSON table goes: same name, `.csv`."""
     return Path(json_path).with_suffix(".csv")
 
 
 def table_paths(path: str | Path) -> list[Path]:
-    """Where `write_table` writes: the JSON path and its CSV twin (checked against inputs before a run)."""
+    """Where `SensitivityTable.save` writes: the JSON path and its CSV twin (checked against inputs before a run)."""
     twin = csv_path(path)
     if twin == Path(path):
         twin = Path(f"{path}.csv")
     return [Path(path), twin]
-
-
-def write_table(table: SensitivityTable, path: str | Path) -> list[Path]:
-    """Write the JSON table and its CSV twin, each atomically; returns both paths."""
-    paths = table_paths(path)
-    write_text(paths[0], json.dumps(table.to_dict(), indent=1) + "\n")
-    write_text(paths[1], table_csv(table))
-    return paths
 
 
 def table_csv(table: SensitivityTable) -> str:
@@ -240,7 +253,7 @@ def plot_table(table: SensitivityTable, path: str | Path, highlight: int = 5) ->
 # --- allocation: per-group ratios from the table -----------------------------------------------------
 
 
-def sensitivity_ratios(table: dict, candidates: list[Group]) -> Callable[[float], dict[str, float]]:
+def sensitivity_ratios(table: SensitivityTable, candidates: list[Group]) -> Callable[[float], dict[str, float]]:
     """Per-group channel ratios for a knob in [0, 1]: each group takes the largest ratio whose loss stays
     under a threshold (knob x the largest loss in the table).
 
@@ -249,17 +262,16 @@ def sensitivity_ratios(table: dict, candidates: list[Group]) -> Callable[[float]
     smoothly with the knob and `Planner.fit` can land them on a target. Groups the table does not name
     are left whole; a ratio is never larger than the largest the table measured.
     """
-    parsed = SensitivityTable.from_dict(table)
-    known = [g for g in candidates if g.id in parsed.groups]
+    known = [g for g in candidates if g.id in table.groups]
     if candidates and not known:
         raise OnnxPruneError("the sensitivity table names none of this model's prunable groups "
                              "(was it made for another model?)")
     for g in known:
-        channels = parsed.channels.get(g.id)
+        channels = table.channels.get(g.id)
         if channels is not None and channels != g.channels:
             raise OnnxPruneError(f"sensitivity table: group {g.id!r} has {channels} channels there but "
                                  f"{g.channels} in this model (was it made for another model?)")
-    curves = {g.id: _envelope(parsed.curve(g.id)) for g in known}
+    curves = {g.id: _envelope(table.curve(g.id)) for g in known}
     top = max((loss for curve in curves.values() for _, loss in curve if math.isfinite(loss)), default=0.0)
 
     def ratios_at(knob: float) -> dict[str, float]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from onnxprune.data import random_feeds, session_specs
+
 LIGHT_LIMIT = 4096  # weights with more elements are replaced by typed graph inputs for inference
 RUN_LIMIT = 2**25  # input elements at batch 1 above which shapes are not read off an onnxruntime run
 
@@ -69,7 +71,7 @@ def _runs(proto: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> b
         return False
     try:
         sess = session(proto, optimize=False)
-        sess.run(None, {i.name: random_input(i.type, input_shapes[i.name]) for i in sess.get_inputs()})
+        sess.run(None, random_feeds(session_specs(sess.get_inputs(), input_shapes)))
     except Exception:  # noqa: BLE001 - any failure means it does not run
         return False
     return True
@@ -140,27 +142,11 @@ def _shapes_from_runtime(
             probe.graph.output.append(onnx.ValueInfoProto(name=name))
     try:
         sess = session(probe, optimize=False)
-        feeds = {i.name: random_input(i.type, input_shapes[i.name]) for i in sess.get_inputs()}
+        feeds = random_feeds(session_specs(sess.get_inputs(), input_shapes))
         values = sess.run(names, feeds)
     except Exception:  # noqa: BLE001 - no shapes is a valid answer: rules needing them stop their group
         return {}
     return {name: tuple(np.shape(v)) for name, v in zip(names, values)}
-
-
-def random_input(ort_type: str, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
-    """A deterministic input for an onnxruntime type string such as 'tensor(float)'."""
-    rng = np.random.default_rng(seed)
-    if "float16" in ort_type:
-        return rng.standard_normal(shape).astype(np.float16)
-    if "double" in ort_type:
-        return rng.standard_normal(shape)
-    if "float" in ort_type:
-        return rng.standard_normal(shape).astype(np.float32)
-    if "bool" in ort_type:
-        return np.ones(shape, dtype=bool)
-    if "int32" in ort_type:
-        return np.zeros(shape, dtype=np.int32)
-    return np.zeros(shape, dtype=np.int64)
 
 
 # --- values of shape computations (Shape -> Gather -> Div -> Concat -> Reshape chains) --------------

@@ -13,8 +13,8 @@ import numpy as np
 import onnx
 
 from onnxprune.channels import find_groups
-from onnxprune.importance import zero_channels
 from onnxprune.io import Model, to_proto
+from onnxprune.masks import zero_channels
 from onnxprune.plan import Plan, Planner
 from onnxprune.pruner import check_same_function
 from onnxprune.surgery import slim_graph

@@ -18,7 +18,7 @@ import onnx
 
 from onnxprune import io
 from onnxprune.atomic import write_bytes, write_text
-from onnxprune.errors import OnnxPruneError
+from onnxprune.errors import OnnxPruneError, OptionError
 
 try:
     import fcntl
@@ -32,7 +32,7 @@ class Workdir:
     def __init__(self, path: str | os.PathLike) -> None:
         self.root = Path(path)
         if self.root.exists() and not self.root.is_dir():
-            raise OnnxPruneError(f"--workdir {self.root}: exists and is not a folder")
+            raise OptionError(f"{{workdir}} {self.root}: exists and is not a folder")
         self.root.mkdir(parents=True, exist_ok=True)
 
     def path(self, name: str) -> Path:
@@ -51,7 +51,7 @@ class Workdir:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise OnnxPruneError(f"--workdir {self.root}: another run is using it") from None
+                raise OptionError(f"{{workdir}} {self.root}: another run is using it") from None
             yield
 
     def begin(self, key: dict[str, Any]) -> bool:
@@ -63,7 +63,7 @@ class Workdir:
             return False
         if recorded != key:
             changed = sorted(k for k in set(recorded) | set(key) if recorded.get(k) != key.get(k))
-            raise OnnxPruneError(f"--workdir {self.root}: holds a run with another config ({', '.join(changed)} "
+            raise OptionError(f"{{workdir}} {self.root}: holds a run with another config ({', '.join(changed)} "
                                  "differ); use a new work dir or the same config")
         return True
 

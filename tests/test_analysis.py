@@ -10,10 +10,11 @@ from onnx import TensorProto, helper, numpy_helper
 import onnxprune
 from onnxprune.analysis import AnalyzeOptions, analyze, mask_points
 from onnxprune.channels import find_groups
+from onnxprune.data import Dataset, load_data, model_specs
 from onnxprune.evaluator import FullRunner
 from onnxprune.importance import get_criterion
 from onnxprune.io import with_weights
-from onnxprune.metrics import Dataset, Fidelity, Top1, load_data, relative_distance
+from onnxprune.metrics import Fidelity, Top1, relative_distance
 from onnxprune.plan import Planner, candidate_groups
 from onnxprune.pruner import PruneOptions, prune
 from onnxprune.report import inspect_model
@@ -49,7 +50,7 @@ def test_table_equals_the_sparse_model_on_every_fixture(tmp_path, name: str) -> 
         pytest.skip("no prunable groups")
     data_path = random_npz(tmp_path, name)
     result = analyze(model, AnalyzeOptions(data=str(data_path), ratios=[0.5], batch_size=4))
-    data = load_data(data_path, model, batch_size=4)
+    data = load_data(data_path, model_specs(model), batch_size=4)
     metric = Fidelity(data)
     metric.record(FullRunner(session(with_weights(model))))
     planner = Planner(model, groups, {g.id: get_criterion("l1")(model, g) for g in groups if g.prunable})
@@ -92,7 +93,7 @@ def test_weights_mode_where_masks_would_not_be_exact(tmp_path) -> None:
     x = np.random.default_rng(1).standard_normal([5, 3, 8, 8]).astype(np.float32)
     np.savez(tmp_path / "data.npz", x=x)
     result = analyze(model, AnalyzeOptions(data=str(tmp_path / "data.npz"), ratios=[0.25, 0.5]))
-    metric = Fidelity(load_data(tmp_path / "data.npz", model))
+    metric = Fidelity(load_data(tmp_path / "data.npz", model_specs(model)))
     assert metric.data.batch_size == 1  # the model's batch is fixed
     metric.record(FullRunner(session(with_weights(model))))
     planner = Planner(model, groups, {g.id: get_criterion("l1")(model, g) for g in groups if g.prunable})
@@ -145,7 +146,7 @@ def test_what_you_analyze_is_what_you_get(tmp_path, name: str, ratios: list[floa
     model = onnxprune.load(fixture_path(name))
     data_path = DIGITS_TEST if name == "digits_cnn" else random_npz(tmp_path, name, samples=8)
     result = analyze(model, AnalyzeOptions(data=str(data_path), ratios=ratios))
-    data = load_data(data_path, model)
+    data = load_data(data_path, model_specs(model))
     metric = Top1(data) if data.labels is not None else Fidelity(data)
     if isinstance(metric, Fidelity):
         metric.record(FullRunner(session(with_weights(model))))
@@ -189,3 +190,15 @@ def test_top1_tracks_accuracy_on_digits() -> None:
         assert row["0.9"] < row["0.5"] <= table.baseline
         assert all(value == round(value * 450) / 450 for value in row.values())  # counts of 450 samples
     assert sum(table.macs_share.values()) > 1  # a conv between two groups counts for both
+
+
+def test_analysis_names_groups_as_a_spec_does() -> None:
+    """`AnalyzeOptions.groups` is checked by the same function as a spec's keys (plan.named_groups)."""
+    model = onnxprune.load(fixture_path("plain_cnn"))
+    groups = find_groups(model)
+    fixed = next((g.id for g in groups if not g.prunable), None)
+    with pytest.raises(onnxprune.OnnxPruneError, match="unknown group 'nope'"):
+        analyze(model, AnalyzeOptions(groups=["nope"], ratios=[0.5]))
+    if fixed is not None:
+        with pytest.raises(onnxprune.OnnxPruneError, match="cannot be pruned"):
+            analyze(model, AnalyzeOptions(groups=[fixed], ratios=[0.5]))

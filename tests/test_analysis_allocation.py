@@ -14,7 +14,7 @@ from onnxprune.cli import main
 from onnxprune.errors import OnnxPruneError
 from onnxprune.pruner import PruneOptions, prune
 from onnxprune.runtime import session
-from onnxprune.sensitivity import SensitivityTable, read_table, sensitivity_ratios, write_table
+from onnxprune.sensitivity import SensitivityTable, sensitivity_ratios
 from tests.conftest import FIXTURES, fixture_path
 
 DIGITS = fixture_path("digits_cnn")
@@ -24,10 +24,10 @@ def group(gid: str, channels: int = 16) -> Group:
     return Group(gid, channels, [])
 
 
-def table(rows: dict[str, list[float]], baseline: float = 1.0) -> dict:
+def table(rows: dict[str, list[float]], baseline: float = 1.0) -> SensitivityTable:
     ratios = [0.1 * (k + 1) for k in range(9)]
     groups = {gid: {repr(round(r, 6)): m for r, m in zip(ratios, metrics)} for gid, metrics in rows.items()}
-    return SensitivityTable("top1", baseline, groups).to_dict()
+    return SensitivityTable("top1", baseline, groups)
 
 
 def test_ratios_follow_the_loss_threshold() -> None:
@@ -62,7 +62,7 @@ def test_groups_unknown_to_the_table_stay_whole_and_mismatches_are_refused() -> 
     with pytest.raises(OnnxPruneError, match="none of this model's prunable groups"):
         sensitivity_ratios(table(rows), [group("other")])
     described = table(rows)
-    described["group_info"] = {"a": {"channels": 32}}
+    described.channels = {"a": 32}
     with pytest.raises(OnnxPruneError, match="has 32 channels there but 16"):
         sensitivity_ratios(described, [group("a", 16)])
 
@@ -77,14 +77,14 @@ def test_bad_tables_are_refused(tmp_path, content: str, message: str) -> None:
     path = tmp_path / "sens.json"
     path.write_text(content)
     with pytest.raises(OnnxPruneError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        read_table(path)
+        SensitivityTable.load(path)
 
 
 @pytest.fixture(scope="module")
 def digits_table(tmp_path_factory) -> str:
     result = analyze(onnxprune.load(DIGITS), AnalyzeOptions(data=str(FIXTURES / "digits_train.npz")))
     path = tmp_path_factory.mktemp("sens") / "sens.json"
-    write_table(result.table, path)
+    result.table.save(path)
     return str(path)
 
 
@@ -104,7 +104,7 @@ def test_prune_sens_lands_on_the_target_and_records_ratios(digits_table, tmp_pat
 def test_prune_sens_respects_exclude_and_round_to(digits_table) -> None:
     model = onnxprune.load(DIGITS)
     groups = [g.id for g in find_groups(model) if g.prunable]
-    result = prune(model, PruneOptions(ratio=0.4, sensitivity=read_table(digits_table), round_to=8,
+    result = prune(model, PruneOptions(ratio=0.4, sensitivity=SensitivityTable.load(digits_table), round_to=8,
                                        exclude=["/features/features.6/Conv"]))
     assert groups[2] not in result.plan.groups
     for part in result.plan.groups.values():
@@ -120,6 +120,20 @@ def test_sensitivity_guided_beats_uniform_on_digits(digits_table) -> None:
         pruned = prune(onnxprune.load(DIGITS), options).model
         return float(np.mean(session(pruned).run(None, {"input": x})[0].argmax(1) == labels))
 
-    sens = read_table(digits_table)
+    sens = SensitivityTable.load(digits_table)
     for target in (0.5, 0.7):
         assert accuracy(PruneOptions(ratio=target, sensitivity=sens)) > accuracy(PruneOptions(ratio=target)) + 0.1
+
+
+def test_the_table_is_one_type_from_file_to_allocation(tmp_path) -> None:
+    """save -> load gives the same table; prune takes it as it is (or as its JSON dict, checked)."""
+    rows = {"a": [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2]}
+    original = table(rows)
+    original.channels = {"a": 16}
+    original.save(tmp_path / "sens.json")
+    loaded = SensitivityTable.load(tmp_path / "sens.json")
+    assert (loaded.metric, loaded.baseline, loaded.groups, loaded.channels) == \
+        (original.metric, original.baseline, original.groups, original.channels)
+    assert isinstance(PruneOptions(ratio=0.5, sensitivity=original.to_dict()).sensitivity, SensitivityTable)
+    with pytest.raises(OnnxPruneError, match="needs 'metric', 'baseline' and 'groups'"):
+        PruneOptions(ratio=0.5, sensitivity={"groups": {}})

@@ -6,7 +6,7 @@ import pytest
 
 import onnxprune
 from onnxprune.analysis import AnalyzeOptions, analyze
-from onnxprune.errors import OnnxPruneError
+from onnxprune.errors import OnnxPruneError, OptionError
 from onnxprune.evaluator import Entry, Job
 from onnxprune.executors import split_jobs
 from tests.conftest import FIXTURES, fixture_path
@@ -29,9 +29,11 @@ def test_process_pool_gives_the_same_table(in_process, tmp_path) -> None:
 
 
 def test_process_pool_reports_a_users_error(tmp_path) -> None:
-    with pytest.raises(OnnxPruneError, match="returned str, not a number"):
+    with pytest.raises(OnnxPruneError, match="returned str, not a number") as caught:
         analyze(onnxprune.load(DIGITS), AnalyzeOptions(data=DIGITS_TEST, ratios=[0.5], workers=2,
                                                        eval="tests.test_analysis_executors:late_text_eval"))
+    assert isinstance(caught.value, OptionError)  # still names its option: the CLI says --eval
+    assert caught.value.say(lambda name: f"--{name}").startswith("--eval tests.test_analysis_executors:")
 
 
 def late_text_eval(run, data):

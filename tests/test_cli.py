@@ -91,7 +91,7 @@ BAD_INPUTS = [
     (["inspect", MODEL, "--input-shape", "nope:1,2"], "model's inputs are"),
     (["inspect", MODEL, "--input-shape", "input:1,3"], "does not fit"),
     (["prune", MODEL, "--ratio", "0.5", "-o", MODEL], "overwrite the input"),
-    (["run", MODEL, "--data", "BADDATA"], "no array for model input"),
+    (["run", MODEL, "--data", "BADDATA"], "no array named"),
 ]
 
 

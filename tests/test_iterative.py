@@ -247,13 +247,12 @@ def test_cumulative_plan_keeps_what_earlier_rounds_removed() -> None:
 
 def test_encrypts_the_dense_model_at_the_end(tmp_path) -> None:
     pytest.importorskip("onnxprune.secure")
-    from onnxprune.config import Encrypt
-    from onnxprune.secure import load_session, write_key_file
+    from onnxprune.secure import KeyOrigin, load_session, write_key_file
 
     key = tmp_path / "model.key"
     write_key_file(key)
     config = _config([0.3])
-    config.encrypt = Encrypt(key_file=str(key))
+    config.encrypt = KeyOrigin(key_file=str(key))
     config.output = str(tmp_path / "out" / "dense.onnx")
     result = run(config, FakeAdapter(), tmp_path / "work", BASELINE, progress=lambda _: None)
     assert result.dense == config.output and result.encrypted == config.output + ".enc"
@@ -262,6 +261,24 @@ def test_encrypts_the_dense_model_at_the_end(tmp_path) -> None:
     (expected,) = run_model(onnx.load(result.dense), {"input": x})
     (actual,) = load_session(result.encrypted, key_file=key).run(None, {"input": x})
     np.testing.assert_array_equal(actual, expected)
+
+
+def test_the_config_takes_the_key_from_an_environment_variable(tmp_path, monkeypatch) -> None:
+    """[encrypt] key_env, as `--key-env` on the command line (the config lacked it)."""
+    from onnxprune.secure import generate_key, load_session
+
+    key = generate_key()
+    monkeypatch.setenv("ONNXPRUNE_TEST_KEY", key.hex())
+    config = load_config(_write_config(tmp_path / "run.toml", '[encrypt]\nkey_env = "ONNXPRUNE_TEST_KEY"'))
+    config.output = str(tmp_path / "out" / "dense.onnx")
+    result = run(config, FakeAdapter(), tmp_path / "work", BASELINE, progress=lambda _: None)
+    x = np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32)
+    (expected,) = run_model(onnx.load(result.dense), {"input": x})
+    (actual,) = load_session(result.encrypted, key=key).run(None, {"input": x})
+    np.testing.assert_array_equal(actual, expected)
+    with pytest.raises(OnnxPruneError, match="give only one of encrypt.key_file, encrypt.key_env and "
+                                             "encrypt.passphrase_env"):
+        load_config(_write_config(tmp_path / "two.toml", '[encrypt]\nkey_env = "A"\npassphrase_env = "B"'))
 
 
 # --- the command line: config errors, and resume after SIGKILL ----------------------------------------

@@ -13,6 +13,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+import onnxprune
 from onnxprune.errors import OnnxPruneError
 from onnxprune.secure import (
     SCRYPT_N,
@@ -481,6 +482,9 @@ def test_encrypted_model_where_plain_expected(small_container: Path, key: bytes,
     with pytest.raises(OnnxPruneError) as exc:
         encrypt_file(small_container, tmp_path / "twice.enc", KeySource(key=key))
     assert_one_line_refusal(exc, "encrypted model")
+    with pytest.raises(OnnxPruneError) as exc:  # every reader of plain models refuses in the same words
+        onnxprune.load(small_container)
+    assert_one_line_refusal(exc, "is an encrypted model (decrypt it first)")
     assert not (tmp_path / "twice.enc").exists()
 
 
@@ -703,3 +707,23 @@ def test_decrypted_files_replace_atomically(tmp_path: Path, key: bytes) -> None:
         decrypt_file(dst, out / "m.onnx", KeySource(key=key))
     assert {p: p.read_bytes() for p in files_under(out)} == before
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_cli_encrypt_never_loads_the_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`onnxprune encrypt` streams: it reads the external-data locations off the protobuf wire and never
+    loads the model or its weights (the streaming memory bound), yet still refuses a non-ONNX file."""
+    from onnxprune import io as onnxprune_io
+    from onnxprune.cli import main
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("encrypt loaded the model")
+
+    for name in ("load", "load_model", "load_model_from_string", "load_external_data_for_model"):
+        monkeypatch.setattr(onnx, name, no_load)
+    monkeypatch.setattr(onnxprune_io, "read_proto", no_load)
+    model = save_external(tmp_path / "m")
+    key = tmp_path / "k.key"
+    write_key_file(key)
+    assert main(["encrypt", str(model), "-o", str(tmp_path / "m.enc"), "--key-file", str(key)]) == 0
+    (tmp_path / "junk.onnx").write_bytes(b"\xff" * 64)
+    assert main(["encrypt", str(tmp_path / "junk.onnx"), "-o", str(tmp_path / "j.enc"), "--key-file", str(key)]) == 2

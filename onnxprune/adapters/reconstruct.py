@@ -14,8 +14,8 @@ import numpy as np
 import onnx
 
 from onnxprune.adapters import Masks, Settings
-from onnxprune.data import read_arrays
-from onnxprune.metrics import LABELS, relative_distance
+from onnxprune.data import LABELS, check_data, read_arrays, session_specs
+from onnxprune.metrics import relative_distance
 from onnxprune.runtime import session
 
 BATCH = 32
@@ -25,9 +25,9 @@ class ReconstructAdapter:
     """`fine_tune` returns the model unchanged; `evaluate` runs it on `data` (an .npz, or arrays)."""
 
     def __init__(self, data: str | Path | dict[str, np.ndarray], reference: onnx.ModelProto | str | Path | None = None):
-        arrays = read_arrays(data) if isinstance(data, (str, Path)) else dict(data)
-        self.labels = arrays.pop(LABELS, None)
-        self.inputs = arrays
+        self.arrays = read_arrays(data) if isinstance(data, (str, Path)) else dict(data)
+        self.where = str(data) if isinstance(data, (str, Path)) else "adapter data"
+        self.labels = self.arrays.get(LABELS)
         self.reference = reference
         self._reference_outputs: list[np.ndarray] | None = None
 
@@ -48,6 +48,6 @@ class ReconstructAdapter:
 
     def _run(self, model: onnx.ModelProto) -> list[np.ndarray]:
         sess = session(model)
-        count = len(next(iter(self.inputs.values())))
-        parts = [sess.run(None, {k: v[i:i + BATCH] for k, v in self.inputs.items()}) for i in range(0, count, BATCH)]
+        data = check_data(self.arrays, session_specs(sess.get_inputs()), self.where, BATCH)
+        parts = [sess.run(None, feeds) for _, feeds in data.batches()]
         return [np.concatenate(out) for out in zip(*parts)]

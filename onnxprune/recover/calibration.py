@@ -8,9 +8,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from onnxprune.data import read_arrays
+from onnxprune.data import DEFAULT_BATCH, LABELS, check_data, model_specs, read_arrays
 from onnxprune.io import Model
-from onnxprune.metrics import DEFAULT_BATCH, LABELS, check_data
 
 BATCH_BYTES = 4 << 20  # input bytes per calibration batch
 
@@ -31,4 +30,4 @@ def calibration_batches(model: Model, data: str | os.PathLike | Mapping[str, np.
         arrays.pop(LABELS, None)
     per_sample = sum(np.asarray(a)[:1].nbytes for a in arrays.values())
     size = int(np.clip(BATCH_BYTES // max(per_sample, 1), 1, DEFAULT_BATCH))
-    return [feeds for _, feeds in check_data(arrays, model, where, batch_size=size).batches()]
+    return [feeds for _, feeds in check_data(arrays, model_specs(model), where, batch_size=size).batches()]

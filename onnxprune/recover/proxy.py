@@ -10,7 +10,7 @@ residual of predicting its output without the removed features R from the kept o
 (the Schur complement: what the removed features carry that the kept ones cannot explain). One pass over
 the unpruned model collects G per layer; every (group, ratio) is then a small solve, no forward pass.
 The table it makes — metric 1 - sqrt(err / output energy), summed over the layers reading the group —
-has the form of `analyze`'s table, so `sensitivity.sensitivity_ratios` allocates by it unchanged.
+is a `SensitivityTable` as `analyze`'s is, so `sensitivity.sensitivity_ratios` allocates by it unchanged.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from onnxprune.recover.grams import (
 )
 from onnxprune.recover.lstsq import STABLE_RIDGE, ridge_solve
 from onnxprune.recover.staged import Batches
-from onnxprune.sensitivity import DEFAULT_RATIOS, ratio_key, sensitivity_ratios
+from onnxprune.sensitivity import DEFAULT_RATIOS, SensitivityTable, ratio_key, sensitivity_ratios
 
 METRIC = "reconstruction fidelity (proxy)"
 
@@ -50,8 +50,8 @@ def _residual(gram: np.ndarray, full: np.ndarray, removed: np.ndarray) -> float:
 
 def reconstruction_table(model: Model, groups: list[Group], removals: dict[str, dict[float, np.ndarray]],
                          batches: Batches, providers: list[str] | None = None, budget: int = 1 << 29,
-                         seed: int = 0) -> dict:
-    """A sensitivity table {"metric", "baseline": 1, "groups": {id: {ratio: metric}}} for the groups in
+                         seed: int = 0) -> SensitivityTable:
+    """A sensitivity table (baseline 1, metric 1 - relative reconstruction error) for the groups in
     `removals` (group id -> ratio -> the group channels removed at that ratio). Groups that no layer with
     a matrix view reads are left out (nothing can be re-solved for them)."""
     by_id = {g.id: g for g in groups if g.id in removals}
@@ -72,8 +72,7 @@ def reconstruction_table(model: Model, groups: list[Group], removals: dict[str, 
                 errors[group.id][ratio] += sum(_residual(gram[g], full[g], removed) for g in range(view.groups))
     table = {gid: {ratio_key(r): 1.0 - float(np.sqrt(max(e, 0.0) / energy[gid])) for r, e in row.items()}
              for gid, row in errors.items() if energy[gid] > 0}
-    return {"metric": METRIC, "baseline": 1.0, "groups": table,
-            "group_info": {gid: {"channels": by_id[gid].channels} for gid in table}}
+    return SensitivityTable(METRIC, 1.0, table, {gid: by_id[gid].channels for gid in table})
 
 
 def reconstruction_ratios(model: Model, candidates: list[Group], planner: Planner, batches: Batches,

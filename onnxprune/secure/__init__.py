@@ -25,6 +25,7 @@ from onnxprune.secure.files import (
 from onnxprune.secure.keys import (
     KEY_SIZE,
     SCRYPT_N,
+    KeyOrigin,
     KeySource,
     generate_key,
     parse_key_text,
@@ -42,6 +43,7 @@ __all__ = [
     "ContainerHeader",
     "DecryptedSession",
     "KdfParams",
+    "KeyOrigin",
     "KeySource",
     "PartInfo",
     "decrypt_bytes",

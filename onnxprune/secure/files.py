@@ -30,10 +30,11 @@ from onnxprune.secure.external import check_location, external_locations, resolv
 from onnxprune.secure.keys import KeySource
 
 
-def ensure_plain_model(path: str | os.PathLike) -> None:
-    """Refuse an encrypted model where a plain ONNX file is needed, with a message that says what to do."""
+def ensure_plain_model(path: str | os.PathLike, remedy: str = "decrypt it first, or pass its key") -> None:
+    """Refuse an encrypted model where a plain ONNX file is needed (every reader of plain models asks
+    here); `remedy` says what to do instead, in the caller's terms."""
     if is_encrypted(path):
-        raise OnnxPruneError(f"{os.fspath(path)}: is an encrypted model (decrypt it first, or pass its key)")
+        raise OnnxPruneError(f"{os.fspath(path)}: is an encrypted model ({remedy})")
 
 
 def encrypt_file(

@@ -19,7 +19,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from onnxprune.atomic import atomic_writer
-from onnxprune.errors import OnnxPruneError
+from onnxprune.errors import OnnxPruneError, OptionError
 
 KEY_SIZE = 32
 SCRYPT_N = 2**17
@@ -167,6 +167,42 @@ class KeySource:
         if self.key_file is not None:
             return read_key_file(self.key_file)
         raise OnnxPruneError("a passphrase has no raw key: it is stretched with scrypt and the file's salt")
+
+
+@dataclass(frozen=True)
+class KeyOrigin:
+    """Where the key is, as a user names it: a key file, an environment variable holding the key (hex or
+    base64), or one holding a passphrase. The command line (--key-file, --key-env, --passphrase-env) and
+    the run config's [encrypt] table (key_file, key_env, passphrase_env) are both this; `source()` reads
+    the key. Option errors name the fields (`OptionError`): each front end says them its own way."""
+
+    key_file: str | os.PathLike | None = None
+    key_env: str | None = None
+    passphrase_env: str | None = None
+
+    @property
+    def given(self) -> bool:
+        return any(v is not None for v in (self.key_file, self.key_env, self.passphrase_env))
+
+    def check(self, required: bool = False) -> None:
+        """At most one way (exactly one when `required`)."""
+        count = sum(v is not None for v in (self.key_file, self.key_env, self.passphrase_env))
+        if count > 1 or (required and not count):
+            raise OptionError(f"give {'only' if count else 'exactly'} one of {{key_file}}, {{key_env}} and "
+                              "{passphrase_env}")
+
+    def source(self) -> KeySource | None:
+        """The key this names (None when it names none); an unset variable is refused in one line."""
+        self.check()
+        if self.key_env is not None:
+            return KeySource.from_env(self.key_env)
+        if self.passphrase_env is not None:
+            passphrase = os.environ.get(self.passphrase_env)
+            if not passphrase:
+                raise OnnxPruneError(f"environment variable {self.passphrase_env}: not set or empty "
+                                     "(expected a passphrase)")
+            return KeySource(passphrase=passphrase)
+        return KeySource(key_file=self.key_file) if self.key_file is not None else None
 
 
 def new_scrypt_salt() -> bytes:

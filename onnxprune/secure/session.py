@@ -13,8 +13,9 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from onnxprune.errors import OnnxPruneError, first_line
-from onnxprune.secure.container import is_encrypted, open_container, open_payload, read_manifest
+from onnxprune.secure.container import open_container, open_payload, read_manifest
 from onnxprune.secure.external import check_location, external_locations
+from onnxprune.secure.files import ensure_plain_model
 from onnxprune.secure.keys import KeySource
 
 # SessionOptions that received in-memory external data: onnxruntime keeps raw pointers to our buffers,
@@ -99,8 +100,7 @@ def _load_plain(
     where: str, providers: list[str] | None, sess_options: ort.SessionOptions | None
 ) -> ort.InferenceSession:
     """Load an unencrypted model from its path, refusing an encrypted one that came without a key."""
-    if is_encrypted(where):
-        raise OnnxPruneError(f"{where}: is an encrypted model (give a key file, key or passphrase)")
+    ensure_plain_model(where, "give a key file, key or passphrase")
     if sess_options is not None and sess_options in _used_options:
         raise OnnxPruneError("sess_options was spent on a session from an encrypted model (pass a fresh one)")
     return _create(ort.InferenceSession, where, sess_options, providers, where)
