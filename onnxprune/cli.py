@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from onnxprune import io
+from onnxprune.graph import model as io
 from onnxprune.errors import OnnxPruneError, OptionError
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
@@ -35,7 +35,7 @@ def _check_output(args: argparse.Namespace, *outputs: str | Path | None) -> None
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Show per-layer MACs and params, the channel groups, and why a group cannot be pruned."""
-    from onnxprune.report import format_report, inspect_model
+    from onnxprune.pruning.inspect import format_report, inspect_model
 
     report = inspect_model(_load(args), attention=args.attention)
     print(json.dumps(report.to_dict(), indent=1) if args.json else format_report(report))
@@ -49,10 +49,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
     With --data CALIB.npz (a few hundred unlabeled samples) the layers that read removed channels are
     re-solved by least squares to compute what the unpruned model computes (no training), and the
     channels removed are those the re-solved layers can best make up for (--criterion greedy)."""
-    from onnxprune.plan import read_spec
+    from onnxprune.pruning.plan import read_spec
     from onnxprune.progress import ProgressBar
-    from onnxprune.pruner import PruneOptions, prune
-    from onnxprune.runtime import parse_providers
+    from onnxprune.pruning.prune import PruneOptions, prune
+    from onnxprune.graph.runtime import parse_providers
 
     _check_output(args, args.output, io.data_path(args.output), args.plan_out)
     options = PruneOptions(
@@ -76,14 +76,14 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def _read_sensitivity(path: str):
-    from onnxprune.sensitivity import SensitivityTable
+    from onnxprune.analysis.table import SensitivityTable
 
     return SensitivityTable.load(path)
 
 
 def _print_prune_summary(result, output: str, reconstruction=None) -> None:
     """What `prune` (or `transform`: no reconstruction) did, on stderr."""
-    from onnxprune.report import human
+    from onnxprune.pruning.inspect import human
 
     plan = result.plan
     rows = [("MACs", plan.macs_before, plan.macs_after), ("params", plan.params_before, plan.params_after)]
@@ -102,7 +102,7 @@ def _print_prune_summary(result, output: str, reconstruction=None) -> None:
 def cmd_transform(args: argparse.Namespace) -> int:
     """Turn a sparse model (channels zeroed, e.g. after fine-tuning with masks) into a dense one by
     removing every all-zero channel; no plan needed. --encrypt writes it AES-256-GCM encrypted."""
-    from onnxprune.transform import transform
+    from onnxprune.pruning.transform import transform
 
     _check_output(args, args.output, io.data_path(args.output))
     key = _key_source(args, required="--encrypt") if args.encrypt else None
@@ -174,7 +174,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run a model (plain, or encrypted with a key: decrypted in memory only) on a data file or on a
     random batch, and write its outputs to an .npz (one array per output)."""
     from onnxprune.data import load_data, random_feeds, session_specs, write_npz
-    from onnxprune.runtime import parse_providers
+    from onnxprune.graph.runtime import parse_providers
     from onnxprune.secure import KeySource, ensure_plain_model, is_encrypted, load_session
 
     _check_output(args, args.output)
@@ -222,10 +222,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     the same command resumes after an interruption. Use the table with `prune --sens SENS.json`."""
     import importlib.util
 
-    from onnxprune.analysis import AnalyzeOptions, analyze, default_cache_dir
+    from onnxprune.analysis.analyze import AnalyzeOptions, analyze, default_cache_dir
     from onnxprune.progress import ProgressBar
-    from onnxprune.runtime import parse_providers
-    from onnxprune.sensitivity import (
+    from onnxprune.graph.runtime import parse_providers
+    from onnxprune.analysis.table import (
         DEFAULT_RATIOS,
         format_table,
         parse_ratios,
@@ -300,8 +300,8 @@ def cmd_iterate(args: argparse.Namespace) -> int:
     trial's settings, and keeps the best trial if it is within the tolerance; otherwise it retries with a
     smaller step. The end writes the dense model (encrypted too, with [encrypt]) and prints the rounds;
     WORKDIR/report.json holds them as JSON. Run the same command again to resume after any interruption."""
-    from onnxprune.config import build_adapter, load_config
-    from onnxprune.iterative import format_table, run
+    from onnxprune.loop.config import build_adapter, load_config
+    from onnxprune.loop.iterate import format_table, run
 
     config = load_config(args.config)
     result = run(config, build_adapter(config.adapter), args.workdir)

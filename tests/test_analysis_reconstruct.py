@@ -9,8 +9,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxprune
-from onnxprune.analysis import AnalyzeOptions, analyze
-from onnxprune.channels import find_groups
+from onnxprune.analysis.analyze import AnalyzeOptions, analyze
+from onnxprune.pruning.channels import find_groups
 from onnxprune.cli import main
 from onnxprune.errors import OnnxPruneError
 from onnxprune.recover.lstsq import STABLE_RIDGE

@@ -86,7 +86,7 @@ def test_labels_outside_the_models_classes_are_refused(tmp_path: Path) -> None:
 
 
 def test_a_schedule_with_too_many_rounds_is_refused(tmp_path: Path) -> None:
-    from onnxprune.config import Schedule
+    from onnxprune.loop.config import Schedule
     from onnxprune.errors import OnnxPruneError
 
     with pytest.raises(OnnxPruneError, match="1000000000 rounds"):

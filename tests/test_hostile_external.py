@@ -85,8 +85,7 @@ def test_hardlinked_data_file_is_refused_clearly(tmp_path: Path) -> None:
 
 def test_symlink_inside_the_folder_is_followed(tmp_path: Path) -> None:
     """A symlink that stays in the folder is fine: the loader reads the file it names."""
-    from onnxprune import io
-
+    from onnxprune.graph import model as io
     folder = tmp_path / "model"
     path = write_model(folder, "link.bin")
     (folder / "data").mkdir()

@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper, version_converter
 
 import onnxprune
-from onnxprune import io
+from onnxprune.graph import model as io
 from onnxprune.errors import OnnxPruneError
 from tests.conftest import fixture_path, random_batch, relative_difference, run_model
 
@@ -110,7 +110,7 @@ def test_shape_values_reduce_prod_over_its_axes(opset: int, keepdims: int, expec
     """ReduceProd of a [1, 4] shape tensor over axis 0 is that tensor (not the product of everything)."""
     import onnx_graphsurgeon as gs
 
-    from onnxprune.shapes import shape_values
+    from onnxprune.graph.shapes import shape_values
 
     axes = [helper.make_tensor("axes", TensorProto.INT64, [1], [0])] if opset >= 18 else []
     attrs = {} if opset >= 18 else {"axes": [0]}

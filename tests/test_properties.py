@@ -8,12 +8,12 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxprune import io
-from onnxprune.channels import find_groups
-from onnxprune.importance import get_criterion
-from onnxprune.plan import Planner, candidate_groups
-from onnxprune.surgery import slim, sparse
-from onnxprune.transform import transform
+from onnxprune.graph import model as io
+from onnxprune.pruning.channels import find_groups
+from onnxprune.pruning.importance import get_criterion
+from onnxprune.pruning.plan import Planner, candidate_groups
+from onnxprune.pruning.surgery import slim, sparse
+from onnxprune.pruning.transform import transform
 from tests.conftest import relative_difference, run_model
 
 SIZE = 6  # spatial size: every op keeps it, so any two tensors of equal channels can be added

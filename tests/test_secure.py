@@ -712,7 +712,7 @@ def test_decrypted_files_replace_atomically(tmp_path: Path, key: bytes) -> None:
 def test_cli_encrypt_never_loads_the_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`onnxprune encrypt` streams: it reads the external-data locations off the protobuf wire and never
     loads the model or its weights (the streaming memory bound), yet still refuses a non-ONNX file."""
-    from onnxprune import io as onnxprune_io
+    from onnxprune.graph import model as onnxprune_io
     from onnxprune.cli import main
 
     def no_load(*args, **kwargs):

@@ -34,11 +34,11 @@ from typing import Any
 
 import onnx
 
-from onnxprune import io
+from onnxprune.graph import model as io
 from onnxprune.adapters import check_returned
 from onnxprune.atomic import write_bytes, write_text
 from onnxprune.errors import OnnxPruneError
-from onnxprune.masks import Masks
+from onnxprune.pruning.masks import Masks
 
 Command = str | Sequence[str]
 

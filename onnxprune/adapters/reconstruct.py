@@ -15,8 +15,8 @@ import onnx
 
 from onnxprune.adapters import Masks, Settings
 from onnxprune.data import LABELS, check_data, read_arrays, session_specs
-from onnxprune.metrics import relative_distance
-from onnxprune.runtime import session
+from onnxprune.analysis.metrics import relative_distance
+from onnxprune.graph.runtime import session
 
 BATCH = 32
 

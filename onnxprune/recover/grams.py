@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from onnxprune.channels import Group, Member
-from onnxprune.io import Model
+from onnxprune.pruning.channels import Group, Member
+from onnxprune.graph.model import Model
 from onnxprune.progress import Progress
 from onnxprune.recover.lstsq import SINGLE, sample_rows
 from onnxprune.recover.staged import Batches, StagedRun

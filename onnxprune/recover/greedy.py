@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from onnxprune.channels import Group
-from onnxprune.io import Model
+from onnxprune.pruning.channels import Group
+from onnxprune.graph.model import Model
 from onnxprune.progress import Progress
 from onnxprune.recover.grams import (
     group_features,

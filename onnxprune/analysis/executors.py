@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from onnxprune.errors import OnnxPruneError, OptionError
-from onnxprune.evaluator import Evaluator, Job, Payload, Result, worker_evaluator
+from onnxprune.analysis.evaluator import Evaluator, Job, Payload, Result, worker_evaluator
 
 
 class Executor(Protocol):

@@ -123,7 +123,7 @@ def from_proto(
 ) -> Model:
     """Build a `Model` from a ModelProto. With `owned`, the proto itself becomes the skeleton (its weight
     bytes are stripped, which saves a copy of every weight); otherwise it is left untouched."""
-    from onnxprune.shapes import infer_shapes
+    from onnxprune.graph.shapes import infer_shapes
 
     if not owned:
         copy = onnx.ModelProto()
@@ -138,7 +138,7 @@ def from_proto(
             f"{where}: opset {opset} is older than {MIN_OPSET}; convert it first "
             f"(onnx.version_converter.convert_version(model, {MIN_OPSET}))"
         )
-    from onnxprune.runtime import check_supported
+    from onnxprune.graph.runtime import check_supported
 
     check_supported(proto, where)
     _check_with_onnx(proto, where)

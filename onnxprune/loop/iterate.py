@@ -16,7 +16,7 @@ least as many channels as it has zeroed (`PruneOptions(cumulative=True)`). A rou
 the starting model's MACs, the MACs reported are those of the dense model `transform` will produce, and a
 round only ever adds to what earlier rounds removed.
 
-The work dir (see `onnxprune.workdir`; a step is done when its JSON record exists):
+The work dir (see `onnxprune.loop.workdir`; a step is done when its JSON record exists):
 
     config.json  baseline.onnx  baseline.json
     round-01/  plan.json  sparse.onnx  masks.npz  pruned.json  trial-1.onnx  trial-1.json ...
@@ -44,19 +44,19 @@ from typing import Any
 
 import onnx
 
-from onnxprune import io
+from onnxprune.graph import model as io
 from onnxprune.adapters import Adapter, check_returned
-from onnxprune.channels import find_groups
-from onnxprune.config import RunConfig
+from onnxprune.pruning.channels import find_groups
+from onnxprune.loop.config import RunConfig
 from onnxprune.errors import OnnxPruneError, OptionError
-from onnxprune.importance import DATA_CRITERIA
-from onnxprune.io import Model
-from onnxprune.masks import Masks, masks_from_plan
-from onnxprune.profile import layer_costs, totals
-from onnxprune.pruner import PruneOptions, prune
-from onnxprune.sensitivity import SensitivityTable
-from onnxprune.transform import transform
-from onnxprune.workdir import Workdir
+from onnxprune.pruning.importance import DATA_CRITERIA
+from onnxprune.graph.model import Model
+from onnxprune.pruning.masks import Masks, masks_from_plan
+from onnxprune.pruning.cost import layer_costs, totals
+from onnxprune.pruning.prune import PruneOptions, prune
+from onnxprune.analysis.table import SensitivityTable
+from onnxprune.pruning.transform import transform
+from onnxprune.loop.workdir import Workdir
 
 # analyze(model, cache folder) -> sensitivity table: re-analysis per round
 Analyze = Callable[[Model, Path], SensitivityTable]
@@ -110,7 +110,7 @@ def run(config: RunConfig, adapter: Adapter, workdir: str | os.PathLike,
     """Run (or resume) the loop in `workdir`; `baseline` defaults to `config.model`.
 
     With `prune.reanalyze`, each round measures a sensitivity table on its starting model with `analyze`
-    (default: `onnxprune.analysis` with the config's `[analyze]` settings) and allocates by it.
+    (default: `onnxprune.analysis.analyze` with the config's `[analyze]` settings) and allocates by it.
     """
     config.check()
     if config.output and config.model and Path(config.output).resolve() == Path(config.model).resolve():
@@ -125,10 +125,10 @@ def run(config: RunConfig, adapter: Adapter, workdir: str | os.PathLike,
 
 
 def default_analyze(config: RunConfig) -> Analyze:
-    """Re-analysis with `onnxprune.analysis`, cached per round in the work dir (so it resumes too)."""
-    if importlib.util.find_spec("onnxprune.analysis") is None:
-        raise OnnxPruneError("prune.reanalyze: sensitivity analysis (onnxprune.analysis) is not available")
-    from onnxprune.analysis import AnalyzeOptions, analyze
+    """Re-analysis with `onnxprune.analysis.analyze`, cached per round in the work dir (so it resumes too)."""
+    if importlib.util.find_spec("onnxprune.analysis.analyze") is None:
+        raise OnnxPruneError("prune.reanalyze: sensitivity analysis (onnxprune.analysis.analyze) is not available")
+    from onnxprune.analysis.analyze import AnalyzeOptions, analyze
 
     settings, prune_settings = config.analyze, config.prune
     # measured as the rounds prune: with reconstruction when they reconstruct (the analysis data calibrates
@@ -152,7 +152,7 @@ def default_analyze(config: RunConfig) -> Analyze:
 
 def format_table(result: RunResult) -> str:
     """The per-round report as text."""
-    from onnxprune.report import human
+    from onnxprune.pruning.inspect import human
 
     head = (f"{'round':>5} {'asked':>6} {'MACs':>9} {'removed':>8} {'params':>9} {'before':>8} {'after':>8} "
             f"{'trial':>5} {'time':>7}  result")

@@ -65,7 +65,7 @@ def _refuse_unless_it_runs(proto: onnx.ModelProto, input_shapes: dict[str, tuple
 
 def _runs(proto: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> bool:
     """Whether onnxruntime runs the model on random inputs (not tried above RUN_LIMIT input elements)."""
-    from onnxprune.runtime import session  # runtime imports this module
+    from onnxprune.graph.runtime import session  # runtime imports this module
 
     if sum(int(np.prod(shape, dtype=np.float64)) for shape in input_shapes.values()) > RUN_LIMIT:
         return False
@@ -130,7 +130,7 @@ def _shapes_from_runtime(
     proto: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]], names: list[str]
 ) -> dict[str, tuple[int, ...]]:
     """Run the model once with every unknown tensor as an extra output and read the shapes off."""
-    from onnxprune.runtime import session  # runtime imports this module
+    from onnxprune.graph.runtime import session  # runtime imports this module
 
     if sum(int(np.prod(shape, dtype=np.float64)) for shape in input_shapes.values()) > RUN_LIMIT:
         return {}  # a run could need many times the input's memory (NonZero, Expand): shapes stay unknown

@@ -78,7 +78,7 @@ def run_graph(graph: gs.Graph, like: onnx.ModelProto, feeds: dict[str, np.ndarra
     every weight; feeding numpy arrays costs nothing. Slower per run (no prepacking), which does not
     matter for a single check.
     """
-    from onnxprune.io import to_proto
+    from onnxprune.graph.model import to_proto
 
     structure = graph.copy()
     weights: dict[str, np.ndarray] = {}
@@ -105,7 +105,7 @@ def subgraph_session(nodes: list[gs.Node], inputs: dict[str, np.dtype], outputs:
 
     `weights` replaces the values of some weights in this session only (the graph is not changed).
     """
-    from onnxprune.io import to_proto
+    from onnxprune.graph.model import to_proto
 
     weights = weights or {}
     tensors = {t.name: t for n in nodes for t in list(n.inputs) + list(n.outputs)}
@@ -129,7 +129,7 @@ def subgraph_session(nodes: list[gs.Node], inputs: dict[str, np.dtype], outputs:
             tensor.dtype, tensor.shape = dtype, shape
     del proto.graph.value_info[:]
     if any(dtype is None for dtype in outputs.values()):
-        from onnxprune.shapes import tensor_dtypes
+        from onnxprune.graph.shapes import tensor_dtypes
 
         inferred = tensor_dtypes(proto)
         for info in proto.graph.output:

@@ -16,7 +16,7 @@ from typing import Any
 
 import onnx
 
-from onnxprune import io
+from onnxprune.graph import model as io
 from onnxprune.atomic import write_bytes, write_text
 from onnxprune.errors import OnnxPruneError, OptionError
 

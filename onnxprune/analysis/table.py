@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from onnxprune.atomic import write_bytes, write_text
-from onnxprune.channels import Group
+from onnxprune.pruning.channels import Group
 from onnxprune.data import read_json
 from onnxprune.errors import OnnxPruneError, OptionError
 

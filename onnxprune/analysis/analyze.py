@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxprune import io
-from onnxprune.cache import AnalysisCache, cache_key, removal_digest
-from onnxprune.channels import Group, find_groups
+from onnxprune.graph import model as io
+from onnxprune.analysis.cache import AnalysisCache, cache_key, removal_digest
+from onnxprune.pruning.channels import Group, find_groups
 from onnxprune.data import (
     DEFAULT_BATCH,
     RANDOM_SAMPLES,
@@ -44,20 +44,20 @@ from onnxprune.data import (
     random_data,
 )
 from onnxprune.errors import OnnxPruneError, OptionError
-from onnxprune.evaluator import DEFAULT_PREFIX_BUDGET, Entry, Evaluator, Job, Payload
-from onnxprune.executors import make_executor, require_ray, split_jobs
-from onnxprune.importance import DATA_CRITERIA, get_criterion
-from onnxprune.io import Model, stored_values
-from onnxprune.metrics import Fidelity, Metric, Top1, UserEval, eval_source_digest, load_eval
-from onnxprune.plan import Plan, Planner, candidate_groups, named_groups
+from onnxprune.analysis.evaluator import DEFAULT_PREFIX_BUDGET, Entry, Evaluator, Job, Payload
+from onnxprune.analysis.executors import make_executor, require_ray, split_jobs
+from onnxprune.pruning.importance import DATA_CRITERIA, get_criterion
+from onnxprune.graph.model import Model, stored_values
+from onnxprune.analysis.metrics import Fidelity, Metric, Top1, UserEval, eval_source_digest, load_eval
+from onnxprune.pruning.plan import Plan, Planner, candidate_groups, named_groups
 from onnxprune.progress import Progress
 from onnxprune.recover.calibration import calibration_batches
 from onnxprune.recover.resolve import Resolved, entry_values, resolved_readers
 from onnxprune.recover.scores import data_criterion
 from onnxprune.rules import ZEROED_ROLES, entry_for
-from onnxprune.sensitivity import DEFAULT_RATIOS, SensitivityTable, check_analysis, ratio_key
-from onnxprune.split import MaskPoint
-from onnxprune.surgery import removed_slices, sparse_values
+from onnxprune.analysis.table import DEFAULT_RATIOS, SensitivityTable, check_analysis, ratio_key
+from onnxprune.graph.split import MaskPoint
+from onnxprune.pruning.surgery import removed_slices, sparse_values
 
 FLAT = 1e-9  # a metric that moves less than this is "flat"
 MIN_VAL_FRACTION = 0.5  # the Vitis guideline: analyze on at least half of the validation set
