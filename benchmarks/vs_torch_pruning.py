@@ -38,7 +38,7 @@ from digits_adapter import BASELINE_EPOCHS, split, top1, train
 
 from onnxprune.adapters.torch import TorchAdapter
 from onnxprune.loop.config import FineTune, PruneSettings, RunConfig, Schedule
-from onnxprune.graph.model import from_proto
+from onnxprune.graph.load import from_proto
 from onnxprune.loop.iterate import run
 from onnxprune.pruning.cost import layer_costs, totals
 from tools.digits_data import DIGITS_INPUT_SHAPE, DigitsCNN

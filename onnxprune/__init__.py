@@ -11,7 +11,9 @@ Example:
 
 from onnxprune.pruning.channels import Group, Member, find_groups
 from onnxprune.errors import OnnxPruneError
-from onnxprune.graph.model import Model, load, save
+from onnxprune.graph.load import load
+from onnxprune.graph.model import Model
+from onnxprune.graph.save import save
 from onnxprune.pruning.plan import Plan
 from onnxprune.pruning.prune import PruneOptions, PruneResult, make_plan, prune
 from onnxprune.pruning.inspect import format_report, inspect_model

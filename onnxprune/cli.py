@@ -10,14 +10,16 @@ import json
 import sys
 from pathlib import Path
 
-from onnxprune.graph import model as io
+from onnxprune.graph.load import load, parse_input_shapes, read_proto
+from onnxprune.graph.model import Model
+from onnxprune.graph.save import data_path, save
 from onnxprune.errors import OnnxPruneError, OptionError
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
 
 
-def _load(args: argparse.Namespace) -> io.Model:
-    return io.load(args.model, io.parse_input_shapes(args.input_shape))
+def _load(args: argparse.Namespace) -> Model:
+    return load(args.model, parse_input_shapes(args.input_shape))
 
 
 _INPUT_OPTIONS = ("model", "input", "data", "val", "sens", "spec", "key_file", "config")
@@ -54,7 +56,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from onnxprune.pruning.prune import PruneOptions, prune
     from onnxprune.graph.runtime import parse_providers
 
-    _check_output(args, args.output, io.data_path(args.output), args.plan_out)
+    _check_output(args, args.output, data_path(args.output), args.plan_out)
     options = PruneOptions(
         ratio=args.ratio, spec=read_spec(args.spec) if args.spec else None,
         sensitivity=_read_sensitivity(args.sens) if args.sens else None, criterion=args.criterion,
@@ -66,7 +68,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     with ProgressBar(sys.stderr, label="reconstruct", unit="layers") as bar:
         result = prune(_load(args), options, progress=bar.update)
     _free_memory()  # the loaded model (a reference cycle) goes before the output is serialized
-    io.save(result.model, args.output)
+    save(result.model, args.output)
     if args.plan_out:
         from onnxprune.atomic import write_text
 
@@ -104,12 +106,12 @@ def cmd_transform(args: argparse.Namespace) -> int:
     removing every all-zero channel; no plan needed. --encrypt writes it AES-256-GCM encrypted."""
     from onnxprune.pruning.transform import transform
 
-    _check_output(args, args.output, io.data_path(args.output))
+    _check_output(args, args.output, data_path(args.output))
     key = _key_source(args, required="--encrypt") if args.encrypt else None
     result = transform(_load(args), attention=args.attention)
     _free_memory()
     if key is None:
-        io.save(result.model, args.output)
+        save(result.model, args.output)
     else:
         from onnxprune.atomic import write_bytes
         from onnxprune.secure import encrypt_bytes
@@ -185,7 +187,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise OnnxPruneError(f"{args.model}: not an encrypted model, but a key was given")
     providers = parse_providers(args.providers)
     if key is None:
-        io.read_proto(args.model)  # a clear message for truncated or non-ONNX files
+        read_proto(args.model)  # a clear message for truncated or non-ONNX files
         sess = load_session(args.model, providers=providers)
     else:
         secret = KeySource.raw_key(key) if key.passphrase is None else None
@@ -193,7 +195,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.data:
         feeds = load_data(args.data, session_specs(sess.get_inputs()), cast=True).inputs
     else:
-        shapes = io.parse_input_shapes(args.input_shape)
+        shapes = parse_input_shapes(args.input_shape)
         for inp in sess.get_inputs():
             if inp.name not in shapes:
                 dims = [d if isinstance(d, int) and d > 0 else None for d in inp.shape]

@@ -132,7 +132,7 @@ def test_an_activation_a_layer_reads_is_not_a_weight(tmp_path, op: str) -> None:
     x = np.random.default_rng(1).standard_normal([6, 6]).astype(np.float32)
     np.savez(tmp_path / "data.npz", x=x)
     result = analyze(model, AnalyzeOptions(data=str(tmp_path / "data.npz"), ratios=[0.5], groups=["first"]))
-    metric = Fidelity(load_data(tmp_path / "data.npz", model))
+    metric = Fidelity(load_data(tmp_path / "data.npz", model_specs(model)))
     metric.record(FullRunner(session(with_weights(model))))
     plan = Planner(model, groups, {"first": get_criterion("l1")(model, group)}).plan({"first": 0.5})
     expected = naive_metric(metric, with_weights(model, sparse_values(model, groups, plan)))

@@ -20,7 +20,7 @@ from onnxprune.adapters import MasksLostWarning
 from onnxprune.pruning.channels import find_groups
 from onnxprune.loop.config import Analysis, FineTune, PruneSettings, RunConfig, Schedule, load_config
 from onnxprune.errors import OnnxPruneError
-from onnxprune.graph.model import from_proto
+from onnxprune.graph.load import from_proto
 from onnxprune.loop.iterate import format_table, run
 from onnxprune.pruning.masks import Masks, masks_from_plan, weight_arrays
 from onnxprune.pruning.cost import layer_costs, totals

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxprune.graph import model as io
+from onnxprune.graph.load import from_proto
 from onnxprune.pruning.channels import find_groups
 from onnxprune.pruning.importance import get_criterion
 from onnxprune.pruning.plan import Planner, candidate_groups
@@ -110,7 +110,7 @@ def build(steps: list[tuple[str, int]], seed: int) -> onnx.ModelProto:
 def test_random_dags_keep_the_invariant(steps, seed, ratio, criterion) -> None:
     proto = build(steps, seed)
     onnx.checker.check_model(proto)
-    model = io.from_proto(proto)
+    model = from_proto(proto)
     groups = find_groups(model)
     candidates = candidate_groups(model, groups, [])
     scores = {g.id: get_criterion(criterion)(model, g) for g in candidates}
@@ -123,6 +123,6 @@ def test_random_dags_keep_the_invariant(steps, seed, ratio, criterion) -> None:
     x = {"input": np.random.default_rng(seed).standard_normal((2, 4, SIZE, SIZE)).astype(np.float32)}
     y_sparse = run_model(sparse_model, x)
     assert relative_difference(y_sparse, run_model(slim_model, x)) <= 1e-4
-    dense = transform(io.from_proto(sparse_model), verify=False)
+    dense = transform(from_proto(sparse_model), verify=False)
     assert relative_difference(y_sparse, run_model(dense.model, x)) <= 1e-4
     assert dense.plan.macs_after <= plan.macs_after

@@ -712,15 +712,15 @@ def test_decrypted_files_replace_atomically(tmp_path: Path, key: bytes) -> None:
 def test_cli_encrypt_never_loads_the_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`onnxprune encrypt` streams: it reads the external-data locations off the protobuf wire and never
     loads the model or its weights (the streaming memory bound), yet still refuses a non-ONNX file."""
-    from onnxprune.graph import model as onnxprune_io
     from onnxprune.cli import main
+    from onnxprune.graph import load as graph_load
 
     def no_load(*args, **kwargs):
         raise AssertionError("encrypt loaded the model")
 
     for name in ("load", "load_model", "load_model_from_string", "load_external_data_for_model"):
         monkeypatch.setattr(onnx, name, no_load)
-    monkeypatch.setattr(onnxprune_io, "read_proto", no_load)
+    monkeypatch.setattr(graph_load, "read_proto", no_load)
     model = save_external(tmp_path / "m")
     key = tmp_path / "k.key"
     write_key_file(key)

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxprune.graph import model as io
+from onnxprune.graph.model import with_weights
 from onnxprune.analysis.cache import AnalysisCache, cache_key, removal_digest
 from onnxprune.pruning.channels import Group, find_groups
 from onnxprune.data import (
@@ -143,7 +143,7 @@ def analyze(model: Model, options: AnalyzeOptions, progress: Callable[[Progress]
     metric = _metric(data, options)
     for text in _check_data_size(_samples(data, metric), options.val):
         note(text)
-    proto = io.with_weights(model).SerializeToString()
+    proto = with_weights(model).SerializeToString()
     settings = _settings(model, data, metric, options)
     key = cache_key(hashlib.sha256(proto).hexdigest(), data.digest(), json.dumps(settings, sort_keys=True))
     cache, problem = AnalysisCache.open(options.cache_dir, key, settings, options.force)

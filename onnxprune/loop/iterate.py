@@ -44,7 +44,8 @@ from typing import Any
 
 import onnx
 
-from onnxprune.graph import model as io
+from onnxprune.graph.load import from_proto, parse_input_shapes, read_proto
+from onnxprune.graph.save import save
 from onnxprune.adapters import Adapter, check_returned
 from onnxprune.pruning.channels import find_groups
 from onnxprune.loop.config import RunConfig
@@ -194,7 +195,7 @@ class _Loop:
         self.wd = wd
         self.analyze = analyze
         self.say = say
-        self.shapes = io.parse_input_shapes(config.input_shapes)
+        self.shapes = parse_input_shapes(config.input_shapes)
         self.options = PruneOptions(ratio=0.5, mode="sparse", criterion=config.prune.criterion,
                                     round_to=config.prune.round_to, exclude=list(config.prune.exclude),
                                     attention=config.prune.attention,
@@ -209,7 +210,7 @@ class _Loop:
         proto = self._baseline(given)
         base = self.wd.read_json("baseline.json")
         if base is None:
-            model = io.from_proto(proto, self.shapes)
+            model = from_proto(proto, self.shapes)
             macs, params = totals(layer_costs(model))
             start = time.perf_counter()
             metric = _metric(self.adapter.evaluate(proto), "baseline")
@@ -238,7 +239,7 @@ class _Loop:
         if given is None and self.config.model is not None:
             given = self.config.model
         if isinstance(given, (str, os.PathLike)):
-            given = io.read_proto(given)
+            given = read_proto(given)
         if given is None and not self.wd.has("baseline.onnx"):
             raise OnnxPruneError("no baseline model: set `model` in the run config or pass one to run()")
         return given
@@ -296,7 +297,7 @@ class _Loop:
             self.say(f"round {number}: pruned to {done['macs_removed']:.1%} of MACs (checkpoint)")
             return done
         start = time.perf_counter()
-        model = io.from_proto(state.proto, self.shapes)
+        model = from_proto(state.proto, self.shapes)
         groups = find_groups(model, self.options.attention)
         options = replace(self.options, ratio=ask, sensitivity=self._sensitivity(model, folder))
         result = prune(model, options, groups=groups)  # sparse; with data, the readers of removed channels re-solved
@@ -377,7 +378,7 @@ class _Loop:
         dense_proto = None
         if final is None:
             start = time.perf_counter()
-            result = transform(io.from_proto(state.proto, self.shapes))
+            result = transform(from_proto(state.proto, self.shapes))
             dense_proto = result.model
             self.wd.write_model("dense.onnx", dense_proto)
             final = {"macs": result.plan.macs_after, "params": result.plan.params_after,
@@ -387,7 +388,7 @@ class _Loop:
         if self.config.output:
             if dense_proto is None:
                 dense_proto = self.wd.read_model("dense.onnx")
-            io.save(dense_proto, self.config.output)
+            save(dense_proto, self.config.output)
             dense = Path(self.config.output)
         encrypted = self._encrypt(dense) if self.config.encrypt is not None else None
         result = RunResult(base["metric"], base["macs"], base["params"], rounds, state.metric, final["macs"],
