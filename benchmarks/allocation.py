@@ -38,10 +38,10 @@ def main() -> int:
 
     import onnxprune
     from onnxprune.analysis.analyze import AnalyzeOptions, analyze
+    from onnxprune.graph.runtime import session
     from onnxprune.pruning.channels import find_groups
     from onnxprune.pruning.plan import Planner, candidate_groups, uniform_ratios
     from onnxprune.pruning.prune import PruneOptions, prune
-    from onnxprune.graph.runtime import session
     from onnxprune.pruning.surgery import slim
 
     with np.load(TEST) as npz:

@@ -53,17 +53,17 @@ def main() -> int:
 
     import onnxprune
     from onnxprune.analysis.analyze import AnalyzeOptions, analyze, mask_points
-    from onnxprune.pruning.channels import find_groups
-    from onnxprune.data import load_data, model_specs
     from onnxprune.analysis.evaluator import FullRunner
-    from onnxprune.pruning.importance import get_criterion
-    from onnxprune.graph.model import with_weights
     from onnxprune.analysis.metrics import Fidelity
-    from onnxprune.pruning.plan import Planner, candidate_groups
-    from onnxprune.pruning.cost import layer_costs
-    from onnxprune.graph.runtime import session
     from onnxprune.analysis.table import parse_ratios, ratio_key
+    from onnxprune.data import load_data, model_specs
+    from onnxprune.graph.model import with_weights
+    from onnxprune.graph.runtime import session
     from onnxprune.graph.split import split
+    from onnxprune.pruning.channels import find_groups
+    from onnxprune.pruning.cost import layer_costs
+    from onnxprune.pruning.importance import get_criterion
+    from onnxprune.pruning.plan import Planner, candidate_groups
     from onnxprune.pruning.surgery import sparse_values
 
     model_path = ensure_model(args.input_size)

@@ -47,8 +47,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tasks import OUT, TASKS, Task, load_task
 
 import onnxprune
-from onnxprune.pruning.prune import PruneOptions, prune
 from onnxprune.analysis.table import SensitivityTable
+from onnxprune.pruning.prune import PruneOptions, prune
 
 RATIOS = (0.1, 0.2, 0.3, 0.5)
 TABLE_RATIOS = [0.1, 0.2, 0.3, 0.5, 0.7]

@@ -9,14 +9,14 @@ Example:
     onnxprune.save(result.model, "model_slim.onnx")
 """
 
-from onnxprune.pruning.channels import Group, Member, find_groups
 from onnxprune.errors import OnnxPruneError
 from onnxprune.graph.load import load
 from onnxprune.graph.model import Model
 from onnxprune.graph.save import save
+from onnxprune.pruning.channels import Group, Member, find_groups
+from onnxprune.pruning.inspect import format_report, inspect_model
 from onnxprune.pruning.plan import Plan
 from onnxprune.pruning.prune import PruneOptions, PruneResult, make_plan, prune
-from onnxprune.pruning.inspect import format_report, inspect_model
 
 __all__ = [
     "Group", "Member", "Model", "OnnxPruneError", "Plan", "PruneOptions", "PruneResult", "find_groups",

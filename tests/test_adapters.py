@@ -16,9 +16,9 @@ import onnxprune
 from onnxprune.adapters import Adapter, MasksLostWarning, check_returned
 from onnxprune.adapters.command import CommandAdapter
 from onnxprune.adapters.torch import TorchAdapter
-from onnxprune.pruning.channels import find_groups
 from onnxprune.errors import OnnxPruneError
 from onnxprune.graph.load import from_proto
+from onnxprune.pruning.channels import find_groups
 from onnxprune.pruning.masks import Masks, masks_from_plan, weight_arrays
 from onnxprune.pruning.prune import PruneOptions, make_plan
 from onnxprune.pruning.surgery import slim, sparse

@@ -9,17 +9,17 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnxprune
 from onnxprune.analysis.analyze import AnalyzeOptions, analyze, mask_points
-from onnxprune.pruning.channels import find_groups
-from onnxprune.data import Dataset, load_data, model_specs
 from onnxprune.analysis.evaluator import FullRunner
-from onnxprune.pruning.importance import get_criterion
-from onnxprune.graph.model import with_weights
 from onnxprune.analysis.metrics import Fidelity, Top1, relative_distance
+from onnxprune.analysis.table import ratio_key
+from onnxprune.data import Dataset, load_data, model_specs
+from onnxprune.graph.model import with_weights
+from onnxprune.graph.runtime import session
+from onnxprune.pruning.channels import find_groups
+from onnxprune.pruning.importance import get_criterion
+from onnxprune.pruning.inspect import inspect_model
 from onnxprune.pruning.plan import Planner, candidate_groups
 from onnxprune.pruning.prune import PruneOptions, prune
-from onnxprune.pruning.inspect import inspect_model
-from onnxprune.graph.runtime import session
-from onnxprune.analysis.table import ratio_key
 from onnxprune.pruning.surgery import sparse_values
 from tests.conftest import FIXTURE_NAMES, FIXTURES, MANIFEST, fixture_path
 

@@ -9,12 +9,12 @@ import pytest
 
 import onnxprune
 from onnxprune.analysis.analyze import AnalyzeOptions, analyze
-from onnxprune.pruning.channels import Group, find_groups
+from onnxprune.analysis.table import SensitivityTable, sensitivity_ratios
 from onnxprune.cli import main
 from onnxprune.errors import OnnxPruneError
-from onnxprune.pruning.prune import PruneOptions, prune
 from onnxprune.graph.runtime import session
-from onnxprune.analysis.table import SensitivityTable, sensitivity_ratios
+from onnxprune.pruning.channels import Group, find_groups
+from onnxprune.pruning.prune import PruneOptions, prune
 from tests.conftest import FIXTURES, fixture_path
 
 DIGITS = fixture_path("digits_cnn")

@@ -6,9 +6,9 @@ import pytest
 
 import onnxprune
 from onnxprune.analysis.analyze import AnalyzeOptions, analyze
-from onnxprune.errors import OnnxPruneError, OptionError
 from onnxprune.analysis.evaluator import Entry, Job
 from onnxprune.analysis.executors import split_jobs
+from onnxprune.errors import OnnxPruneError, OptionError
 from tests.conftest import FIXTURES, fixture_path
 
 DIGITS = fixture_path("digits_cnn")

@@ -10,9 +10,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnxprune
 from onnxprune.analysis.analyze import AnalyzeOptions, analyze
-from onnxprune.pruning.channels import find_groups
 from onnxprune.cli import main
 from onnxprune.errors import OnnxPruneError
+from onnxprune.pruning.channels import find_groups
 from onnxprune.recover.lstsq import STABLE_RIDGE
 from onnxprune.recover.resolve import resolved_readers
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from onnxprune.analysis import cache as cache_module
-from onnxprune.atomic import atomic_writer
 from onnxprune.analysis.cache import AnalysisCache
+from onnxprune.atomic import atomic_writer
 from onnxprune.errors import OnnxPruneError
 from tests.conftest import assert_refused, cli, fixture_path
 

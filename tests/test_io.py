@@ -10,10 +10,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper, version_converter
 
 import onnxprune
+from onnxprune.errors import OnnxPruneError
 from onnxprune.graph.load import from_proto
 from onnxprune.graph.model import to_proto, with_weights
 from onnxprune.graph.save import save
-from onnxprune.errors import OnnxPruneError
 from tests.conftest import fixture_path, random_batch, relative_difference, run_model
 
 

@@ -17,13 +17,14 @@ from onnx import numpy_helper
 
 import onnxprune
 from onnxprune.adapters import MasksLostWarning
-from onnxprune.pruning.channels import find_groups
-from onnxprune.loop.config import Analysis, FineTune, PruneSettings, RunConfig, Schedule, load_config
 from onnxprune.errors import OnnxPruneError
 from onnxprune.graph.load import from_proto
-from onnxprune.loop.iterate import format_table, run
-from onnxprune.pruning.masks import Masks, masks_from_plan, weight_arrays
+from onnxprune.loop.config import Analysis, FineTune, PruneSettings, RunConfig, Schedule, load_config
+from onnxprune.loop.iterate import run
+from onnxprune.loop.result import format_table
+from onnxprune.pruning.channels import find_groups
 from onnxprune.pruning.cost import layer_costs, totals
+from onnxprune.pruning.masks import Masks, masks_from_plan, weight_arrays
 from onnxprune.pruning.prune import PruneOptions, make_plan
 from onnxprune.pruning.surgery import sparse
 from onnxprune.pruning.transform import transform
@@ -374,7 +375,7 @@ def test_reanalysis_measures_at_the_channel_choices_the_rounds_prune_with(monkey
     criterion; otherwise it describes other channels than those the round removes."""
     pytest.importorskip("onnxprune.analysis.analyze")
     import onnxprune.analysis.analyze
-    from onnxprune.loop.iterate import default_analyze
+    from onnxprune.loop.reanalyze import default_analyze
 
     seen = []
 

@@ -7,8 +7,8 @@ import pytest
 
 from onnxprune.analysis.analyze import AnalyzeOptions
 from onnxprune.cli import main
-from onnxprune.loop.config import Analysis, PruneSettings
 from onnxprune.errors import OnnxPruneError, OptionError
+from onnxprune.loop.config import Analysis, PruneSettings
 from onnxprune.pruning.prune import PruneOptions
 from tests.conftest import fixture_path
 

@@ -219,11 +219,11 @@ def test_activations_spilled_to_disk_give_the_same_model() -> None:
 def test_proxy_matches_the_direct_measurement() -> None:
     """The closed-form table (`recover.proxy`) predicts what reconstruction leaves: pruning one group alone
     and reconstructing gives, at the layer reading it, the relative error the table says (digits CNN)."""
+    from onnxprune.analysis.table import DEFAULT_RATIOS
     from onnxprune.pruning.importance import get_criterion
     from onnxprune.pruning.plan import Planner, candidate_groups
     from onnxprune.recover.calibration import calibration_batches
     from onnxprune.recover.proxy import reconstruction_table
-    from onnxprune.analysis.table import DEFAULT_RATIOS
 
     train = np.load(FIXTURES / "digits_train.npz")
     options = PruneOptions(ratio=0.5, data={"input": train["input"][:256]}, criterion="l1")

@@ -332,10 +332,6 @@ def _run_in_child(case: Case, folder: Path) -> list[Outcome]:
 def _preload() -> None:
     """Import what the commands import, once in the parent: each forked child then starts in milliseconds."""
     import onnxprune.cli
-    import onnxprune.pruning.plan
-    import onnxprune.progress
-    import onnxprune.pruning.prune
-    import onnxprune.pruning.inspect
     import onnxprune.graph.runtime  # noqa: F401
     import tests.conftest  # noqa: F401
 

@@ -30,9 +30,10 @@ import numpy as np
 from digits_adapter import BASELINE, OUT, make_adapter, split  # this folder is on sys.path when run
 
 from onnxprune.atomic import write_text
-from onnxprune.loop.config import load_config
-from onnxprune.loop.iterate import format_table, run
 from onnxprune.graph.runtime import session
+from onnxprune.loop.config import load_config
+from onnxprune.loop.iterate import run
+from onnxprune.loop.result import format_table
 
 HERE = Path(__file__).resolve().parent
 

@@ -34,11 +34,11 @@ from typing import Any
 
 import onnx
 
-from onnxprune.graph.load import read_proto
-from onnxprune.graph.save import save
 from onnxprune.adapters import check_returned
 from onnxprune.atomic import write_bytes, write_text
 from onnxprune.errors import OnnxPruneError
+from onnxprune.graph.load import read_proto
+from onnxprune.graph.save import save
 from onnxprune.pruning.masks import Masks
 
 Command = str | Sequence[str]

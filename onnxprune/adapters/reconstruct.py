@@ -14,8 +14,8 @@ import numpy as np
 import onnx
 
 from onnxprune.adapters import Masks, Settings
-from onnxprune.data import LABELS, check_data, read_arrays, session_specs
 from onnxprune.analysis.metrics import relative_distance
+from onnxprune.data import LABELS, check_data, read_arrays, session_specs
 from onnxprune.graph.runtime import session
 
 BATCH = 32

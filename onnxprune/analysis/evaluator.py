@@ -17,8 +17,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnxprune.errors import OnnxPruneError
 from onnxprune.analysis.metrics import Fidelity, Metric, feeds_digest
+from onnxprune.errors import OnnxPruneError
 from onnxprune.graph.runtime import session
 from onnxprune.graph.split import MaskPoint, Split, split
 

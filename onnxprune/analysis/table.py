@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from onnxprune.atomic import write_bytes, write_text
-from onnxprune.pruning.channels import Group
 from onnxprune.data import read_json
 from onnxprune.errors import OnnxPruneError, OptionError
+from onnxprune.pruning.channels import Group
 
 TABLE_VERSION = 1
 DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)

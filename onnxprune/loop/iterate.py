@@ -38,71 +38,31 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import onnx
 
-from onnxprune.graph.load import from_proto, parse_input_shapes, read_proto
-from onnxprune.graph.save import save
 from onnxprune.adapters import Adapter, check_returned
-from onnxprune.pruning.channels import find_groups
-from onnxprune.loop.config import RunConfig
-from onnxprune.errors import OnnxPruneError, OptionError
-from onnxprune.pruning.importance import DATA_CRITERIA
-from onnxprune.graph.model import Model
-from onnxprune.pruning.masks import Masks, masks_from_plan
-from onnxprune.pruning.cost import layer_costs, totals
-from onnxprune.pruning.prune import PruneOptions, prune
 from onnxprune.analysis.table import SensitivityTable
-from onnxprune.pruning.transform import transform
+from onnxprune.errors import OnnxPruneError, OptionError
+from onnxprune.graph.load import from_proto, parse_input_shapes, read_proto
+from onnxprune.graph.model import Model
+from onnxprune.graph.save import save
+from onnxprune.loop.config import RunConfig
+from onnxprune.loop.reanalyze import Analyze, default_analyze
+from onnxprune.loop.result import Round, RunResult, brief, num
 from onnxprune.loop.workdir import Workdir
+from onnxprune.pruning.channels import find_groups
+from onnxprune.pruning.cost import layer_costs, totals
+from onnxprune.pruning.masks import Masks, masks_from_plan
+from onnxprune.pruning.prune import PruneOptions, prune
+from onnxprune.pruning.transform import transform
 
 # analyze(model, cache folder) -> sensitivity table: re-analysis per round
-Analyze = Callable[[Model, Path], SensitivityTable]
 Progress = Callable[[str], None]
 PROGRESS_EPS = 1e-6  # a round must remove at least this fraction of MACs more than the last
-
-
-@dataclass
-class Round:
-    """One row of the report: one attempt at a ratio (a back-off retry is its own round)."""
-
-    round: int
-    ratio_asked: float  # cumulative fraction of the baseline's MACs
-    macs: int  # of the dense model this round's sparse model transforms to
-    params: int
-    macs_removed: float
-    metric_before: float  # pruned, before fine-tuning
-    metric_after: float  # best trial
-    best_trial: int  # 1-based
-    settings: dict[str, Any]
-    accepted: bool
-    backoff: int  # 0 for the first attempt at a schedule entry, k for the k-th smaller step
-    seconds: float
-    notes: list[str] = field(default_factory=list)
-
-
-@dataclass
-class RunResult:
-    """What a run produced: the rounds, the final dense model, and why it stopped early if it did."""
-
-    baseline_metric: float
-    baseline_macs: int
-    baseline_params: int
-    rounds: list[Round]
-    metric: float  # of the final model
-    macs: int
-    params: int
-    macs_removed: float
-    target: float
-    stopped: str | None  # why the run ended before its target; None when it got there
-    dense: str
-    encrypted: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def run(config: RunConfig, adapter: Adapter, workdir: str | os.PathLike,
@@ -123,56 +83,6 @@ def run(config: RunConfig, adapter: Adapter, workdir: str | os.PathLike,
     wd = Workdir(workdir)
     with wd.locked():
         return _Loop(config, adapter, wd, analyze, progress or _stderr).run(baseline)
-
-
-def default_analyze(config: RunConfig) -> Analyze:
-    """Re-analysis with `onnxprune.analysis.analyze`, cached per round in the work dir (so it resumes too)."""
-    if importlib.util.find_spec("onnxprune.analysis.analyze") is None:
-        raise OnnxPruneError("prune.reanalyze: sensitivity analysis (onnxprune.analysis.analyze) is not available")
-    from onnxprune.analysis.analyze import AnalyzeOptions, analyze
-
-    settings, prune_settings = config.analyze, config.prune
-    # measured as the rounds prune: with reconstruction when they reconstruct (the analysis data calibrates
-    # it), at the channels their criterion picks (a data criterion needs analysis data; else l1)
-    rounds_reconstruct = prune_settings.data is not None and prune_settings.reconstruct is not False
-    criterion = prune_settings.criterion or ("greedy" if rounds_reconstruct else "act" if prune_settings.data else "l1")
-    if criterion in DATA_CRITERIA and settings.data is None:
-        criterion = "l1"
-    reconstruct = rounds_reconstruct and settings.data is not None
-    options = AnalyzeOptions(data=settings.data, eval=settings.eval, criterion=criterion, workers=settings.workers,
-                             round_to=prune_settings.round_to, attention=prune_settings.attention,
-                             reconstruct=reconstruct)
-    if settings.ratios:
-        options.ratios = list(settings.ratios)
-
-    def run_analysis(model: Model, cache: Path) -> SensitivityTable:
-        return analyze(model, replace(options, cache_dir=cache)).table
-
-    return run_analysis
-
-
-def format_table(result: RunResult) -> str:
-    """The per-round report as text."""
-    from onnxprune.pruning.inspect import human
-
-    head = (f"{'round':>5} {'asked':>6} {'MACs':>9} {'removed':>8} {'params':>9} {'before':>8} {'after':>8} "
-            f"{'trial':>5} {'time':>7}  result")
-    base = (f"{'base':>5} {'':>6} {human(result.baseline_macs):>9} {'':>8} {human(result.baseline_params):>9} "
-            f"{'':>8} {_num(result.baseline_metric):>8}")
-    lines = [head, base]
-    for r in result.rounds:
-        verdict = "accepted" if r.accepted else "rejected"
-        if r.backoff:
-            verdict += f" (smaller step {r.backoff})"
-        lines.append(f"{r.round:>5} {r.ratio_asked:>6.1%} {human(r.macs):>9} {r.macs_removed:>8.1%} "
-                     f"{human(r.params):>9} {_num(r.metric_before):>8} {_num(r.metric_after):>8} "
-                     f"{r.best_trial:>5} {r.seconds:>6.1f}s  {verdict}")
-    lines.append(f"{'final':>5} {result.target:>6.1%} {human(result.macs):>9} {result.macs_removed:>8.1%} "
-                 f"{human(result.params):>9} {'':>8} {_num(result.metric):>8}")
-    lines.append(f"dense model: {result.dense}" + (f" (encrypted: {result.encrypted})" if result.encrypted else ""))
-    if result.stopped:
-        lines.append(f"stopped early: {result.stopped}")
-    return "\n".join(lines)
 
 
 # --- the loop ------------------------------------------------------------------------------------------
@@ -216,7 +126,7 @@ class _Loop:
             metric = _metric(self.adapter.evaluate(proto), "baseline")
             base = {"metric": metric, "macs": macs, "params": params, "seconds": time.perf_counter() - start}
             self.wd.write_json("baseline.json", base)
-        self.say(f"baseline: metric {_num(base['metric'])}, {base['macs']} MACs")
+        self.say(f"baseline: metric {num(base['metric'])}, {base['macs']} MACs")
         state = _State(proto, base["metric"], 0.0)
         rounds: list[Round] = []
         stopped = None
@@ -313,7 +223,7 @@ class _Loop:
                 "notes": plan.notes}
         self.wd.write_json(f"{folder}/pruned.json", done)
         self.say(f"round {number}: pruned to {plan.macs_ratio:.1%} of MACs (asked {ask:.1%}), metric "
-                 f"{_num(metric)} before fine-tuning")
+                 f"{num(metric)} before fine-tuning")
         return done
 
     def _sensitivity(self, model: Model, folder: str) -> SensitivityTable | None:
@@ -339,10 +249,10 @@ class _Loop:
                     masks = Masks.from_npz(self.wd.read_bytes(f"{folder}/masks.npz"), f"{folder}/masks.npz")
                     inputs = (self.wd.read_model(f"{folder}/sparse.onnx"), masks)
                 record = self._trial(name, inputs, settings, f"round {number} trial {index}")
-                self.say(f"round {number} trial {index}/{len(trials)} {_brief(settings)}: metric "
-                         f"{_num(record['metric'])} ({record['seconds']:.1f} s)")
+                self.say(f"round {number} trial {index}/{len(trials)} {brief(settings)}: metric "
+                         f"{num(record['metric'])} ({record['seconds']:.1f} s)")
             else:
-                self.say(f"round {number} trial {index}/{len(trials)}: metric {_num(record['metric'])} (checkpoint)")
+                self.say(f"round {number} trial {index}/{len(trials)}: metric {num(record['metric'])} (checkpoint)")
             records.append(record)
         best = max(range(len(records)), key=lambda i: (records[i]["metric"], -i))
         reference = base["metric"] if self.config.schedule.compare_to == "baseline" else state.metric
@@ -353,8 +263,8 @@ class _Loop:
         row = Round(number, pruned["ratio_asked"], pruned["macs"], pruned["params"], pruned["macs_removed"],
                     pruned["metric"], metric, best + 1, records[best]["settings"], accepted, backoff, seconds,
                     list(pruned["notes"]))
-        self.say(f"round {number}: best trial {best + 1}, metric {_num(metric)} "
-                 f"{'>=' if accepted else '<'} {_num(reference)} - {tolerance:g}: "
+        self.say(f"round {number}: best trial {best + 1}, metric {num(metric)} "
+                 f"{'>=' if accepted else '<'} {num(reference)} - {tolerance:g}: "
                  f"{'accepted' if accepted else 'rejected'}")
         return row, lambda: self.wd.read_model(f"{folder}/trial-{best + 1}.onnx")
 
@@ -395,8 +305,8 @@ class _Loop:
                            final["params"], 1 - final["macs"] / base["macs"] if base["macs"] else 0.0,
                            self.config.schedule.target, stopped, str(dense), encrypted)
         self.wd.write_json("report.json", result.to_dict())
-        self.say(f"done: {result.macs_removed:.1%} of MACs removed, metric {_num(result.metric)} "
-                 f"(baseline {_num(result.baseline_metric)}) -> {dense}")
+        self.say(f"done: {result.macs_removed:.1%} of MACs removed, metric {num(result.metric)} "
+                 f"(baseline {num(result.baseline_metric)}) -> {dense}")
         return result
 
     def _encrypt(self, dense: Path) -> str:
@@ -419,14 +329,6 @@ def _metric(value: Any, where: str) -> float:
 
 def _digest(proto: onnx.ModelProto) -> str:
     return hashlib.sha256(proto.SerializeToString()).hexdigest()
-
-
-def _num(value: float) -> str:
-    return f"{value:.4g}"
-
-
-def _brief(settings: dict[str, Any]) -> str:
-    return "{" + ", ".join(f"{k}={v}" for k, v in settings.items()) + "}"
 
 
 def _stderr(message: str) -> None:

@@ -16,10 +16,10 @@ from typing import Any
 
 import onnx
 
-from onnxprune.graph.load import read_proto
-from onnxprune.graph.save import save
 from onnxprune.atomic import write_bytes, write_text
 from onnxprune.errors import OnnxPruneError, OptionError
+from onnxprune.graph.load import read_proto
+from onnxprune.graph.save import save
 
 try:
     import fcntl

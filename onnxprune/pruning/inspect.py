@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from onnxprune.pruning.channels import Group, find_groups
 from onnxprune.graph.model import Model
+from onnxprune.pruning.channels import Group, find_groups
 from onnxprune.pruning.cost import layer_costs, totals
 from onnxprune.rules import CONTRACT, entry_for
 

@@ -16,10 +16,10 @@ from fnmatch import fnmatch
 
 import numpy as np
 
-from onnxprune.pruning.channels import Group
 from onnxprune.data import read_json
 from onnxprune.errors import OnnxPruneError
 from onnxprune.graph.model import Model
+from onnxprune.pruning.channels import Group
 from onnxprune.pruning.cost import layer_costs, totals
 
 PLAN_VERSION = 1

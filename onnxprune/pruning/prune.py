@@ -17,21 +17,21 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxprune.pruning.channels import Group, find_groups
+from onnxprune.analysis.table import SensitivityTable, sensitivity_ratios
 from onnxprune.data import model_specs, random_feeds
 from onnxprune.errors import NotExact, OnnxPruneError, OptionError, first_line
-from onnxprune.pruning.importance import DATA_CRITERIA, get_criterion
 from onnxprune.graph.model import Model, to_proto, with_weights
+from onnxprune.graph.runtime import max_relative_difference, run_graph
+from onnxprune.progress import Progress
+from onnxprune.pruning.channels import Group, find_groups
+from onnxprune.pruning.importance import DATA_CRITERIA, get_criterion
 from onnxprune.pruning.masks import zero_channels
 from onnxprune.pruning.plan import Plan, Planner, candidate_groups, spec_ratios, uniform_ratios
-from onnxprune.progress import Progress
+from onnxprune.pruning.surgery import slim_graph, sparse, zeroed_in_place
 from onnxprune.recover.calibration import calibration_batches
 from onnxprune.recover.proxy import reconstruction_ratios
 from onnxprune.recover.reconstruct import Reconstruction, reconstruct
 from onnxprune.recover.scores import data_criterion
-from onnxprune.graph.runtime import max_relative_difference, run_graph
-from onnxprune.analysis.table import SensitivityTable, sensitivity_ratios
-from onnxprune.pruning.surgery import slim_graph, sparse, zeroed_in_place
 
 TOLERANCE = 1e-4  # the invariant: max |sparse - slim| <= 1e-4 * max |sparse|
 

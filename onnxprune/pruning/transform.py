@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from onnxprune.pruning.channels import find_groups
 from onnxprune.graph.model import Model, to_proto
+from onnxprune.pruning.channels import find_groups
 from onnxprune.pruning.masks import zero_channels
 from onnxprune.pruning.plan import Plan, Planner
 from onnxprune.pruning.prune import check_same_function
