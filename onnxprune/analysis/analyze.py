@@ -169,6 +169,7 @@ def analyze(model: Model, options: AnalyzeOptions, progress: Callable[[Progress]
     work = _entries(model, groups, plans, todo, resolved)
     evaluated = _run(work, payload, evaluator, options, cache, chosen, len(plans) - len(todo), len(plans), progress)
     table = _table(planner, targets, _keys(options), cache, metric, data, options.chosen_criterion)
+    table.reconstruct = options.reconstruct
     for text in _check_flat(table):
         note(text)
     return AnalysisResult(table, evaluated, len(plans) - len(todo), warnings, cache.path)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import os
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -145,6 +146,8 @@ def make_plan(model: Model, options: PruneOptions, groups: list[Group] | None = 
     if not candidates:
         raise OnnxPruneError("no prunable channel groups in this model (see `onnxprune inspect`)")
     if options.sensitivity is not None:
+        if (why := options.sensitivity.mismatch(options.chosen_criterion, options.reconstructs)) is not None:
+            warnings.warn(why, stacklevel=2)
         ratios_at = sensitivity_ratios(options.sensitivity, candidates)
     elif options.allocates_by_reconstruction:
         batches = calibration_batches(model, options.data) if batches is None else batches
