@@ -30,8 +30,9 @@ from onnxprune.secure import (
     read_key_file,
     write_key_file,
 )
-from onnxprune.secure.container import Manifest, PayloadPart, write_container
+from onnxprune.secure.container import Manifest
 from onnxprune.secure.external import external_locations
+from onnxprune.secure.payload import PayloadPart, write_container
 
 TEST_SCRYPT_N = 2**12  # tests only: the default stays SCRYPT_N = 2**17
 SECRET_NAMES = [
@@ -237,7 +238,7 @@ def test_round_trip_without_the_into_methods_of_older_cryptography(
     """Older cryptography lacks encrypt_into/decrypt_into: the fallback must give the same format."""
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-    from onnxprune.secure import container
+    from onnxprune.secure import payload
 
     class OldAESGCM:
         def __init__(self, data_key: bytes) -> None:
@@ -251,7 +252,7 @@ def test_round_trip_without_the_into_methods_of_older_cryptography(
 
     model = make_model().SerializeToString()
     new_format = encrypt_bytes(model, KeySource(key=key), chunk_size=100)
-    monkeypatch.setattr(container, "AESGCM", OldAESGCM)
+    monkeypatch.setattr(payload, "AESGCM", OldAESGCM)
     old_format = encrypt_bytes(model, KeySource(key=key), chunk_size=100)
     assert decrypt_bytes(new_format, KeySource(key=key)) == model
     monkeypatch.undo()
