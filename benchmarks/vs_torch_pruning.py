@@ -37,10 +37,10 @@ for folder in (ROOT, ROOT / "examples" / "digits"):  # tools.* and the example's
 from digits_adapter import BASELINE_EPOCHS, split, top1, train
 
 from onnxprune.adapters.torch import TorchAdapter
-from onnxprune.config import FineTune, PruneSettings, RunConfig, Schedule
-from onnxprune.io import from_proto
-from onnxprune.iterative import run
-from onnxprune.profile import layer_costs, totals
+from onnxprune.graph.load import from_proto
+from onnxprune.loop.config import FineTune, PruneSettings, RunConfig, Schedule
+from onnxprune.loop.iterate import run
+from onnxprune.pruning.cost import layer_costs, totals
 from tools.digits_data import DIGITS_INPUT_SHAPE, DigitsCNN
 
 OUT = ROOT / "benchmarks" / "out" / "vs_torch_pruning"

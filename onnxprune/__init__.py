@@ -9,12 +9,14 @@ Example:
     onnxprune.save(result.model, "model_slim.onnx")
 """
 
-from onnxprune.channels import Group, Member, find_groups
 from onnxprune.errors import OnnxPruneError
-from onnxprune.io import Model, load, save
-from onnxprune.plan import Plan
-from onnxprune.pruner import PruneOptions, PruneResult, make_plan, prune
-from onnxprune.report import format_report, inspect_model
+from onnxprune.graph.load import load
+from onnxprune.graph.model import Model
+from onnxprune.graph.save import save
+from onnxprune.pruning.channels import Group, Member, find_groups
+from onnxprune.pruning.inspect import format_report, inspect_model
+from onnxprune.pruning.plan import Plan
+from onnxprune.pruning.prune import PruneOptions, PruneResult, make_plan, prune
 
 __all__ = [
     "Group", "Member", "Model", "OnnxPruneError", "Plan", "PruneOptions", "PruneResult", "find_groups",

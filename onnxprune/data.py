@@ -33,7 +33,7 @@ from onnxprune.errors import OnnxPruneError, OptionError, first_line
 if TYPE_CHECKING:
     import onnxruntime as ort
 
-    from onnxprune.io import Model
+    from onnxprune.graph.model import Model
 
 LABELS = "labels"
 DEFAULT_BATCH = 32

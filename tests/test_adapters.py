@@ -16,13 +16,13 @@ import onnxprune
 from onnxprune.adapters import Adapter, MasksLostWarning, check_returned
 from onnxprune.adapters.command import CommandAdapter
 from onnxprune.adapters.torch import TorchAdapter
-from onnxprune.channels import find_groups
 from onnxprune.errors import OnnxPruneError
-from onnxprune.io import from_proto
-from onnxprune.masks import Masks, masks_from_plan, weight_arrays
-from onnxprune.pruner import PruneOptions, make_plan
-from onnxprune.surgery import slim, sparse
-from onnxprune.transform import transform
+from onnxprune.graph.load import from_proto
+from onnxprune.pruning.channels import find_groups
+from onnxprune.pruning.masks import Masks, masks_from_plan, weight_arrays
+from onnxprune.pruning.prune import PruneOptions, make_plan
+from onnxprune.pruning.surgery import slim, sparse
+from onnxprune.pruning.transform import transform
 from tests.conftest import fixture_path, run_model
 from tools.fixture_models import FIXTURES, build_model
 
@@ -259,7 +259,7 @@ def test_without_torch_only_the_torch_adapter_is_unavailable() -> None:
     code = textwrap.dedent("""
         import sys
         sys.modules["torch"] = None  # as if torch were not installed
-        import onnxprune.adapters.command, onnxprune.iterative, onnxprune.cli
+        import onnxprune.adapters.command, onnxprune.loop.iterate, onnxprune.cli
         from onnxprune.errors import OnnxPruneError
         try:
             import onnxprune.adapters.torch

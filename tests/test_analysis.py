@@ -8,19 +8,19 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxprune
-from onnxprune.analysis import AnalyzeOptions, analyze, mask_points
-from onnxprune.channels import find_groups
+from onnxprune.analysis.analyze import AnalyzeOptions, analyze, mask_points
+from onnxprune.analysis.evaluator import FullRunner
+from onnxprune.analysis.metrics import Fidelity, Top1, relative_distance
+from onnxprune.analysis.table import ratio_key
 from onnxprune.data import Dataset, load_data, model_specs
-from onnxprune.evaluator import FullRunner
-from onnxprune.importance import get_criterion
-from onnxprune.io import with_weights
-from onnxprune.metrics import Fidelity, Top1, relative_distance
-from onnxprune.plan import Planner, candidate_groups
-from onnxprune.pruner import PruneOptions, prune
-from onnxprune.report import inspect_model
-from onnxprune.runtime import session
-from onnxprune.sensitivity import ratio_key
-from onnxprune.surgery import sparse_values
+from onnxprune.graph.model import with_weights
+from onnxprune.graph.runtime import session
+from onnxprune.pruning.channels import find_groups
+from onnxprune.pruning.importance import get_criterion
+from onnxprune.pruning.inspect import inspect_model
+from onnxprune.pruning.plan import Planner, candidate_groups
+from onnxprune.pruning.prune import PruneOptions, prune
+from onnxprune.pruning.surgery import sparse_values
 from tests.conftest import FIXTURE_NAMES, FIXTURES, MANIFEST, fixture_path
 
 SHAPES = {entry["name"]: entry["input_shape"] for entry in MANIFEST}
@@ -121,7 +121,7 @@ def chain_model(op: str) -> onnx.ModelProto:
 def test_an_activation_a_layer_reads_is_not_a_weight(tmp_path, op: str) -> None:
     """MatMul->MatMul and Gemm->Gemm: the activation between them is no weight (it was, with role "in"),
     so analysis masks it (the fast mode: one session for every ratio) and `inspect --json` gives it no role."""
-    model = onnxprune.io.from_proto(chain_model(op))
+    model = onnxprune.graph.load.from_proto(chain_model(op))
     groups = find_groups(model)
     group = next(g for g in groups if g.id == "first")
     roles = {(m.tensor, m.is_weight): m.role for m in group.members}

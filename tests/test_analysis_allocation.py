@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 
 import onnxprune
-from onnxprune.analysis import AnalyzeOptions, analyze
-from onnxprune.channels import Group, find_groups
+from onnxprune.analysis.analyze import AnalyzeOptions, analyze
+from onnxprune.analysis.table import SensitivityTable, sensitivity_ratios
 from onnxprune.cli import main
 from onnxprune.errors import OnnxPruneError
-from onnxprune.pruner import PruneOptions, prune
-from onnxprune.runtime import session
-from onnxprune.sensitivity import SensitivityTable, sensitivity_ratios
+from onnxprune.graph.runtime import session
+from onnxprune.pruning.channels import Group, find_groups
+from onnxprune.pruning.prune import PruneOptions, prune
 from tests.conftest import FIXTURES, fixture_path
 
 DIGITS = fixture_path("digits_cnn")

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 import onnxprune
-from onnxprune.analysis import AnalyzeOptions, analyze
-from onnxprune.cache import AnalysisCache, removal_digest
+from onnxprune.analysis.analyze import AnalyzeOptions, analyze
+from onnxprune.analysis.cache import AnalysisCache, removal_digest
 from tests.conftest import FIXTURES, ROOT, fixture_path
 
 DIGITS = fixture_path("digits_cnn")

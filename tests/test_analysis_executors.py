@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 import onnxprune
-from onnxprune.analysis import AnalyzeOptions, analyze
+from onnxprune.analysis.analyze import AnalyzeOptions, analyze
+from onnxprune.analysis.evaluator import Entry, Job
+from onnxprune.analysis.executors import split_jobs
 from onnxprune.errors import OnnxPruneError, OptionError
-from onnxprune.evaluator import Entry, Job
-from onnxprune.executors import split_jobs
 from tests.conftest import FIXTURES, fixture_path
 
 DIGITS = fixture_path("digits_cnn")

@@ -3,16 +3,20 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxprune
-from onnxprune.analysis import AnalyzeOptions, analyze
-from onnxprune.channels import find_groups
+from onnxprune.analysis.analyze import AnalyzeOptions, analyze
+from onnxprune.analysis.table import SensitivityTable
 from onnxprune.cli import main
 from onnxprune.errors import OnnxPruneError
+from onnxprune.pruning.channels import find_groups
+from onnxprune.pruning.prune import PruneOptions, prune
 from onnxprune.recover.lstsq import STABLE_RIDGE
 from onnxprune.recover.resolve import resolved_readers
 
@@ -90,3 +94,20 @@ def test_reconstruct_needs_data(redundant, capsys) -> None:
         AnalyzeOptions(criterion="greedy").check()
     assert main(["analyze", str(path), "--reconstruct"]) == 2
     assert "--reconstruct needs calibration data (--data" in capsys.readouterr().err
+
+
+def test_the_table_says_how_it_was_measured_and_prune_warns_on_a_mismatch(redundant, tmp_path) -> None:
+    path, data, _, _ = redundant
+    options = AnalyzeOptions(data=str(data), ratios=[0.25, 0.5], reconstruct=True, cache_dir=tmp_path / "c")
+    table = analyze(onnxprune.load(path), options).table
+    assert (table.reconstruct, table.criterion) == (True, "greedy")
+    again = SensitivityTable.from_dict(table.to_dict())
+    assert (again.reconstruct, again.criterion) == (True, "greedy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # measured as this prune prunes: no warning
+        prune(onnxprune.load(path), PruneOptions(ratio=0.2, sensitivity=table, data=str(data), round_to=1))
+    with pytest.warns(UserWarning, match="with reconstruction and this prune does not"):
+        prune(onnxprune.load(path), PruneOptions(ratio=0.2, sensitivity=table, round_to=1))
+    plain = analyze(onnxprune.load(path), AnalyzeOptions(data=str(data), ratios=[0.25, 0.5])).table
+    with pytest.warns(UserWarning, match="analyze --reconstruct"):
+        prune(onnxprune.load(path), PruneOptions(ratio=0.2, sensitivity=plain, data=str(data), round_to=1))

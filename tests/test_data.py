@@ -8,8 +8,8 @@ import pytest
 import onnxprune
 from onnxprune.data import check_data, model_specs, random_data, random_feeds, session_specs
 from onnxprune.errors import OnnxPruneError
-from onnxprune.io import with_weights
-from onnxprune.runtime import session
+from onnxprune.graph.model import with_weights
+from onnxprune.graph.runtime import session
 from tests.conftest import fixture_path
 
 

@@ -7,10 +7,10 @@ import onnx
 import pytest
 
 import onnxprune
-from onnxprune.channels import find_groups
-from onnxprune.pruner import PruneOptions, make_plan
-from onnxprune.surgery import slim, sparse
-from onnxprune.transform import transform
+from onnxprune.pruning.channels import find_groups
+from onnxprune.pruning.prune import PruneOptions, make_plan
+from onnxprune.pruning.surgery import slim, sparse
+from onnxprune.pruning.transform import transform
 from tests.conftest import FIXTURE_NAMES, MANIFEST, fixture_path, random_batch, relative_difference, run_model
 
 SHAPES = {entry["name"]: entry["input_shape"] for entry in MANIFEST}
@@ -35,7 +35,7 @@ def test_sparse_equals_slim(name: str, ratio: float) -> None:
         assert plan.groups, "a model with prunable groups must lose channels"
         assert plan.macs_after < plan.macs_before
         assert slim_model.ByteSize() < sparse_model.ByteSize()
-    original = onnxprune.io.with_weights(model)
+    original = onnxprune.graph.model.with_weights(model)
     for batch in (1, 3):
         x = {"input": random_batch(SHAPES[name], batch, seed=batch)}
         y_sparse, y_slim = run_model(sparse_model, x), run_model(slim_model, x)
@@ -102,7 +102,7 @@ def test_transformer_whole_heads() -> None:
     assert len({m.tensor for m in heads.members} & {"attn.q.bias", "attn.k.bias", "attn.v.bias"}) == 3
     x = {"input": random_batch(SHAPES["transformer"], 3)}
     assert relative_difference(run_model(sparse_model, x), run_model(slim_model, x)) <= TOLERANCE
-    dense = transform(onnxprune.io.from_proto(sparse_model), attention="heads")
+    dense = transform(onnxprune.graph.load.from_proto(sparse_model), attention="heads")
     assert relative_difference(run_model(sparse_model, x), run_model(dense.model, x)) <= TOLERANCE
     assert dense.plan.macs_after <= plan.macs_after * 1.0001
 
@@ -142,15 +142,15 @@ def test_gemm_with_beta_zero_takes_the_compensation(with_c: bool) -> None:
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])], inits)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     options = PruneOptions(spec={"gemm1": 0.5}, round_to=1)
-    slim_model = onnxprune.prune(onnxprune.io.from_proto(proto), options).model
-    sparse_model = sparse(onnxprune.io.from_proto(proto), *_groups_and_plan(proto, options))
+    slim_model = onnxprune.prune(onnxprune.graph.load.from_proto(proto), options).model
+    sparse_model = sparse(onnxprune.graph.load.from_proto(proto), *_groups_and_plan(proto, options))
     x = {"x": random_batch([5, 8], 5)}
     assert relative_difference(run_model(sparse_model, x), run_model(slim_model, x)) <= 1e-5
     assert [list(i.dims) for i in slim_model.graph.initializer if i.name == "w2"] == [[3, 4]]  # pruned
 
 
 def _groups_and_plan(proto: onnx.ModelProto, options: PruneOptions):
-    model = onnxprune.io.from_proto(proto)
+    model = onnxprune.graph.load.from_proto(proto)
     groups = find_groups(model)
     return groups, make_plan(model, options, groups)
 
@@ -170,20 +170,20 @@ def test_rank_zero_input_gets_a_scalar_in_the_check() -> None:
                               [numpy_helper.from_array(rng.standard_normal((8, 3, 1, 1)).astype(np.float32), "w1"),
                                numpy_helper.from_array(rng.standard_normal((2, 8, 1, 1)).astype(np.float32), "w2")])
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    result = onnxprune.prune(onnxprune.io.from_proto(proto), PruneOptions(spec={"conv1": 0.5}, round_to=1))
+    result = onnxprune.prune(onnxprune.graph.load.from_proto(proto), PruneOptions(spec={"conv1": 0.5}, round_to=1))
     assert result.difference is not None and result.difference <= 1e-4
     x = {"x": random_batch([2, 3, 8, 8], 2), "scale": np.array(1.5, dtype=np.float32)}
-    assert relative_difference(run_model(sparse(onnxprune.io.from_proto(proto), *_groups_and_plan(
+    assert relative_difference(run_model(sparse(onnxprune.graph.load.from_proto(proto), *_groups_and_plan(
         proto, PruneOptions(spec={"conv1": 0.5}, round_to=1))), x), run_model(result.model, x)) <= 1e-5
 
 
 def test_a_slim_model_that_is_not_exact_is_refused_with_one_line(tmp_path, capsys, monkeypatch) -> None:
     """When the sparse-vs-slim check fails, the CLI says so in one line, exits 2 and writes nothing."""
-    import onnxprune.pruner
+    import onnxprune.pruning.prune
     from onnxprune.cli import main
 
     answers = iter([0.5, 0.0])  # slim vs sparse, then the reference's own rounding noise
-    monkeypatch.setattr(onnxprune.pruner, "max_relative_difference", lambda a, b: next(answers))
+    monkeypatch.setattr(onnxprune.pruning.prune, "max_relative_difference", lambda a, b: next(answers))
     out = tmp_path / "slim.onnx"
     assert main(["prune", str(fixture_path("plain_cnn")), "--ratio", "0.3", "-o", str(out)]) == 2
     err = capsys.readouterr().err.strip()

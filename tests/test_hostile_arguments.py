@@ -86,8 +86,8 @@ def test_labels_outside_the_models_classes_are_refused(tmp_path: Path) -> None:
 
 
 def test_a_schedule_with_too_many_rounds_is_refused(tmp_path: Path) -> None:
-    from onnxprune.config import Schedule
     from onnxprune.errors import OnnxPruneError
+    from onnxprune.loop.config import Schedule
 
     with pytest.raises(OnnxPruneError, match="1000000000 rounds"):
         Schedule(target=0.5, step=5e-10).check()  # used to build a list of 10**9 ratios

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from onnxprune import cache as cache_module
+from onnxprune.analysis import cache as cache_module
+from onnxprune.analysis.cache import AnalysisCache
 from onnxprune.atomic import atomic_writer
-from onnxprune.cache import AnalysisCache
 from onnxprune.errors import OnnxPruneError
 from tests.conftest import assert_refused, cli, fixture_path
 

@@ -85,14 +85,13 @@ def test_hardlinked_data_file_is_refused_clearly(tmp_path: Path) -> None:
 
 def test_symlink_inside_the_folder_is_followed(tmp_path: Path) -> None:
     """A symlink that stays in the folder is fine: the loader reads the file it names."""
-    from onnxprune import io
-
+    from onnxprune.graph.load import read_proto
     folder = tmp_path / "model"
     path = write_model(folder, "link.bin")
     (folder / "data").mkdir()
     (folder / "data" / "w.bin").write_bytes(np.arange(4, dtype=np.float32).tobytes())
     (folder / "link.bin").symlink_to(folder / "data" / "w.bin")
-    proto = io.read_proto(path)
+    proto = read_proto(path)
     body = proto.graph.node[0].attribute[0].g
     assert numpy_helper.to_array(body.node[0].attribute[0].t).tolist() == [0, 1, 2, 3]
 

@@ -10,8 +10,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper, version_converter
 
 import onnxprune
-from onnxprune import io
 from onnxprune.errors import OnnxPruneError
+from onnxprune.graph.load import from_proto
+from onnxprune.graph.model import to_proto, with_weights
+from onnxprune.graph.save import save
 from tests.conftest import fixture_path, random_batch, relative_difference, run_model
 
 
@@ -21,7 +23,7 @@ def test_every_supported_opset(opset: int) -> None:
         proto = onnx.load(fixture_path("plain_cnn_opset11"))
     else:
         proto = version_converter.convert_version(onnx.load(fixture_path("residual")), opset)
-    model = io.from_proto(proto)
+    model = from_proto(proto)
     assert model.opset == opset
     result = onnxprune.prune(model, onnxprune.PruneOptions(ratio=0.4))
     assert result.difference is not None and result.difference <= 1e-4
@@ -32,7 +34,7 @@ def test_opset_below_11_is_refused() -> None:
     proto = onnx.load(fixture_path("plain_cnn_opset11"))
     proto.opset_import[0].version = 9
     with pytest.raises(OnnxPruneError, match="opset 9 is older than 11"):
-        io.from_proto(proto)
+        from_proto(proto)
 
 
 def test_shapes_fall_back_to_onnxruntime() -> None:
@@ -48,7 +50,7 @@ def test_shapes_fall_back_to_onnxruntime() -> None:
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 8, 8])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, 8, 8])], [w1, w2])
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
-    model = io.from_proto(proto)
+    model = from_proto(proto)
     assert model.shapes["b"] == (1, 8, 8, 8)  # only onnxruntime knows com.microsoft.Gelu
     group = next(g for g in onnxprune.find_groups(model) if g.channels == 8)
     assert not group.prunable and "no channel rule for Gelu" in group.reason
@@ -60,13 +62,13 @@ def test_weights_in_constant_nodes_and_behind_identity() -> None:
         plain = onnxprune.load(fixture_path("plain_cnn"))
         assert [g.channels for g in onnxprune.find_groups(model)] == [g.channels for g in onnxprune.find_groups(plain)]
         x = {"input": random_batch([1, 3, 32, 32], 2)}
-        assert relative_difference(run_model(fixture_path(name), x), run_model(io.with_weights(model), x)) == 0
+        assert relative_difference(run_model(fixture_path(name), x), run_model(with_weights(model), x)) == 0
 
 
 def test_loading_does_not_change_the_caller_proto() -> None:
     proto = onnx.load(fixture_path("plain_cnn"))
     before = proto.SerializeToString()
-    io.from_proto(proto)
+    from_proto(proto)
     assert proto.SerializeToString() == before
 
 
@@ -80,11 +82,11 @@ def test_save_is_atomic(tmp_path: Path, monkeypatch) -> None:
 
     monkeypatch.setattr(onnx.ModelProto, "SerializeToString", broken)
     with pytest.raises(MemoryError):
-        io.save(proto, target)
+        save(proto, target)
     monkeypatch.undo()
     assert target.read_bytes() == b"old contents"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.onnx"]
-    io.save(proto, target)
+    save(proto, target)
     onnx.checker.check_model(onnx.load(target))
 
 
@@ -98,10 +100,10 @@ def test_weight_behind_flatten_folds_to_the_onnx_shape(axis: int, shape: tuple[i
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, shape[1]])],
                               [numpy_helper.from_array(weight, "w")])
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model = io.from_proto(proto, {"x": (2, shape[0])})
+    model = from_proto(proto, {"x": (2, shape[0])})
     assert next(n for n in model.graph.nodes if n.op == "MatMul").inputs[1].values.shape == shape
     x = {"x": random_batch([2, shape[0]], 2)}
-    assert relative_difference(run_model(proto, x), run_model(io.to_proto(model.graph, model.skeleton), x)) == 0
+    assert relative_difference(run_model(proto, x), run_model(to_proto(model.graph, model.skeleton), x)) == 0
 
 
 @pytest.mark.parametrize("opset,keepdims,expected", [(17, 1, [[1, 3, 4, 4]]), (18, 1, [[1, 3, 4, 4]]),
@@ -110,7 +112,7 @@ def test_shape_values_reduce_prod_over_its_axes(opset: int, keepdims: int, expec
     """ReduceProd of a [1, 4] shape tensor over axis 0 is that tensor (not the product of everything)."""
     import onnx_graphsurgeon as gs
 
-    from onnxprune.shapes import shape_values
+    from onnxprune.graph.shapes import shape_values
 
     axes = [helper.make_tensor("axes", TensorProto.INT64, [1], [0])] if opset >= 18 else []
     attrs = {} if opset >= 18 else {"axes": [0]}

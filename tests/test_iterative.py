@@ -17,16 +17,17 @@ from onnx import numpy_helper
 
 import onnxprune
 from onnxprune.adapters import MasksLostWarning
-from onnxprune.channels import find_groups
-from onnxprune.config import Analysis, FineTune, PruneSettings, RunConfig, Schedule, load_config
 from onnxprune.errors import OnnxPruneError
-from onnxprune.io import from_proto
-from onnxprune.iterative import format_table, run
-from onnxprune.masks import Masks, masks_from_plan, weight_arrays
-from onnxprune.profile import layer_costs, totals
-from onnxprune.pruner import PruneOptions, make_plan
-from onnxprune.surgery import sparse
-from onnxprune.transform import transform
+from onnxprune.graph.load import from_proto
+from onnxprune.loop.config import Analysis, FineTune, PruneSettings, RunConfig, Schedule, load_config
+from onnxprune.loop.iterate import run
+from onnxprune.loop.result import format_table
+from onnxprune.pruning.channels import find_groups
+from onnxprune.pruning.cost import layer_costs, totals
+from onnxprune.pruning.masks import Masks, masks_from_plan, weight_arrays
+from onnxprune.pruning.prune import PruneOptions, make_plan
+from onnxprune.pruning.surgery import sparse
+from onnxprune.pruning.transform import transform
 from tests.conftest import ROOT, fixture_path, run_model
 
 BASELINE = fixture_path("digits_cnn")
@@ -169,7 +170,7 @@ def test_compare_to_previous_round(tmp_path) -> None:
 
 
 def test_reanalysis_per_round_allocates_by_sensitivity(tmp_path) -> None:
-    pytest.importorskip("onnxprune.analysis")
+    pytest.importorskip("onnxprune.analysis.analyze")
     config = _config([0.3, 0.5])
     config.prune = PruneSettings(reanalyze=True)
     config.analyze = Analysis(data=str(fixture_path("digits_test").with_suffix(".npz")), ratios=[0.25, 0.5, 0.75])
@@ -227,7 +228,7 @@ def test_cumulative_plan_keeps_what_earlier_rounds_removed() -> None:
     # make the zeroed channels' consumer columns large (as fine-tuning may; masked elements stay zero), so
     # plain importance would not pick those channels first
     weights, masks = pruned.weights(), masks_from_plan(model, groups, first)
-    for member, index in onnxprune.surgery.removed_slices(groups, first):
+    for member, index in onnxprune.pruning.surgery.removed_slices(groups, first):
         if member.role == "in" and member.tensor in weights:
             weight = weights[member.tensor]
             values = np.array(weight.values)
@@ -372,16 +373,16 @@ def test_resume_after_sigkill(tmp_path) -> None:
 def test_reanalysis_measures_at_the_channel_choices_the_rounds_prune_with(monkeypatch) -> None:
     """With reanalyze, the table must be measured with the rounds' round_to, attention and (weight)
     criterion; otherwise it describes other channels than those the round removes."""
-    pytest.importorskip("onnxprune.analysis")
-    import onnxprune.analysis
-    from onnxprune.iterative import default_analyze
+    pytest.importorskip("onnxprune.analysis.analyze")
+    import onnxprune.analysis.analyze
+    from onnxprune.loop.reanalyze import default_analyze
 
     seen = []
 
     class Done:
         table = type("Table", (), {"to_dict": staticmethod(dict)})
 
-    monkeypatch.setattr(onnxprune.analysis, "analyze", lambda model, options: seen.append(options) or Done)
+    monkeypatch.setattr(onnxprune.analysis.analyze, "analyze", lambda model, options: seen.append(options) or Done)
     config = _config([0.3])
     config.prune = PruneSettings(criterion="l2", round_to=1, attention="heads", reanalyze=True)
     default_analyze(config)(None, Path("cache"))

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from onnxprune.analysis import AnalyzeOptions
+from onnxprune.analysis.analyze import AnalyzeOptions
 from onnxprune.cli import main
-from onnxprune.config import Analysis, PruneSettings
 from onnxprune.errors import OnnxPruneError, OptionError
-from onnxprune.pruner import PruneOptions
+from onnxprune.loop.config import Analysis, PruneSettings
+from onnxprune.pruning.prune import PruneOptions
 from tests.conftest import fixture_path
 
 BAD_PRUNE = [

@@ -8,12 +8,12 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxprune import io
-from onnxprune.channels import find_groups
-from onnxprune.importance import get_criterion
-from onnxprune.plan import Planner, candidate_groups
-from onnxprune.surgery import slim, sparse
-from onnxprune.transform import transform
+from onnxprune.graph.load import from_proto
+from onnxprune.pruning.channels import find_groups
+from onnxprune.pruning.importance import get_criterion
+from onnxprune.pruning.plan import Planner, candidate_groups
+from onnxprune.pruning.surgery import slim, sparse
+from onnxprune.pruning.transform import transform
 from tests.conftest import relative_difference, run_model
 
 SIZE = 6  # spatial size: every op keeps it, so any two tensors of equal channels can be added
@@ -110,7 +110,7 @@ def build(steps: list[tuple[str, int]], seed: int) -> onnx.ModelProto:
 def test_random_dags_keep_the_invariant(steps, seed, ratio, criterion) -> None:
     proto = build(steps, seed)
     onnx.checker.check_model(proto)
-    model = io.from_proto(proto)
+    model = from_proto(proto)
     groups = find_groups(model)
     candidates = candidate_groups(model, groups, [])
     scores = {g.id: get_criterion(criterion)(model, g) for g in candidates}
@@ -123,6 +123,6 @@ def test_random_dags_keep_the_invariant(steps, seed, ratio, criterion) -> None:
     x = {"input": np.random.default_rng(seed).standard_normal((2, 4, SIZE, SIZE)).astype(np.float32)}
     y_sparse = run_model(sparse_model, x)
     assert relative_difference(y_sparse, run_model(slim_model, x)) <= 1e-4
-    dense = transform(io.from_proto(sparse_model), verify=False)
+    dense = transform(from_proto(sparse_model), verify=False)
     assert relative_difference(y_sparse, run_model(dense.model, x)) <= 1e-4
     assert dense.plan.macs_after <= plan.macs_after

@@ -10,8 +10,8 @@ from onnx import TensorProto, helper, numpy_helper
 import onnxprune
 from onnxprune.cli import main
 from onnxprune.errors import OnnxPruneError
-from onnxprune.pruner import PruneOptions, prune
-from onnxprune.surgery import sparse
+from onnxprune.pruning.prune import PruneOptions, prune
+from onnxprune.pruning.surgery import sparse
 from tests.conftest import (
     FIXTURE_NAMES,
     FIXTURES,
@@ -89,7 +89,7 @@ def test_reconstruction_recovers_accuracy_on_digits() -> None:
     def accuracy(proto: onnx.ModelProto) -> float:
         return float(np.mean(run_model(proto, {"input": x_test})[0].argmax(1) == y_test))
 
-    baseline = accuracy(onnxprune.io.with_weights(onnxprune.load(FIXTURES / "digits_cnn.onnx")))
+    baseline = accuracy(onnxprune.graph.model.with_weights(onnxprune.load(FIXTURES / "digits_cnn.onnx")))
     plain = prune(onnxprune.load(FIXTURES / "digits_cnn.onnx"), PruneOptions(ratio=0.5))
     fitted = prune(onnxprune.load(FIXTURES / "digits_cnn.onnx"),
                    PruneOptions(ratio=0.5, data={"input": train["input"][:256]}))
@@ -165,8 +165,8 @@ def test_sparse_helper_unchanged_without_data() -> None:
 def test_iterate_without_training(tmp_path) -> None:
     """`[adapter] kind = "reconstruct"`: every round prunes and reconstructs on the calibration data, no
     training; the digits CNN reaches 60% of MACs removed in two rounds and keeps its test accuracy."""
-    from onnxprune.config import build_adapter, load_config
-    from onnxprune.iterative import run
+    from onnxprune.loop.config import build_adapter, load_config
+    from onnxprune.loop.iterate import run
 
     train = np.load(FIXTURES / "digits_train.npz")
     np.savez(tmp_path / "calib.npz", input=train["input"][:256])
@@ -219,11 +219,11 @@ def test_activations_spilled_to_disk_give_the_same_model() -> None:
 def test_proxy_matches_the_direct_measurement() -> None:
     """The closed-form table (`recover.proxy`) predicts what reconstruction leaves: pruning one group alone
     and reconstructing gives, at the layer reading it, the relative error the table says (digits CNN)."""
-    from onnxprune.importance import get_criterion
-    from onnxprune.plan import Planner, candidate_groups
+    from onnxprune.analysis.table import DEFAULT_RATIOS
+    from onnxprune.pruning.importance import get_criterion
+    from onnxprune.pruning.plan import Planner, candidate_groups
     from onnxprune.recover.calibration import calibration_batches
     from onnxprune.recover.proxy import reconstruction_table
-    from onnxprune.sensitivity import DEFAULT_RATIOS
 
     train = np.load(FIXTURES / "digits_train.npz")
     options = PruneOptions(ratio=0.5, data={"input": train["input"][:256]}, criterion="l1")
@@ -271,7 +271,7 @@ def test_greedy_removes_a_channel_the_others_can_replace(tmp_path) -> None:
 def test_greedy_order_is_a_permutation_and_needs_data() -> None:
     """The greedy scores rank every channel of every group a matrix layer reads, once each; without
     calibration data the criterion is refused with the usual error."""
-    from onnxprune.channels import find_groups
+    from onnxprune.pruning.channels import find_groups
     from onnxprune.recover.calibration import calibration_batches
     from onnxprune.recover.greedy import greedy_scores
 

@@ -20,13 +20,13 @@ PACKAGE = Path(__file__).resolve().parent.parent / "onnxprune"
 OPERATORS = frozenset(schema.name for schema in onnx.defs.get_all_schemas())
 
 ALLOWED = {
-    # lifting weights out of Constant / Identity / Cast / layout nodes at load time, and the load-time
-    # check that a Conv's weight matches its input's channels
-    "io.py": {"Cast", "Constant", "Conv", "ConvTranspose", "Flatten", "Identity", "Reshape", "Squeeze",
-              "Transpose", "Unsqueeze"},
-    "shapes.py": None,  # the evaluator of shape arithmetic (Shape -> Gather -> Concat -> Reshape): any op
-    "split.py": {"Constant", "Mul"},  # it writes the mask nodes
-    "runtime.py": {"Identity"},  # a one-node probe model
+    # lifting weights out of Constant / Identity / Cast / layout nodes at load time
+    "graph/lift.py": {"Cast", "Constant", "Flatten", "Identity", "Reshape", "Squeeze", "Transpose", "Unsqueeze"},
+    "graph/check.py": {"Conv", "ConvTranspose"},  # the load-time check that a conv's weight fits its input
+    "graph/model.py": {"Constant"},  # weights stored in Constant nodes
+    "graph/shapes.py": None,  # the evaluator of shape arithmetic (Shape -> Gather -> Concat -> Reshape): any op
+    "graph/split.py": {"Constant", "Mul"},  # it writes the mask nodes
+    "graph/runtime.py": {"Identity"},  # a one-node probe model
 }
 
 
@@ -58,10 +58,12 @@ def test_the_scan_finds_an_operator_list(tmp_path) -> None:
     """The check above can fail: an op comparison or an op table in a module is found."""
     (tmp_path / "rules").mkdir()
     (tmp_path / "rules" / "weighted.py").write_text('KIND = "Conv"\n')
-    (tmp_path / "profile.py").write_text('def macs(node):\n    return node.op == "Conv"\n')
-    (tmp_path / "report.py").write_text('OUT = {"Gemm": 1, "weights": 2}\nTEXT = "Conv layers"\n')
-    (tmp_path / "split.py").write_text('MASK = "Mul"\nOTHER = "Add"\n')
-    assert strays(tmp_path) == {"profile.py": {"Conv"}, "report.py": {"Gemm"}, "split.py": {"Add"}}
+    (tmp_path / "pruning").mkdir()
+    (tmp_path / "graph").mkdir()
+    (tmp_path / "pruning" / "cost.py").write_text('def macs(node):\n    return node.op == "Conv"\n')
+    (tmp_path / "pruning" / "inspect.py").write_text('OUT = {"Gemm": 1, "weights": 2}\nTEXT = "Conv layers"\n')
+    (tmp_path / "graph" / "split.py").write_text('MASK = "Mul"\nOTHER = "Add"\n')
+    assert strays(tmp_path) == {"pruning/cost.py": {"Conv"}, "pruning/inspect.py": {"Gemm"}, "graph/split.py": {"Add"}}
 
 
 WEIGHTED = sorted(op for op, rule in RULES.items() if rule.seeds is not None or rule.linear is not None)

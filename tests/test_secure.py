@@ -30,8 +30,9 @@ from onnxprune.secure import (
     read_key_file,
     write_key_file,
 )
-from onnxprune.secure.container import Manifest, PayloadPart, write_container
+from onnxprune.secure.container import Manifest
 from onnxprune.secure.external import external_locations
+from onnxprune.secure.payload import PayloadPart, write_container
 
 TEST_SCRYPT_N = 2**12  # tests only: the default stays SCRYPT_N = 2**17
 SECRET_NAMES = [
@@ -237,7 +238,7 @@ def test_round_trip_without_the_into_methods_of_older_cryptography(
     """Older cryptography lacks encrypt_into/decrypt_into: the fallback must give the same format."""
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-    from onnxprune.secure import container
+    from onnxprune.secure import payload
 
     class OldAESGCM:
         def __init__(self, data_key: bytes) -> None:
@@ -251,7 +252,7 @@ def test_round_trip_without_the_into_methods_of_older_cryptography(
 
     model = make_model().SerializeToString()
     new_format = encrypt_bytes(model, KeySource(key=key), chunk_size=100)
-    monkeypatch.setattr(container, "AESGCM", OldAESGCM)
+    monkeypatch.setattr(payload, "AESGCM", OldAESGCM)
     old_format = encrypt_bytes(model, KeySource(key=key), chunk_size=100)
     assert decrypt_bytes(new_format, KeySource(key=key)) == model
     monkeypatch.undo()
@@ -712,15 +713,15 @@ def test_decrypted_files_replace_atomically(tmp_path: Path, key: bytes) -> None:
 def test_cli_encrypt_never_loads_the_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`onnxprune encrypt` streams: it reads the external-data locations off the protobuf wire and never
     loads the model or its weights (the streaming memory bound), yet still refuses a non-ONNX file."""
-    from onnxprune import io as onnxprune_io
     from onnxprune.cli import main
+    from onnxprune.graph import load as graph_load
 
     def no_load(*args, **kwargs):
         raise AssertionError("encrypt loaded the model")
 
     for name in ("load", "load_model", "load_model_from_string", "load_external_data_for_model"):
         monkeypatch.setattr(onnx, name, no_load)
-    monkeypatch.setattr(onnxprune_io, "read_proto", no_load)
+    monkeypatch.setattr(graph_load, "read_proto", no_load)
     model = save_external(tmp_path / "m")
     key = tmp_path / "k.key"
     write_key_file(key)

@@ -308,7 +308,7 @@ def _judge(result: tuple[int, str, str], output: Path | None) -> Outcome:
     if output is not None:
         try:
             onnx.checker.check_model(str(output))
-            from onnxprune.runtime import session
+            from onnxprune.graph.runtime import session
 
             session(output.read_bytes(), optimize=False)
         except Exception as exc:  # noqa: BLE001 - any failure of the written model is the finding
@@ -332,11 +332,7 @@ def _run_in_child(case: Case, folder: Path) -> list[Outcome]:
 def _preload() -> None:
     """Import what the commands import, once in the parent: each forked child then starts in milliseconds."""
     import onnxprune.cli
-    import onnxprune.plan
-    import onnxprune.progress
-    import onnxprune.pruner
-    import onnxprune.report
-    import onnxprune.runtime  # noqa: F401
+    import onnxprune.graph.runtime  # noqa: F401
     import tests.conftest  # noqa: F401
 
 

@@ -53,7 +53,7 @@ def from_wheel(package: str, member: str) -> Path:
 
 def run_batched(proto: onnx.ModelProto, feeds: dict[str, np.ndarray], batch: int = 64) -> list[np.ndarray]:
     """Every output of `proto` on `feeds` (samples on axis 0), in batches, on onnxruntime CPU."""
-    from onnxprune.runtime import session
+    from onnxprune.graph.runtime import session
 
     sess = session(proto, providers=["CPUExecutionProvider"])
     count = len(next(iter(feeds.values())))

@@ -70,7 +70,7 @@ def make_adapter() -> TorchAdapter:
         adapter.load(onnx.load(str(BASELINE)))
     else:
         train(module, {"lr": 3e-3, "epochs": BASELINE_EPOCHS, "decay": "cosine"})
-        from onnxprune.io import save
+        from onnxprune.graph.save import save
 
         save(adapter.export(), BASELINE)
     return adapter

@@ -2,7 +2,7 @@
 
     python examples/digits/run.py [--fresh]
 
-Trains DigitsCNN on scikit-learn's digits (a few seconds), then runs `onnxprune.iterative` with the
+Trains DigitsCNN on scikit-learn's digits (a few seconds), then runs `onnxprune.loop.iterate` with the
 settings of run.toml: prune to 20%, 40%, 60%, 80% of the MACs, fine-tuning after each round through the
 PyTorch adapter (two learning rates per round, the better one kept), transform to the dense model and
 encrypt it. Writes, in examples/digits/out/:
@@ -30,9 +30,10 @@ import numpy as np
 from digits_adapter import BASELINE, OUT, make_adapter, split  # this folder is on sys.path when run
 
 from onnxprune.atomic import write_text
-from onnxprune.config import load_config
-from onnxprune.iterative import format_table, run
-from onnxprune.runtime import session
+from onnxprune.graph.runtime import session
+from onnxprune.loop.config import load_config
+from onnxprune.loop.iterate import run
+from onnxprune.loop.result import format_table
 
 HERE = Path(__file__).resolve().parent
 

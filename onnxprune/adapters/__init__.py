@@ -27,8 +27,8 @@ from typing import Any, Protocol, runtime_checkable
 import onnx
 
 from onnxprune.errors import OnnxPruneError
-from onnxprune.io import weight_tensors
-from onnxprune.masks import Masks, enforce
+from onnxprune.graph.model import weight_tensors
+from onnxprune.pruning.masks import Masks, enforce
 
 Settings = dict[str, Any]
 

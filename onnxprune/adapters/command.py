@@ -34,11 +34,12 @@ from typing import Any
 
 import onnx
 
-from onnxprune import io
 from onnxprune.adapters import check_returned
 from onnxprune.atomic import write_bytes, write_text
 from onnxprune.errors import OnnxPruneError
-from onnxprune.masks import Masks
+from onnxprune.graph.load import read_proto
+from onnxprune.graph.save import save
+from onnxprune.pruning.masks import Masks
 
 Command = str | Sequence[str]
 
@@ -72,7 +73,7 @@ class CommandAdapter:
             paths = {"input": folder / "input" / "model.onnx", "output": folder / "output" / "model.onnx",
                      "masks": folder / "masks.npz", "settings": folder / "settings.json"}
             paths["output"].parent.mkdir()
-            io.save(model, paths["input"])
+            save(model, paths["input"])
             write_bytes(paths["masks"], masks.to_npz())
             write_text(paths["settings"], json.dumps(settings, indent=1))
             values = {key: str(value) for key, value in settings.items()}
@@ -82,7 +83,7 @@ class CommandAdapter:
             if not paths["output"].is_file():
                 raise OnnxPruneError(f"train command wrote no model to {{output}} ({shlex.join(argv)})")
             try:
-                returned = io.read_proto(paths["output"])
+                returned = read_proto(paths["output"])
             except OnnxPruneError as exc:
                 raise OnnxPruneError(f"train command's output: {exc}") from None
         return check_returned(model, returned, masks, "train command's model")
@@ -93,7 +94,7 @@ class CommandAdapter:
             raise OnnxPruneError("the command adapter has no evaluate command")
         with tempfile.TemporaryDirectory(prefix="onnxprune-eval-") as scratch:
             path = Path(scratch) / "model.onnx"
-            io.save(model, path)
+            save(model, path)
             argv = _expand(self.eval_command, {"input": str(path)}, "evaluate command")
             output = self._run(argv, "evaluate command", capture=True)
         lines = [line.strip() for line in output.splitlines() if line.strip()]

@@ -14,9 +14,9 @@ import numpy as np
 import onnx
 
 from onnxprune.adapters import Masks, Settings
+from onnxprune.analysis.metrics import relative_distance
 from onnxprune.data import LABELS, check_data, read_arrays, session_specs
-from onnxprune.metrics import relative_distance
-from onnxprune.runtime import session
+from onnxprune.graph.runtime import session
 
 BATCH = 32
 

@@ -11,7 +11,7 @@ training function builds), and the module is exported again.
 Example:
     adapter = TorchAdapter(net, torch.zeros(1, 3, 32, 32), train=my_train, evaluate=my_top1)
     baseline = adapter.export()
-    result = onnxprune.iterative.run(config, adapter, "work", baseline)
+    result = onnxprune.loop.iterate.run(config, adapter, "work", baseline)
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 
 from onnxprune.errors import OnnxPruneError
-from onnxprune.masks import Masks, weight_arrays
+from onnxprune.pruning.masks import Masks, weight_arrays
 
 try:
     import torch

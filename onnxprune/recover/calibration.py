@@ -9,7 +9,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from onnxprune.data import DEFAULT_BATCH, LABELS, check_data, model_specs, read_arrays
-from onnxprune.io import Model
+from onnxprune.graph.model import Model
 
 BATCH_BYTES = 4 << 20  # input bytes per calibration batch
 

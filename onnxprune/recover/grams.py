@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from onnxprune.channels import Group, Member
-from onnxprune.io import Model
+from onnxprune.graph.model import Model
 from onnxprune.progress import Progress
+from onnxprune.pruning.channels import Group, Member
 from onnxprune.recover.lstsq import SINGLE, sample_rows
 from onnxprune.recover.staged import Batches, StagedRun
 from onnxprune.rules import IN, LinearView, linear_view

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from onnxprune.channels import Group
-from onnxprune.io import Model
+from onnxprune.graph.model import Model
 from onnxprune.progress import Progress
+from onnxprune.pruning.channels import Group
 from onnxprune.recover.grams import (
     group_features,
     input_gram,

@@ -19,9 +19,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from onnxprune.channels import Group
-from onnxprune.io import Model
-from onnxprune.plan import Planner
+from onnxprune.analysis.table import DEFAULT_RATIOS, SensitivityTable, ratio_key, sensitivity_ratios
+from onnxprune.graph.model import Model
+from onnxprune.pruning.channels import Group
+from onnxprune.pruning.plan import Planner
 from onnxprune.recover.grams import (
     group_features,
     input_gram,
@@ -32,7 +33,6 @@ from onnxprune.recover.grams import (
 )
 from onnxprune.recover.lstsq import STABLE_RIDGE, ridge_solve
 from onnxprune.recover.staged import Batches
-from onnxprune.sensitivity import DEFAULT_RATIOS, SensitivityTable, ratio_key, sensitivity_ratios
 
 METRIC = "reconstruction fidelity (proxy)"
 

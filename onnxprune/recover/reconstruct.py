@@ -32,14 +32,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxprune.channels import Group
-from onnxprune.io import Model
-from onnxprune.plan import Plan
+from onnxprune.graph.model import Model
 from onnxprune.progress import Progress
+from onnxprune.pruning.channels import Group
+from onnxprune.pruning.plan import Plan
+from onnxprune.pruning.surgery import removed_slices, zeroed_slices
 from onnxprune.recover.lstsq import SINGLE, ridge_solve, sample_rows
 from onnxprune.recover.staged import Batches, StagedRun
 from onnxprune.rules import IN, LinearView, linear_view
-from onnxprune.surgery import removed_slices, zeroed_slices
 
 RIDGES = (1e-6, 1e-4, 1e-2)  # relative to the mean feature energy; chosen on held-out samples
 HELD_OUT = 4  # every 4th calibration sample is held out to choose the ridge and to check each output

@@ -19,10 +19,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-from onnxprune.channels import Group
-from onnxprune.io import Model
-from onnxprune.plan import Plan
+from onnxprune.graph.model import Model
 from onnxprune.progress import Progress
+from onnxprune.pruning.channels import Group
+from onnxprune.pruning.plan import Plan
+from onnxprune.pruning.surgery import sparse_values, zeroed_slices
 from onnxprune.recover.grams import (
     group_features,
     input_gram,
@@ -34,7 +35,6 @@ from onnxprune.recover.grams import (
 from onnxprune.recover.greedy import regularized_inverse
 from onnxprune.recover.staged import Batches
 from onnxprune.rules import LinearView
-from onnxprune.surgery import sparse_values, zeroed_slices
 
 Removals = dict[str, dict[str, np.ndarray]]  # group id -> entry key (a ratio) -> group channels removed
 Resolved = dict[tuple[str, str], dict[str, np.ndarray]]  # (group id, key) -> new values of reader weights

@@ -13,10 +13,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from onnxprune.channels import Group
-from onnxprune.importance import Criterion, activation_weighted, ranked
-from onnxprune.io import Model
+from onnxprune.graph.model import Model
 from onnxprune.progress import Progress
+from onnxprune.pruning.channels import Group
+from onnxprune.pruning.importance import Criterion, activation_weighted, ranked
 from onnxprune.recover.grams import layer_inputs, readers_of, reading_views
 from onnxprune.recover.greedy import greedy_scores
 from onnxprune.recover.staged import Batches

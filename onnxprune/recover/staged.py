@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxprune.io import Model
-from onnxprune.runtime import subgraph_session
+from onnxprune.graph.model import Model
+from onnxprune.graph.runtime import subgraph_session
 
 Batches = list[dict[str, np.ndarray]]
 

@@ -17,17 +17,19 @@ from onnxprune.secure.container import (
     PART_MODEL,
     ContainerHeader,
     Manifest,
-    PayloadPart,
-    decrypt_container_bytes,
     is_encrypted,
     is_encrypted_stream,
     open_container,
+)
+from onnxprune.secure.external import check_location, external_locations, resolve_location
+from onnxprune.secure.keys import KeySource
+from onnxprune.secure.payload import (
+    PayloadPart,
+    decrypt_container_bytes,
     open_payload,
     read_manifest,
     write_container,
 )
-from onnxprune.secure.external import check_location, external_locations, resolve_location
-from onnxprune.secure.keys import KeySource
 
 
 def ensure_plain_model(path: str | os.PathLike, remedy: str = "decrypt it first, or pass its key") -> None:

@@ -13,10 +13,11 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from onnxprune.errors import OnnxPruneError, first_line
-from onnxprune.secure.container import open_container, open_payload, read_manifest
+from onnxprune.secure.container import open_container
 from onnxprune.secure.external import check_location, external_locations
 from onnxprune.secure.files import ensure_plain_model
 from onnxprune.secure.keys import KeySource
+from onnxprune.secure.payload import open_payload, read_manifest
 
 # SessionOptions that received in-memory external data: onnxruntime keeps raw pointers to our buffers,
 # which are freed once the session exists, so such an options object must never build another session.

@@ -17,10 +17,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from onnxprune.analysis.metrics import Fidelity, Metric, feeds_digest
 from onnxprune.errors import OnnxPruneError
-from onnxprune.metrics import Fidelity, Metric, feeds_digest
-from onnxprune.runtime import session
-from onnxprune.split import MaskPoint, Split, split
+from onnxprune.graph.runtime import session
+from onnxprune.graph.split import MaskPoint, Split, split
 
 DEFAULT_PREFIX_BUDGET = 1 << 30  # bytes of prefix outputs kept per group (per worker process)
 

@@ -15,12 +15,12 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxprune.channels import Group, Member
 from onnxprune.errors import OnnxPruneError
-from onnxprune.io import Model, to_proto, with_weights
-from onnxprune.plan import Plan
+from onnxprune.graph.model import Model, to_proto, with_weights
+from onnxprune.graph.shapes import shape_values
+from onnxprune.pruning.channels import Group, Member
+from onnxprune.pruning.plan import Plan
 from onnxprune.rules import ZEROED_ROLES, Context, Removed, entry_for, fold_view
-from onnxprune.shapes import shape_values
 
 Key = tuple[str, int]
 

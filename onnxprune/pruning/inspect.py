@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from onnxprune.channels import Group, find_groups
-from onnxprune.io import Model
-from onnxprune.profile import layer_costs, totals
+from onnxprune.graph.model import Model
+from onnxprune.pruning.channels import Group, find_groups
+from onnxprune.pruning.cost import layer_costs, totals
 from onnxprune.rules import CONTRACT, entry_for
 
 

@@ -21,12 +21,12 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxprune.channels import Group
 from onnxprune.errors import OnnxPruneError
-from onnxprune.io import Model, stored_values, weight_tensors
-from onnxprune.plan import Plan
+from onnxprune.graph.model import Model, stored_values, weight_tensors
+from onnxprune.pruning.channels import Group
+from onnxprune.pruning.plan import Plan
+from onnxprune.pruning.surgery import zeroed_slices
 from onnxprune.rules import ZEROED_ROLES
-from onnxprune.surgery import zeroed_slices
 
 
 @dataclass

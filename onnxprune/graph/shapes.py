@@ -11,6 +11,8 @@ import numpy as np
 import onnx
 
 from onnxprune.data import random_feeds, session_specs
+from onnxprune.errors import OnnxPruneError, first_line
+from onnxprune.graph.runtime import session
 
 LIGHT_LIMIT = 4096  # weights with more elements are replaced by typed graph inputs for inference
 RUN_LIMIT = 2**25  # input elements at batch 1 above which shapes are not read off an onnxruntime run
@@ -56,8 +58,6 @@ def _lenient(light: onnx.ModelProto) -> onnx.ModelProto:
 def _refuse_unless_it_runs(proto: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]], where: str,
                            error: Exception) -> None:
     """Raise the inference error as bad input, unless onnxruntime runs the model (then ONNX was wrong)."""
-    from onnxprune.errors import OnnxPruneError, first_line
-
     first = first_line(error, limit=10_000).replace("[ShapeInferenceError] Inference error(s): ", "")
     if not _runs(proto, input_shapes):
         raise OnnxPruneError(f"{where}: inconsistent model: {first[:300]}")
@@ -65,8 +65,6 @@ def _refuse_unless_it_runs(proto: onnx.ModelProto, input_shapes: dict[str, tuple
 
 def _runs(proto: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> bool:
     """Whether onnxruntime runs the model on random inputs (not tried above RUN_LIMIT input elements)."""
-    from onnxprune.runtime import session  # runtime imports this module
-
     if sum(int(np.prod(shape, dtype=np.float64)) for shape in input_shapes.values()) > RUN_LIMIT:
         return False
     try:
@@ -130,8 +128,6 @@ def _shapes_from_runtime(
     proto: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]], names: list[str]
 ) -> dict[str, tuple[int, ...]]:
     """Run the model once with every unknown tensor as an extra output and read the shapes off."""
-    from onnxprune.runtime import session  # runtime imports this module
-
     if sum(int(np.prod(shape, dtype=np.float64)) for shape in input_shapes.values()) > RUN_LIMIT:
         return {}  # a run could need many times the input's memory (NonZero, Expand): shapes stay unknown
     probe = onnx.ModelProto()
@@ -260,18 +256,3 @@ def shape_values(graph, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndar
         if result.size <= SMALL:
             values[out.name] = result
     return values
-
-
-def tensor_dtypes(proto: onnx.ModelProto) -> dict[str, np.dtype]:
-    """Element type of every tensor ONNX type inference can tell (weights need no bytes for it)."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
-    except Exception:  # noqa: BLE001 - custom ops and odd graphs: whatever the graph declares
-        inferred = proto
-    graph = inferred.graph
-    dtypes = {}
-    for info in list(graph.value_info) + list(graph.input) + list(graph.output):
-        elem = info.type.tensor_type.elem_type if info.type.HasField("tensor_type") else 0
-        if elem:
-            dtypes[info.name] = onnx.helper.tensor_dtype_to_np_dtype(elem)
-    return dtypes

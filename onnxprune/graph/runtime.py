@@ -8,6 +8,7 @@ import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
 from onnxprune.errors import OnnxPruneError, OptionError, first_line
+from onnxprune.graph.model import tensor_dtypes, to_proto
 
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
 
@@ -78,8 +79,6 @@ def run_graph(graph: gs.Graph, like: onnx.ModelProto, feeds: dict[str, np.ndarra
     every weight; feeding numpy arrays costs nothing. Slower per run (no prepacking), which does not
     matter for a single check.
     """
-    from onnxprune.io import to_proto
-
     structure = graph.copy()
     weights: dict[str, np.ndarray] = {}
     for tensor in list(structure.tensors().values()):
@@ -105,8 +104,6 @@ def subgraph_session(nodes: list[gs.Node], inputs: dict[str, np.dtype], outputs:
 
     `weights` replaces the values of some weights in this session only (the graph is not changed).
     """
-    from onnxprune.io import to_proto
-
     weights = weights or {}
     tensors = {t.name: t for n in nodes for t in list(n.inputs) + list(n.outputs)}
     graph = gs.Graph(nodes=list(nodes), inputs=[tensors[n] for n in inputs], outputs=[tensors[n] for n in outputs])
@@ -129,8 +126,6 @@ def subgraph_session(nodes: list[gs.Node], inputs: dict[str, np.dtype], outputs:
             tensor.dtype, tensor.shape = dtype, shape
     del proto.graph.value_info[:]
     if any(dtype is None for dtype in outputs.values()):
-        from onnxprune.shapes import tensor_dtypes
-
         inferred = tensor_dtypes(proto)
         for info in proto.graph.output:
             if not info.type.tensor_type.elem_type and info.name in inferred:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import os
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -17,21 +18,21 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxprune.channels import Group, find_groups
+from onnxprune.analysis.table import SensitivityTable, sensitivity_ratios
 from onnxprune.data import model_specs, random_feeds
 from onnxprune.errors import NotExact, OnnxPruneError, OptionError, first_line
-from onnxprune.importance import DATA_CRITERIA, get_criterion
-from onnxprune.io import Model, to_proto, with_weights
-from onnxprune.masks import zero_channels
-from onnxprune.plan import Plan, Planner, candidate_groups, spec_ratios, uniform_ratios
+from onnxprune.graph.model import Model, to_proto, with_weights
+from onnxprune.graph.runtime import max_relative_difference, run_graph
 from onnxprune.progress import Progress
+from onnxprune.pruning.channels import Group, find_groups
+from onnxprune.pruning.importance import DATA_CRITERIA, get_criterion
+from onnxprune.pruning.masks import zero_channels
+from onnxprune.pruning.plan import Plan, Planner, candidate_groups, spec_ratios, uniform_ratios
+from onnxprune.pruning.surgery import slim_graph, sparse, zeroed_in_place
 from onnxprune.recover.calibration import calibration_batches
 from onnxprune.recover.proxy import reconstruction_ratios
 from onnxprune.recover.reconstruct import Reconstruction, reconstruct
 from onnxprune.recover.scores import data_criterion
-from onnxprune.runtime import max_relative_difference, run_graph
-from onnxprune.sensitivity import SensitivityTable, sensitivity_ratios
-from onnxprune.surgery import slim_graph, sparse, zeroed_in_place
 
 TOLERANCE = 1e-4  # the invariant: max |sparse - slim| <= 1e-4 * max |sparse|
 
@@ -145,6 +146,8 @@ def make_plan(model: Model, options: PruneOptions, groups: list[Group] | None = 
     if not candidates:
         raise OnnxPruneError("no prunable channel groups in this model (see `onnxprune inspect`)")
     if options.sensitivity is not None:
+        if (why := options.sensitivity.mismatch(options.chosen_criterion, options.reconstructs)) is not None:
+            warnings.warn(why, stacklevel=2)
         ratios_at = sensitivity_ratios(options.sensitivity, candidates)
     elif options.allocates_by_reconstruction:
         batches = calibration_batches(model, options.data) if batches is None else batches

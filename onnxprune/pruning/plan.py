@@ -16,11 +16,11 @@ from fnmatch import fnmatch
 
 import numpy as np
 
-from onnxprune.channels import Group
 from onnxprune.data import read_json
 from onnxprune.errors import OnnxPruneError
-from onnxprune.io import Model
-from onnxprune.profile import layer_costs, totals
+from onnxprune.graph.model import Model
+from onnxprune.pruning.channels import Group
+from onnxprune.pruning.cost import layer_costs, totals
 
 PLAN_VERSION = 1
 TOLERANCE = 0.01  # land within 1% of the MACs target

@@ -12,9 +12,9 @@ from collections.abc import Callable
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxprune.channels import Group, Member
 from onnxprune.errors import OptionError
-from onnxprune.io import Model
+from onnxprune.graph.model import Model
+from onnxprune.pruning.channels import Group, Member
 from onnxprune.rules import AFFINE, IN, OUT, entry_for
 
 Criterion = Callable[[Model, Group], np.ndarray]

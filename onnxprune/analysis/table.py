@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from onnxprune.atomic import write_bytes, write_text
-from onnxprune.channels import Group
 from onnxprune.data import read_json
 from onnxprune.errors import OnnxPruneError, OptionError
+from onnxprune.pruning.channels import Group
 
 TABLE_VERSION = 1
 DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -76,6 +76,20 @@ class SensitivityTable:
     macs_share: dict[str, float] = field(default_factory=dict)  # MACs that scale with the group's channels
     criterion: str = "l1"
     data: dict = field(default_factory=dict)  # where the numbers come from: source, samples
+    reconstruct: bool = False  # each entry measured with the layers reading the group re-solved
+
+    def mismatch(self, criterion: str, reconstruct: bool) -> str | None:
+        """Why this table measured other models than a prune with `criterion` and `reconstruct` makes
+        (None when it measured the same): allocation by it then rests on other numbers."""
+        if reconstruct != self.reconstruct:
+            return ("the sensitivity table was measured " + ("with" if self.reconstruct else "without")
+                    + " reconstruction and this prune " + ("reconstructs" if reconstruct else "does not")
+                    + ("" if reconstruct else " (give calibration data)")
+                    + (": `analyze --reconstruct` measures what it will do" if reconstruct else ""))
+        if criterion != self.criterion:
+            return (f"the sensitivity table was measured at the channels {self.criterion} picks; this prune "
+                    f"picks by {criterion} (analyze with the same criterion)")
+        return None
 
     def curve(self, gid: str) -> list[tuple[float, float]]:
         """(ratio, metric loss) sorted by ratio; a non-finite metric is an infinite loss."""
@@ -105,6 +119,7 @@ class SensitivityTable:
             "metric": self.metric,
             "baseline": self.baseline,
             "criterion": self.criterion,
+            "reconstruct": self.reconstruct,
             "data": self.data,
             "groups": self.groups,
             "group_info": {gid: {"channels": self.channels.get(gid), "macs_share": self.macs_share.get(gid),
@@ -153,7 +168,7 @@ class SensitivityTable:
         shares = {g: float(v["macs_share"]) for g, v in info.items()
                   if isinstance(v, dict) and is_number(v.get("macs_share"))}
         return SensitivityTable(metric, float(baseline), checked, channels, shares,
-                                str(data.get("criterion", "l1")), data.get("data") or {})
+                                str(data.get("criterion", "l1")), data.get("data") or {}, data.get("reconstruct") is True)
 
 
 def is_number(value: object) -> bool:

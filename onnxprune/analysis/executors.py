@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from onnxprune.analysis.evaluator import Evaluator, Job, Payload, Result, worker_evaluator
 from onnxprune.errors import OnnxPruneError, OptionError
-from onnxprune.evaluator import Evaluator, Job, Payload, Result, worker_evaluator
 
 
 class Executor(Protocol):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxprune.io import Model
+from onnxprune.graph.model import Model
 from onnxprune.rules import entry_for
 
 Kept = Callable[[str, int, int], int]  # (tensor name, axis, full size) -> size after pruning

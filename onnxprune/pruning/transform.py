@@ -12,12 +12,12 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from onnxprune.channels import find_groups
-from onnxprune.io import Model, to_proto
-from onnxprune.masks import zero_channels
-from onnxprune.plan import Plan, Planner
-from onnxprune.pruner import check_same_function
-from onnxprune.surgery import slim_graph
+from onnxprune.graph.model import Model, to_proto
+from onnxprune.pruning.channels import find_groups
+from onnxprune.pruning.masks import zero_channels
+from onnxprune.pruning.plan import Plan, Planner
+from onnxprune.pruning.prune import check_same_function
+from onnxprune.pruning.surgery import slim_graph
 
 
 @dataclass

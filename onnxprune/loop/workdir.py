@@ -16,9 +16,10 @@ from typing import Any
 
 import onnx
 
-from onnxprune import io
 from onnxprune.atomic import write_bytes, write_text
 from onnxprune.errors import OnnxPruneError, OptionError
+from onnxprune.graph.load import read_proto
+from onnxprune.graph.save import save
 
 try:
     import fcntl
@@ -80,11 +81,11 @@ class Workdir:
         write_text(self.path(name), json.dumps(data, indent=1) + "\n")
 
     def read_model(self, name: str) -> onnx.ModelProto:
-        return io.read_proto(self.path(name))
+        return read_proto(self.path(name))
 
     def write_model(self, name: str, proto: onnx.ModelProto) -> None:
         self.path(name).parent.mkdir(parents=True, exist_ok=True)
-        io.save(proto, self.path(name))
+        save(proto, self.path(name))
 
     def read_bytes(self, name: str) -> bytes:
         return self.path(name).read_bytes()

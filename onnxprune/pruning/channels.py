@@ -20,7 +20,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxprune.errors import OnnxPruneError
-from onnxprune.io import Model
+from onnxprune.graph.model import Model
+from onnxprune.graph.shapes import shape_values
 from onnxprune.rules import (
     IN,
     KEEP,
@@ -35,7 +36,6 @@ from onnxprune.rules import (
     fold_view,
 )
 from onnxprune.rules.values import inputs_of, space_values, unread_nonzero
-from onnxprune.shapes import shape_values
 
 Key = tuple[str, int]  # (tensor name, axis)
 

@@ -31,9 +31,11 @@ from pathlib import Path
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxprune import io
-from onnxprune.cache import AnalysisCache, cache_key, removal_digest
-from onnxprune.channels import Group, find_groups
+from onnxprune.analysis.cache import AnalysisCache, cache_key, removal_digest
+from onnxprune.analysis.evaluator import DEFAULT_PREFIX_BUDGET, Entry, Evaluator, Job, Payload
+from onnxprune.analysis.executors import make_executor, require_ray, split_jobs
+from onnxprune.analysis.metrics import Fidelity, Metric, Top1, UserEval, eval_source_digest, load_eval
+from onnxprune.analysis.table import DEFAULT_RATIOS, SensitivityTable, check_analysis, ratio_key
 from onnxprune.data import (
     DEFAULT_BATCH,
     RANDOM_SAMPLES,
@@ -44,20 +46,17 @@ from onnxprune.data import (
     random_data,
 )
 from onnxprune.errors import OnnxPruneError, OptionError
-from onnxprune.evaluator import DEFAULT_PREFIX_BUDGET, Entry, Evaluator, Job, Payload
-from onnxprune.executors import make_executor, require_ray, split_jobs
-from onnxprune.importance import DATA_CRITERIA, get_criterion
-from onnxprune.io import Model, stored_values
-from onnxprune.metrics import Fidelity, Metric, Top1, UserEval, eval_source_digest, load_eval
-from onnxprune.plan import Plan, Planner, candidate_groups, named_groups
+from onnxprune.graph.model import Model, stored_values, with_weights
+from onnxprune.graph.split import MaskPoint
 from onnxprune.progress import Progress
-from onnxprune.recover.calibration import calibration_batches
+from onnxprune.pruning.channels import Group, find_groups
+from onnxprune.pruning.importance import DATA_CRITERIA, get_criterion
+from onnxprune.pruning.plan import Plan, Planner, candidate_groups, named_groups
+from onnxprune.pruning.surgery import removed_slices, sparse_values
+from onnxprune.recover.calibration import Batches, calibration_batches
 from onnxprune.recover.resolve import Resolved, entry_values, resolved_readers
 from onnxprune.recover.scores import data_criterion
 from onnxprune.rules import ZEROED_ROLES, entry_for
-from onnxprune.sensitivity import DEFAULT_RATIOS, SensitivityTable, check_analysis, ratio_key
-from onnxprune.split import MaskPoint
-from onnxprune.surgery import removed_slices, sparse_values
 
 FLAT = 1e-9  # a metric that moves less than this is "flat"
 MIN_VAL_FRACTION = 0.5  # the Vitis guideline: analyze on at least half of the validation set
@@ -143,7 +142,7 @@ def analyze(model: Model, options: AnalyzeOptions, progress: Callable[[Progress]
     metric = _metric(data, options)
     for text in _check_data_size(_samples(data, metric), options.val):
         note(text)
-    proto = io.with_weights(model).SerializeToString()
+    proto = with_weights(model).SerializeToString()
     settings = _settings(model, data, metric, options)
     key = cache_key(hashlib.sha256(proto).hexdigest(), data.digest(), json.dumps(settings, sort_keys=True))
     cache, problem = AnalysisCache.open(options.cache_dir, key, settings, options.force)
@@ -152,15 +151,10 @@ def analyze(model: Model, options: AnalyzeOptions, progress: Callable[[Progress]
 
     batches = calibration_batches(model, options.data) \
         if options.reconstruct or options.chosen_criterion in DATA_CRITERIA else None
-    criterion = get_criterion(options.chosen_criterion, data=True) \
-        or data_criterion(options.chosen_criterion, model, targets, batches, options.providers, progress=progress)
-    scores = {g.id: criterion(model, g) for g in targets}
-    planner = Planner(model, groups, scores, options.round_to)  # the channels `prune --spec` would take
-    keys = [ratio_key(r) for r in options.ratios]
-    plans = {(g.id, k): planner.plan({g.id: float(k)}) for g in targets for k in keys}
+    planner, plans = _plans(model, groups, targets, options, batches, progress)
     chosen = {(gid, k): removal_digest(plan.groups[gid].removed if gid in plan.groups else [])
               for (gid, k), plan in plans.items()}
-    todo = [(g, k) for g in targets for k in keys if not cache.has(g.id, k, chosen[(g.id, k)])]
+    todo = [(g, k) for g in targets for k in _keys(options) if not cache.has(g.id, k, chosen[(g.id, k)])]
     payload = Payload(key, proto, metric, options.providers, 0, options.prefix_budget)
     evaluator = None
     if cache.baseline is None or (todo and isinstance(metric, Fidelity)):
@@ -168,18 +162,48 @@ def analyze(model: Model, options: AnalyzeOptions, progress: Callable[[Progress]
         baseline = evaluator.baseline()  # also records a fidelity metric's reference outputs
         if cache.baseline is None:
             cache.set_baseline(baseline)
-
-    total = len(plans)
-    cached = done = total - len(todo)
     resolved = None
     if options.reconstruct and todo:
-        removals: dict[str, dict[str, np.ndarray]] = {}
-        for group, key in todo:
-            part = plans[(group.id, key)].groups.get(group.id)
-            if part is not None and len(part.removed):
-                removals.setdefault(group.id, {})[key] = np.asarray(part.removed)
-        resolved = resolved_readers(model, groups, removals, batches, options.providers, progress=progress)
+        resolved = resolved_readers(model, groups, _removals(todo, plans), batches, options.providers,
+                                    progress=progress)
     work = _entries(model, groups, plans, todo, resolved)
+    evaluated = _run(work, payload, evaluator, options, cache, chosen, len(plans) - len(todo), len(plans), progress)
+    table = _table(planner, targets, _keys(options), cache, metric, data, options.chosen_criterion)
+    table.reconstruct = options.reconstruct
+    for text in _check_flat(table):
+        note(text)
+    return AnalysisResult(table, evaluated, len(plans) - len(todo), warnings, cache.path)
+
+
+def _keys(options: AnalyzeOptions) -> list[str]:
+    return [ratio_key(r) for r in options.ratios]
+
+
+def _plans(model: Model, groups: list[Group], targets: list[Group], options: AnalyzeOptions,
+           batches: Batches | None, progress: Callable[[Progress], None] | None) -> tuple[Planner, dict]:
+    """The channels each entry removes: those `prune --spec {group: ratio}` would remove, by the same
+    criterion (a data criterion from `batches`)."""
+    criterion = get_criterion(options.chosen_criterion, data=True) \
+        or data_criterion(options.chosen_criterion, model, targets, batches, options.providers, progress=progress)
+    scores = {g.id: criterion(model, g) for g in targets}
+    planner = Planner(model, groups, scores, options.round_to)
+    return planner, {(g.id, k): planner.plan({g.id: float(k)}) for g in targets for k in _keys(options)}
+
+
+def _removals(todo: list[tuple[Group, str]], plans: dict[tuple[str, str], Plan]) -> dict[str, dict[str, np.ndarray]]:
+    """Group id -> entry key -> the group channels the entry removes (entries that remove some)."""
+    removals: dict[str, dict[str, np.ndarray]] = {}
+    for group, key in todo:
+        part = plans[(group.id, key)].groups.get(group.id)
+        if part is not None and len(part.removed):
+            removals.setdefault(group.id, {})[key] = np.asarray(part.removed)
+    return removals
+
+
+def _run(work: _Work, payload: Payload, evaluator: Evaluator | None, options: AnalyzeOptions, cache: AnalysisCache,
+         chosen: dict, done: int, total: int, progress: Callable[[Progress], None] | None) -> int:
+    """Evaluate the work's jobs into the cache (entries that change nothing get the baseline); returns how
+    many entries were evaluated."""
     for gid, ratio in work.unchanged:
         cache.put(gid, ratio, cache.baseline, chosen[(gid, ratio)])
         done += 1
@@ -195,11 +219,7 @@ def analyze(model: Model, options: AnalyzeOptions, progress: Callable[[Progress]
             evaluated += 1
             if progress is not None:
                 progress(Progress(done, total, evaluated, time.monotonic() - start))
-
-    table = _table(planner, targets, keys, cache, metric, data, options.chosen_criterion)
-    for text in _check_flat(table):
-        note(text)
-    return AnalysisResult(table, evaluated, cached, warnings, cache.path)
+    return evaluated
 
 
 def _targets(model: Model, groups: list[Group], wanted: list[str] | None) -> list[Group]:

@@ -50,10 +50,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from onnxprune.analysis.table import check_analysis
 from onnxprune.errors import OnnxPruneError, OptionError
-from onnxprune.pruner import check_method
+from onnxprune.pruning.prune import check_method
 from onnxprune.secure.keys import KeyOrigin
-from onnxprune.sensitivity import check_analysis
 
 try:
     import tomllib

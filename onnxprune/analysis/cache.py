@@ -19,10 +19,10 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from onnxprune.analysis.table import is_number
 from onnxprune.atomic import write_text
 from onnxprune.data import MAX_JSON_BYTES, read_bounded
 from onnxprune.errors import OnnxPruneError, OptionError
-from onnxprune.sensitivity import is_number
 
 FORMAT = "onnxprune-sensitivity-cache"
 VERSION = 1

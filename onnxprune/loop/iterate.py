@@ -16,7 +16,7 @@ least as many channels as it has zeroed (`PruneOptions(cumulative=True)`). A rou
 the starting model's MACs, the MACs reported are those of the dense model `transform` will produce, and a
 round only ever adds to what earlier rounds removed.
 
-The work dir (see `onnxprune.workdir`; a step is done when its JSON record exists):
+The work dir (see `onnxprune.loop.workdir`; a step is done when its JSON record exists):
 
     config.json  baseline.onnx  baseline.json
     round-01/  plan.json  sparse.onnx  masks.npz  pruned.json  trial-1.onnx  trial-1.json ...
@@ -38,70 +38,31 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import onnx
 
-from onnxprune import io
 from onnxprune.adapters import Adapter, check_returned
-from onnxprune.channels import find_groups
-from onnxprune.config import RunConfig
+from onnxprune.analysis.table import SensitivityTable
 from onnxprune.errors import OnnxPruneError, OptionError
-from onnxprune.importance import DATA_CRITERIA
-from onnxprune.io import Model
-from onnxprune.masks import Masks, masks_from_plan
-from onnxprune.profile import layer_costs, totals
-from onnxprune.pruner import PruneOptions, prune
-from onnxprune.sensitivity import SensitivityTable
-from onnxprune.transform import transform
-from onnxprune.workdir import Workdir
+from onnxprune.graph.load import from_proto, parse_input_shapes, read_proto
+from onnxprune.graph.model import Model
+from onnxprune.graph.save import save
+from onnxprune.loop.config import RunConfig
+from onnxprune.loop.reanalyze import Analyze, default_analyze
+from onnxprune.loop.result import Round, RunResult, brief, num
+from onnxprune.loop.workdir import Workdir
+from onnxprune.pruning.channels import find_groups
+from onnxprune.pruning.cost import layer_costs, totals
+from onnxprune.pruning.masks import Masks, masks_from_plan
+from onnxprune.pruning.prune import PruneOptions, prune
+from onnxprune.pruning.transform import transform
 
 # analyze(model, cache folder) -> sensitivity table: re-analysis per round
-Analyze = Callable[[Model, Path], SensitivityTable]
 Progress = Callable[[str], None]
 PROGRESS_EPS = 1e-6  # a round must remove at least this fraction of MACs more than the last
-
-
-@dataclass
-class Round:
-    """One row of the report: one attempt at a ratio (a back-off retry is its own round)."""
-
-    round: int
-    ratio_asked: float  # cumulative fraction of the baseline's MACs
-    macs: int  # of the dense model this round's sparse model transforms to
-    params: int
-    macs_removed: float
-    metric_before: float  # pruned, before fine-tuning
-    metric_after: float  # best trial
-    best_trial: int  # 1-based
-    settings: dict[str, Any]
-    accepted: bool
-    backoff: int  # 0 for the first attempt at a schedule entry, k for the k-th smaller step
-    seconds: float
-    notes: list[str] = field(default_factory=list)
-
-
-@dataclass
-class RunResult:
-    """What a run produced: the rounds, the final dense model, and why it stopped early if it did."""
-
-    baseline_metric: float
-    baseline_macs: int
-    baseline_params: int
-    rounds: list[Round]
-    metric: float  # of the final model
-    macs: int
-    params: int
-    macs_removed: float
-    target: float
-    stopped: str | None  # why the run ended before its target; None when it got there
-    dense: str
-    encrypted: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def run(config: RunConfig, adapter: Adapter, workdir: str | os.PathLike,
@@ -110,7 +71,7 @@ def run(config: RunConfig, adapter: Adapter, workdir: str | os.PathLike,
     """Run (or resume) the loop in `workdir`; `baseline` defaults to `config.model`.
 
     With `prune.reanalyze`, each round measures a sensitivity table on its starting model with `analyze`
-    (default: `onnxprune.analysis` with the config's `[analyze]` settings) and allocates by it.
+    (default: `onnxprune.analysis.analyze` with the config's `[analyze]` settings) and allocates by it.
     """
     config.check()
     if config.output and config.model and Path(config.output).resolve() == Path(config.model).resolve():
@@ -122,56 +83,6 @@ def run(config: RunConfig, adapter: Adapter, workdir: str | os.PathLike,
     wd = Workdir(workdir)
     with wd.locked():
         return _Loop(config, adapter, wd, analyze, progress or _stderr).run(baseline)
-
-
-def default_analyze(config: RunConfig) -> Analyze:
-    """Re-analysis with `onnxprune.analysis`, cached per round in the work dir (so it resumes too)."""
-    if importlib.util.find_spec("onnxprune.analysis") is None:
-        raise OnnxPruneError("prune.reanalyze: sensitivity analysis (onnxprune.analysis) is not available")
-    from onnxprune.analysis import AnalyzeOptions, analyze
-
-    settings, prune_settings = config.analyze, config.prune
-    # measured as the rounds prune: with reconstruction when they reconstruct (the analysis data calibrates
-    # it), at the channels their criterion picks (a data criterion needs analysis data; else l1)
-    rounds_reconstruct = prune_settings.data is not None and prune_settings.reconstruct is not False
-    criterion = prune_settings.criterion or ("greedy" if rounds_reconstruct else "act" if prune_settings.data else "l1")
-    if criterion in DATA_CRITERIA and settings.data is None:
-        criterion = "l1"
-    reconstruct = rounds_reconstruct and settings.data is not None
-    options = AnalyzeOptions(data=settings.data, eval=settings.eval, criterion=criterion, workers=settings.workers,
-                             round_to=prune_settings.round_to, attention=prune_settings.attention,
-                             reconstruct=reconstruct)
-    if settings.ratios:
-        options.ratios = list(settings.ratios)
-
-    def run_analysis(model: Model, cache: Path) -> SensitivityTable:
-        return analyze(model, replace(options, cache_dir=cache)).table
-
-    return run_analysis
-
-
-def format_table(result: RunResult) -> str:
-    """The per-round report as text."""
-    from onnxprune.report import human
-
-    head = (f"{'round':>5} {'asked':>6} {'MACs':>9} {'removed':>8} {'params':>9} {'before':>8} {'after':>8} "
-            f"{'trial':>5} {'time':>7}  result")
-    base = (f"{'base':>5} {'':>6} {human(result.baseline_macs):>9} {'':>8} {human(result.baseline_params):>9} "
-            f"{'':>8} {_num(result.baseline_metric):>8}")
-    lines = [head, base]
-    for r in result.rounds:
-        verdict = "accepted" if r.accepted else "rejected"
-        if r.backoff:
-            verdict += f" (smaller step {r.backoff})"
-        lines.append(f"{r.round:>5} {r.ratio_asked:>6.1%} {human(r.macs):>9} {r.macs_removed:>8.1%} "
-                     f"{human(r.params):>9} {_num(r.metric_before):>8} {_num(r.metric_after):>8} "
-                     f"{r.best_trial:>5} {r.seconds:>6.1f}s  {verdict}")
-    lines.append(f"{'final':>5} {result.target:>6.1%} {human(result.macs):>9} {result.macs_removed:>8.1%} "
-                 f"{human(result.params):>9} {'':>8} {_num(result.metric):>8}")
-    lines.append(f"dense model: {result.dense}" + (f" (encrypted: {result.encrypted})" if result.encrypted else ""))
-    if result.stopped:
-        lines.append(f"stopped early: {result.stopped}")
-    return "\n".join(lines)
 
 
 # --- the loop ------------------------------------------------------------------------------------------
@@ -194,7 +105,7 @@ class _Loop:
         self.wd = wd
         self.analyze = analyze
         self.say = say
-        self.shapes = io.parse_input_shapes(config.input_shapes)
+        self.shapes = parse_input_shapes(config.input_shapes)
         self.options = PruneOptions(ratio=0.5, mode="sparse", criterion=config.prune.criterion,
                                     round_to=config.prune.round_to, exclude=list(config.prune.exclude),
                                     attention=config.prune.attention,
@@ -209,13 +120,13 @@ class _Loop:
         proto = self._baseline(given)
         base = self.wd.read_json("baseline.json")
         if base is None:
-            model = io.from_proto(proto, self.shapes)
+            model = from_proto(proto, self.shapes)
             macs, params = totals(layer_costs(model))
             start = time.perf_counter()
             metric = _metric(self.adapter.evaluate(proto), "baseline")
             base = {"metric": metric, "macs": macs, "params": params, "seconds": time.perf_counter() - start}
             self.wd.write_json("baseline.json", base)
-        self.say(f"baseline: metric {_num(base['metric'])}, {base['macs']} MACs")
+        self.say(f"baseline: metric {num(base['metric'])}, {base['macs']} MACs")
         state = _State(proto, base["metric"], 0.0)
         rounds: list[Round] = []
         stopped = None
@@ -238,7 +149,7 @@ class _Loop:
         if given is None and self.config.model is not None:
             given = self.config.model
         if isinstance(given, (str, os.PathLike)):
-            given = io.read_proto(given)
+            given = read_proto(given)
         if given is None and not self.wd.has("baseline.onnx"):
             raise OnnxPruneError("no baseline model: set `model` in the run config or pass one to run()")
         return given
@@ -296,7 +207,7 @@ class _Loop:
             self.say(f"round {number}: pruned to {done['macs_removed']:.1%} of MACs (checkpoint)")
             return done
         start = time.perf_counter()
-        model = io.from_proto(state.proto, self.shapes)
+        model = from_proto(state.proto, self.shapes)
         groups = find_groups(model, self.options.attention)
         options = replace(self.options, ratio=ask, sensitivity=self._sensitivity(model, folder))
         result = prune(model, options, groups=groups)  # sparse; with data, the readers of removed channels re-solved
@@ -312,7 +223,7 @@ class _Loop:
                 "notes": plan.notes}
         self.wd.write_json(f"{folder}/pruned.json", done)
         self.say(f"round {number}: pruned to {plan.macs_ratio:.1%} of MACs (asked {ask:.1%}), metric "
-                 f"{_num(metric)} before fine-tuning")
+                 f"{num(metric)} before fine-tuning")
         return done
 
     def _sensitivity(self, model: Model, folder: str) -> SensitivityTable | None:
@@ -338,10 +249,10 @@ class _Loop:
                     masks = Masks.from_npz(self.wd.read_bytes(f"{folder}/masks.npz"), f"{folder}/masks.npz")
                     inputs = (self.wd.read_model(f"{folder}/sparse.onnx"), masks)
                 record = self._trial(name, inputs, settings, f"round {number} trial {index}")
-                self.say(f"round {number} trial {index}/{len(trials)} {_brief(settings)}: metric "
-                         f"{_num(record['metric'])} ({record['seconds']:.1f} s)")
+                self.say(f"round {number} trial {index}/{len(trials)} {brief(settings)}: metric "
+                         f"{num(record['metric'])} ({record['seconds']:.1f} s)")
             else:
-                self.say(f"round {number} trial {index}/{len(trials)}: metric {_num(record['metric'])} (checkpoint)")
+                self.say(f"round {number} trial {index}/{len(trials)}: metric {num(record['metric'])} (checkpoint)")
             records.append(record)
         best = max(range(len(records)), key=lambda i: (records[i]["metric"], -i))
         reference = base["metric"] if self.config.schedule.compare_to == "baseline" else state.metric
@@ -352,8 +263,8 @@ class _Loop:
         row = Round(number, pruned["ratio_asked"], pruned["macs"], pruned["params"], pruned["macs_removed"],
                     pruned["metric"], metric, best + 1, records[best]["settings"], accepted, backoff, seconds,
                     list(pruned["notes"]))
-        self.say(f"round {number}: best trial {best + 1}, metric {_num(metric)} "
-                 f"{'>=' if accepted else '<'} {_num(reference)} - {tolerance:g}: "
+        self.say(f"round {number}: best trial {best + 1}, metric {num(metric)} "
+                 f"{'>=' if accepted else '<'} {num(reference)} - {tolerance:g}: "
                  f"{'accepted' if accepted else 'rejected'}")
         return row, lambda: self.wd.read_model(f"{folder}/trial-{best + 1}.onnx")
 
@@ -377,7 +288,7 @@ class _Loop:
         dense_proto = None
         if final is None:
             start = time.perf_counter()
-            result = transform(io.from_proto(state.proto, self.shapes))
+            result = transform(from_proto(state.proto, self.shapes))
             dense_proto = result.model
             self.wd.write_model("dense.onnx", dense_proto)
             final = {"macs": result.plan.macs_after, "params": result.plan.params_after,
@@ -387,15 +298,15 @@ class _Loop:
         if self.config.output:
             if dense_proto is None:
                 dense_proto = self.wd.read_model("dense.onnx")
-            io.save(dense_proto, self.config.output)
+            save(dense_proto, self.config.output)
             dense = Path(self.config.output)
         encrypted = self._encrypt(dense) if self.config.encrypt is not None else None
         result = RunResult(base["metric"], base["macs"], base["params"], rounds, state.metric, final["macs"],
                            final["params"], 1 - final["macs"] / base["macs"] if base["macs"] else 0.0,
                            self.config.schedule.target, stopped, str(dense), encrypted)
         self.wd.write_json("report.json", result.to_dict())
-        self.say(f"done: {result.macs_removed:.1%} of MACs removed, metric {_num(result.metric)} "
-                 f"(baseline {_num(result.baseline_metric)}) -> {dense}")
+        self.say(f"done: {result.macs_removed:.1%} of MACs removed, metric {num(result.metric)} "
+                 f"(baseline {num(result.baseline_metric)}) -> {dense}")
         return result
 
     def _encrypt(self, dense: Path) -> str:
@@ -418,14 +329,6 @@ def _metric(value: Any, where: str) -> float:
 
 def _digest(proto: onnx.ModelProto) -> str:
     return hashlib.sha256(proto.SerializeToString()).hexdigest()
-
-
-def _num(value: float) -> str:
-    return f"{value:.4g}"
-
-
-def _brief(settings: dict[str, Any]) -> str:
-    return "{" + ", ".join(f"{k}={v}" for k, v in settings.items()) + "}"
 
 
 def _stderr(message: str) -> None:

@@ -1,0 +1,1 @@
+"""`analyze`: the sensitivity table (entries, metrics, evaluation, executors, the resumable cache)."""

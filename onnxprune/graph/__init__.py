@@ -1,0 +1,1 @@
+"""The boundary to protobuf: load, check and save models, shapes, onnxruntime sessions, subgraphs."""

@@ -1,0 +1,1 @@
+"""Channel groups, importance, plans, surgery (sparse and slim), cost, inspect, transform."""
