@@ -52,7 +52,8 @@ def main() -> int:
     args = parser.parse_args()
 
     import onnxprune
-    from onnxprune.analysis.analyze import AnalyzeOptions, analyze, mask_points
+    from onnxprune.analysis.analyze import AnalyzeOptions, analyze
+    from onnxprune.analysis.entries import mask_points
     from onnxprune.analysis.evaluator import FullRunner
     from onnxprune.analysis.metrics import Fidelity
     from onnxprune.analysis.table import parse_ratios, ratio_key

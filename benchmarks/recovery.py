@@ -16,6 +16,8 @@ inputs, with real unlabeled calibration inputs. For each target ratio of MACs re
 - greedy + recon. + sens: the same, per-group ratios from the `analyze` table
 - greedy + recon. + recon. sens: the same, per-group ratios from `analyze --reconstruct` (each entry
                          measured with the layers reading the group re-solved, channels chosen by greedy)
+- greedy + recon. + recon. agreement sens: the same with `--metric agreement` (the share of the unpruned
+                         model's arg-max decisions kept) instead of fidelity
 
 The data variants need PruneOptions.data; without it they print n/a. Each prune runs in a fresh child
 process (spawn), so its wall time and peak RSS are its own. Needs `pip install -e '.[bench]'` (Pillow to
@@ -61,10 +63,12 @@ DATA_VARIANTS = {  # variant -> PruneOptions fields besides ratio and data
     "greedy + recon.": {"criterion": "greedy", "reconstruct": True, "allocation": "uniform"},
     "greedy + recon. + sens": {"criterion": "greedy", "reconstruct": True},
     "greedy + recon. + recon. sens": {"criterion": "greedy", "reconstruct": True},
+    "greedy + recon. + recon. agreement sens": {"criterion": "greedy", "reconstruct": True},
 }
 TABLE_OF = {  # variant -> the `analyze` table it allocates by: plain, or measured with reconstruction
     "sensitivity": "plain", "act + recon. + sens": "plain", "greedy + recon. + sens": "plain",
     "greedy + recon. + recon. sens": "reconstructed",
+    "greedy + recon. + recon. agreement sens": "reconstructed agreement",
 }
 VARIANTS = ("uniform L1", "sensitivity", *DATA_VARIANTS)
 GOALS = {0.3: 0.98, 0.5: 0.90}  # ratio -> kept fraction the best data-aware variant must reach
@@ -130,12 +134,13 @@ def run_variant(task: Task, options: dict, calib_npz: str | None, baseline: floa
 
 def sensitivity_table(task: Task, calib_npz: Path, kind: str) -> tuple[SensitivityTable, float]:
     """The `analyze` table on the calibration inputs (cached under benchmarks/out/recovery/cache); kind
-    "reconstructed" is `analyze --reconstruct`."""
+    "reconstructed" is `analyze --reconstruct`, "reconstructed agreement" adds `--metric agreement`."""
     from onnxprune.analysis.analyze import AnalyzeOptions, analyze
 
     start = time.perf_counter()
     options = AnalyzeOptions(data=str(calib_npz), ratios=TABLE_RATIOS, cache_dir=WORK / "cache",
-                             reconstruct=kind == "reconstructed")
+                             reconstruct=kind.startswith("reconstructed"),
+                             metric="agreement" if kind.endswith("agreement") else None)
     table = analyze(onnxprune.load(task.model_path, task.input_shapes), options).table
     return table, time.perf_counter() - start
 
@@ -200,16 +205,16 @@ def run_task(module: str, ratios: list[float], calib: int | None, variants: list
 def print_table(task: Task, baseline: float, ratios: list[float],
                 cells: dict[str, dict[float, Cell]]) -> None:
     print(f"\n{task.name}: {task.metric} (kept % of {baseline:.4f}) at MACs removed")
-    print(f"{'variant':<30}" + "".join(f"{f'{r:.0%}':>18}" for r in ratios))
+    print(f"{'variant':<40}" + "".join(f"{f'{r:.0%}':>18}" for r in ratios))
     for variant, row in cells.items():
-        print(f"{variant:<30}" + "".join(f"{row[r].text():>18}" for r in ratios))
-    print(f"{'(MACs removed / prune s / peak MB)':<30}")
+        print(f"{variant:<40}" + "".join(f"{row[r].text():>18}" for r in ratios))
+    print(f"{'(MACs removed / prune s / peak MB)':<40}")
     for variant, row in cells.items():
         if all(c.error for c in row.values()):
             continue
         text = ["-" if c.error else f"{c.macs_removed:.1%}/{c.seconds:.1f}/{c.peak_rss_mb:.0f}"
                 for c in row.values()]
-        print(f"{variant:<30}" + "".join(f"{t:>18}" for t in text))
+        print(f"{variant:<40}" + "".join(f"{t:>18}" for t in text))
     for variant, row in cells.items():
         for ratio, cell in row.items():
             if cell.error and cell.error.startswith("failed"):

@@ -38,6 +38,9 @@ def _parser_analyze(p: argparse.ArgumentParser) -> None:
                    "optional integer `labels` for top-1 (default: random inputs, fidelity)")
     p.add_argument("--eval", metavar="MOD:FUNC", help="your metric: package.module:function(run, data) -> float, "
                    "higher is better")
+    p.add_argument("--metric", choices=("fidelity", "agreement"), help="label-free metric (default: top-1 "
+                   "with labels, else fidelity): fidelity, the outputs' distance to the unpruned model's; "
+                   "agreement, the share of its arg-max predictions kept (classifiers, text recognizers)")
     p.add_argument("--ratios", metavar="R,R,...", help="fractions of each group's channels to zero "
                    "(default 0.1,0.2,...,0.9)")
     p.add_argument("--criterion", help="channel importance: l1, l2, bn; with --data also act or greedy "

@@ -228,7 +228,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         data=args.data, eval=args.eval, ratios=parse_ratios(args.ratios) if args.ratios is not None else list(DEFAULT_RATIOS),
         criterion=args.criterion, workers=args.workers, ray=args.ray, cache_dir=args.cache or default_cache_dir(),
         force=args.force, val=args.val, providers=parse_providers(args.providers), attention=args.attention,
-        round_to=args.round_to, reconstruct=args.reconstruct,
+        round_to=args.round_to, reconstruct=args.reconstruct, metric=args.metric,
     )
     options.check()
     model = _load(args)

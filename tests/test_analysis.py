@@ -8,7 +8,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxprune
-from onnxprune.analysis.analyze import AnalyzeOptions, analyze, mask_points
+from onnxprune.analysis.analyze import AnalyzeOptions, analyze
+from onnxprune.analysis.entries import mask_points
 from onnxprune.analysis.evaluator import FullRunner
 from onnxprune.analysis.metrics import Fidelity, Top1, relative_distance
 from onnxprune.analysis.table import ratio_key

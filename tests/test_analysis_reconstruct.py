@@ -111,3 +111,36 @@ def test_the_table_says_how_it_was_measured_and_prune_warns_on_a_mismatch(redund
     plain = analyze(onnxprune.load(path), AnalyzeOptions(data=str(data), ratios=[0.25, 0.5])).table
     with pytest.warns(UserWarning, match="analyze --reconstruct"):
         prune(onnxprune.load(path), PruneOptions(ratio=0.2, sensitivity=plain, data=str(data), round_to=1))
+
+
+def test_agreement_counts_kept_decisions_not_confidence(tmp_path) -> None:
+    """Agreement follows the arg-max decisions: a change that only sharpens or flattens the scores keeps
+    it at 1 while fidelity drops; a change that flips decisions lowers it by the share flipped."""
+    from onnxprune.analysis.metrics import Agreement, Fidelity, predictions
+    from onnxprune.data import Dataset
+
+    scores = np.random.default_rng(0).standard_normal((8, 5, 7))  # [N, T, C]: a sequence model's logits
+    data = Dataset({"x": np.zeros((8, 1), np.float32)}, batch_size=4)
+    agreement, fidelity = Agreement(data), Fidelity(data)
+    batches = {k: scores[k * 4:(k + 1) * 4] for k in range(2)}
+    for metric in (agreement, fidelity):
+        metric.record(lambda feeds, key: {"y": batches[key]})
+    sharper = {k: 3 * v for k, v in batches.items()}
+    assert agreement(lambda feeds, key: {"y": sharper[key]}) == 1.0
+    assert fidelity(lambda feeds, key: {"y": sharper[key]}) < 0
+    flipped = {k: v.copy() for k, v in batches.items()}
+    flipped[0][0, 0] = -flipped[0][0, 0]  # one of the 40 positions changes its arg-max (7 classes, N(0,1))
+    changed = int((predictions(flipped[0]) != predictions(batches[0])).sum())
+    assert changed == 1 and agreement(lambda feeds, key: {"y": flipped[key]}) == 1 - changed / 40
+    assert predictions(np.zeros((2, 3, 4, 4))).shape == (2, 4, 4)  # [N, C, H, W]: the class axis is 1
+
+
+def test_analyze_takes_agreement(redundant, tmp_path, capsys) -> None:
+    path, data, _, _ = redundant
+    table = analyze(onnxprune.load(path), AnalyzeOptions(data=str(data), ratios=[0.5], metric="agreement")).table
+    assert table.metric == "agreement" and table.baseline == 1.0 and 0 <= table.groups["fc1"]["0.5"] <= 1
+    with pytest.raises(OnnxPruneError, match="choose fidelity or agreement"):
+        AnalyzeOptions(metric="top5").check()
+    assert main(["analyze", str(path), "--data", str(data), "--metric", "agreement", "--ratios", "0.5",
+                 "--cache", str(tmp_path / "c")]) == 0
+    assert "agreement" in capsys.readouterr().out

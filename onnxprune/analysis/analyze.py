@@ -5,12 +5,7 @@ criterion), and the metric is that of the sparse model `surgery` would write: wh
 you get. Entries run through an executor (this process, a process pool, Ray), each finished entry is
 written to the resumable cache, and the part of the network before a group is computed once per group.
 
-How an entry reaches the model (see `split`): when every node that reads the group's zeroed weights
-outputs exact zeros for the removed channels in the sparse model (a Conv, Gemm, MatMul or BN with zeroed
-weights; an Add of a zeroed bias to a masked output: the registry entries' `zero_maker` and `zero_keeper`;
-see `mask_points`), multiplying those outputs by a 0/1 mask is the same function as zeroing the weights,
-and one session serves every ratio of the group.
-Otherwise the group's zeroed weights themselves are put in (weights mode, one session per entry).
+How an entry reaches the model (masks, or its weights put in) is `entries`.
 
 Example:
     model = onnxprune.load("model.onnx")
@@ -29,12 +24,21 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import onnx_graphsurgeon as gs
 
 from onnxprune.analysis.cache import AnalysisCache, cache_key, removal_digest
-from onnxprune.analysis.evaluator import DEFAULT_PREFIX_BUDGET, Entry, Evaluator, Job, Payload
+from onnxprune.analysis.entries import Work, entries
+from onnxprune.analysis.evaluator import DEFAULT_PREFIX_BUDGET, Evaluator, Payload
 from onnxprune.analysis.executors import make_executor, require_ray, split_jobs
-from onnxprune.analysis.metrics import Fidelity, Metric, Top1, UserEval, eval_source_digest, load_eval
+from onnxprune.analysis.metrics import (
+    RELATIVE,
+    Agreement,
+    Fidelity,
+    Metric,
+    Top1,
+    UserEval,
+    eval_source_digest,
+    load_eval,
+)
 from onnxprune.analysis.table import DEFAULT_RATIOS, SensitivityTable, check_analysis, ratio_key
 from onnxprune.data import (
     DEFAULT_BATCH,
@@ -46,17 +50,14 @@ from onnxprune.data import (
     random_data,
 )
 from onnxprune.errors import OnnxPruneError, OptionError
-from onnxprune.graph.model import Model, stored_values, with_weights
-from onnxprune.graph.split import MaskPoint
+from onnxprune.graph.model import Model, with_weights
 from onnxprune.progress import Progress
 from onnxprune.pruning.channels import Group, find_groups
 from onnxprune.pruning.importance import DATA_CRITERIA, get_criterion
 from onnxprune.pruning.plan import Plan, Planner, candidate_groups, named_groups
-from onnxprune.pruning.surgery import removed_slices, sparse_values
 from onnxprune.recover.calibration import Batches, calibration_batches
-from onnxprune.recover.resolve import Resolved, entry_values, resolved_readers
+from onnxprune.recover.resolve import resolved_readers
 from onnxprune.recover.scores import data_criterion
-from onnxprune.rules import ZEROED_ROLES, entry_for
 
 FLAT = 1e-9  # a metric that moves less than this is "flat"
 MIN_VAL_FRACTION = 0.5  # the Vitis guideline: analyze on at least half of the validation set
@@ -77,6 +78,7 @@ class AnalyzeOptions:
     ratios: list[float] = field(default_factory=lambda: list(DEFAULT_RATIOS))
     criterion: str | None = None  # None: "greedy" with reconstruction, else "l1" (as `prune`)
     reconstruct: bool = False  # measure each entry with the layers reading the group re-solved (needs data)
+    metric: str | None = None  # "fidelity" or "agreement" (label-free); None: top-1 with labels, else fidelity
     workers: int = 1
     ray: str | None = None  # a Ray address; runs the entries as Ray tasks
     cache_dir: str | Path | None = None  # None: no cache (the CLI defaults to `default_cache_dir()`)
@@ -103,6 +105,10 @@ class AnalyzeOptions:
             raise OptionError(f"{{round_to}} {self.round_to} must be >= 1")
         if self.batch_size < 1:
             raise OnnxPruneError(f"batch size {self.batch_size} must be >= 1")
+        if self.metric not in (None, "fidelity", "agreement"):
+            raise OptionError(f"{{metric}} {self.metric!r}: choose fidelity or agreement (or give labels, or {{eval}})")
+        if self.metric is not None and self.eval is not None:
+            raise OptionError("give {metric} or {eval}, not both")
         if self.reconstruct and self.data is None:
             raise OptionError("{reconstruct} needs calibration data ({data})")
         get_criterion(self.chosen_criterion, data=self.data is not None)
@@ -157,7 +163,7 @@ def analyze(model: Model, options: AnalyzeOptions, progress: Callable[[Progress]
     todo = [(g, k) for g in targets for k in _keys(options) if not cache.has(g.id, k, chosen[(g.id, k)])]
     payload = Payload(key, proto, metric, options.providers, 0, options.prefix_budget)
     evaluator = None
-    if cache.baseline is None or (todo and isinstance(metric, Fidelity)):
+    if cache.baseline is None or (todo and isinstance(metric, RELATIVE)):
         evaluator = Evaluator(payload)
         baseline = evaluator.baseline()  # also records a fidelity metric's reference outputs
         if cache.baseline is None:
@@ -166,7 +172,7 @@ def analyze(model: Model, options: AnalyzeOptions, progress: Callable[[Progress]
     if options.reconstruct and todo:
         resolved = resolved_readers(model, groups, _removals(todo, plans), batches, options.providers,
                                     progress=progress)
-    work = _entries(model, groups, plans, todo, resolved)
+    work = entries(model, groups, plans, todo, resolved)
     evaluated = _run(work, payload, evaluator, options, cache, chosen, len(plans) - len(todo), len(plans), progress)
     table = _table(planner, targets, _keys(options), cache, metric, data, options.chosen_criterion)
     table.reconstruct = options.reconstruct
@@ -200,7 +206,7 @@ def _removals(todo: list[tuple[Group, str]], plans: dict[tuple[str, str], Plan])
     return removals
 
 
-def _run(work: _Work, payload: Payload, evaluator: Evaluator | None, options: AnalyzeOptions, cache: AnalysisCache,
+def _run(work: Work, payload: Payload, evaluator: Evaluator | None, options: AnalyzeOptions, cache: AnalysisCache,
          chosen: dict, done: int, total: int, progress: Callable[[Progress], None] | None) -> int:
     """Evaluate the work's jobs into the cache (entries that change nothing get the baseline); returns how
     many entries were evaluated."""
@@ -242,7 +248,9 @@ def _data(model: Model, options: AnalyzeOptions, note: Callable[[str], None]) ->
 def _metric(data: Dataset, options: AnalyzeOptions) -> Metric:
     if options.eval is not None:
         return UserEval(options.eval, data if options.data is not None else None)
-    return Top1(data) if data.labels is not None else Fidelity(data)
+    if options.metric == "agreement":
+        return Agreement(data)
+    return Top1(data) if data.labels is not None and options.metric is None else Fidelity(data)
 
 
 def _settings(model: Model, data: Dataset, metric: Metric, options: AnalyzeOptions) -> dict:
@@ -259,103 +267,6 @@ def _settings(model: Model, data: Dataset, metric: Metric, options: AnalyzeOptio
         "batch_size": data.batch_size,
         "data": data.source if options.data is None else Path(data.source).name,
     }
-
-
-# --- entries -----------------------------------------------------------------------------------------
-
-
-def mask_points(model: Model, group: Group) -> list[MaskPoint] | None:
-    """Where masks reproduce the group's sparse model exactly, or None when only its weights can.
-
-    A node that reads a zeroed weight gets a mask on its output when its sparse output is exactly zero
-    there: always for a `zero_maker` operator, and for a `zero_keeper` (f(0, 0) = 0) when its other inputs
-    are masked.
-    """
-    weights = model.weights()
-    if any(isinstance(v, gs.Graph) for node in model.graph.nodes for v in node.attrs.values()):
-        return None  # a subgraph (If, Loop) may read a tensor by name from outside: no renaming there
-    zeroed = {m.tensor for m in group.members if m.role in ZEROED_ROLES and m.tensor in weights}
-    points: list[MaskPoint] = []
-    masked_by: dict[str, object] = {}  # masked tensor -> the node making it
-    for node in model.graph.nodes:
-        used = [t for t in node.inputs if t.name in zeroed]
-        if not used:
-            continue
-        masked = {p.tensor for p in points}
-        others = [t for t in node.inputs if t.name not in weights]
-        rule = entry_for(node)
-        if rule is None or not node.outputs:
-            return None
-        if not (rule.zero_maker or (rule.zero_keeper and all(t.name in masked for t in others))):
-            return None
-        out = node.outputs[0]
-        members = [m for m in group.members if m.tensor == out.name and not m.is_weight]
-        shape = model.shapes.get(out.name)
-        if not members or shape is None:
-            return None
-        dtype = np.dtype(used[0].values.dtype).name
-        points += [MaskPoint(out.name, m.axis, m.size, len(shape), dtype) for m in members]
-        masked_by[out.name] = node
-    return [p for p in points if not _masked_later(p, masked_by)] or None
-
-
-def _masked_later(point: MaskPoint, masked_by: dict) -> bool:
-    """True when every reader of the point is a channel-wise node whose output is masked anyway: then
-    this mask changes nothing (and leaving it out keeps Conv+BN fusable and the cut later)."""
-    readers = [n for n in masked_by[point.tensor].outputs[0].outputs]
-    masked = {id(n) for n in masked_by.values()}
-    return bool(readers) and all(id(n) in masked and _channelwise(n) for n in readers)
-
-
-def _channelwise(node: gs.Node) -> bool:
-    rule = entry_for(node)
-    return rule is not None and rule.channelwise
-
-
-@dataclass
-class _Work:
-    """The entries left to compute: jobs, entries that zero nothing (the baseline's metric), and entries
-    that zero the same channels as another (computed once)."""
-
-    jobs: list[Job] = field(default_factory=list)
-    unchanged: list[tuple[str, str]] = field(default_factory=list)
-    same: dict[tuple[str, str], list[str]] = field(default_factory=dict)
-
-
-def _entries(model: Model, groups: list[Group], plans: dict[tuple[str, str], Plan],
-             todo: list[tuple[Group, str]], resolved: Resolved | None = None) -> _Work:
-    """The jobs for `todo`; with `resolved` (reconstruction) every entry puts its weights in: the zeroed
-    ones and the re-solved readers'."""
-    work, jobs = _Work(), {}
-    first: dict[tuple[str, tuple[int, ...]], str] = {}
-    for group, key in todo:
-        plan = plans[(group.id, key)]
-        removed = tuple(plan.groups[group.id].removed) if group.id in plan.groups else ()
-        if not removed:
-            work.unchanged.append((group.id, key))
-            continue
-        earlier = first.setdefault((group.id, removed), key)
-        if earlier != key:
-            work.same.setdefault((group.id, earlier), []).append(key)
-            continue
-        job = jobs.get(group.id)
-        if job is None:
-            points = mask_points(model, group) if resolved is None else None
-            job = jobs[group.id] = Job(group.id, [], points or [])
-        if resolved is not None:
-            weights = stored_values(model, entry_values(model, groups, plan, resolved.get((group.id, key), {})))
-            job.weights = sorted(set(job.weights) | set(weights))
-            job.entries.append(Entry(key, weights=weights))
-        elif job.points:
-            slices = {(m.tensor, m.axis): index for m, index in removed_slices(groups, plan)}
-            zeroed = [slices.get((p.tensor, p.axis), np.zeros(0, np.int64)) for p in job.points]
-            job.entries.append(Entry(key, zeroed=zeroed))
-        else:
-            weights = stored_values(model, sparse_values(model, groups, plan))
-            job.weights = sorted(set(job.weights) | set(weights))
-            job.entries.append(Entry(key, weights=weights))
-    work.jobs = list(jobs.values())
-    return work
 
 
 # --- the table and its checks ----------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnxprune.analysis.metrics import Fidelity, Metric, feeds_digest
+from onnxprune.analysis.metrics import RELATIVE, Metric, feeds_digest
 from onnxprune.errors import OnnxPruneError
 from onnxprune.graph.runtime import session
 from onnxprune.graph.split import MaskPoint, Split, split
@@ -77,10 +77,10 @@ class Evaluator:
         return session(model, self.payload.providers, self.payload.threads)
 
     def baseline(self) -> float:
-        """The unpruned model's metric; for fidelity, record the reference outputs (fidelity 1 by definition)."""
+        """The unpruned model's metric; for fidelity and agreement, record the reference outputs (1 by definition)."""
         runner = FullRunner(self.session(self.payload.model))
         metric = self.payload.metric
-        if isinstance(metric, Fidelity):
+        if isinstance(metric, RELATIVE):
             metric.record(runner)
             return 1.0
         return metric(runner)

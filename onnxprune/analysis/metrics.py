@@ -12,6 +12,11 @@ axis 0. The metric, higher is better:
   relative distance means the same predictions, and a growing one means more of them flip. Unlike top-1
   it is continuous, so a few hundred unlabeled samples already rank the groups, and it works for any
   head (detection, embeddings, regression).
+- `agreement` (`--metric agreement`), also without labels: the fraction of predictions the unpruned model
+  makes that the model still makes — the arg-max of the first output over its class axis (the last axis
+  of [N, C] and [N, T, C] outputs, axis 1 of [N, C, H, W]), per sample and position. Where the decision
+  is an arg-max (classifiers, CTC text recognizers) it follows the decisions only; fidelity also counts
+  how sure the model is, which moves a lot on peaked softmax outputs while no decision changes.
 - `--eval package.module:function` for anything else (mAP, WER, BLEU): the function is called as
   `function(run, data) -> float`, where `run(feeds)` takes a dict {input name: array} and returns a
   dict {output name: array}, and `data` holds every array of `--data` (an empty dict without it).
@@ -91,6 +96,34 @@ class Fidelity:
         return 1.0 - total / self.data.samples
 
 
+@dataclass
+class Agreement:
+    """Fraction of the unpruned model's arg-max predictions (first output, class axis `class_axis`) kept."""
+
+    data: Dataset
+    reference: list[np.ndarray] = field(default_factory=list)  # per batch: the unpruned predictions
+    name: str = "agreement"
+
+    def record(self, run: Runner) -> None:
+        self.reference = [predictions(next(iter(run(feeds, key=k).values()))) for k, feeds in self.data.batches()]
+
+    def __call__(self, run: Runner) -> float:
+        same = total = 0
+        for k, feeds in self.data.batches():
+            ours = predictions(next(iter(run(feeds, key=k).values())))
+            same += int(np.count_nonzero(ours == self.reference[k]))
+            total += ours.size
+        return same / max(total, 1)
+
+
+def predictions(scores: np.ndarray) -> np.ndarray:
+    """Arg-max over the class axis: the last of [N, C] and [N, T, C], axis 1 of [N, C, H, W, ...]."""
+    if scores.ndim < 2:
+        raise OnnxPruneError(f"agreement needs scores [N, classes, ...] as the first output; it is {list(scores.shape)}"
+                             " (use --eval for this model)")
+    return scores.argmax(axis=-1 if scores.ndim <= 3 else 1)
+
+
 def relative_distance(outputs: list[np.ndarray], reference: list[np.ndarray], n: int) -> np.ndarray:
     """Per sample: |y - y0| / |y0| over all outputs together (|y - y0| where y0 is all zero)."""
     diff = np.zeros(n)
@@ -125,7 +158,8 @@ class UserEval:
         return float(value)
 
 
-Metric = Top1 | Fidelity | UserEval
+Metric = Top1 | Fidelity | Agreement | UserEval
+RELATIVE = (Fidelity, Agreement)  # measured against the unpruned model's outputs: baseline 1 by definition
 
 
 def load_eval(spec: str) -> Callable:

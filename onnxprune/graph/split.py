@@ -7,7 +7,7 @@ them computes the same activations whatever the ratio. `split` cuts the graph th
 
 A change enters the suffix in one of two ways:
 - masks: a `Mul` by a 0/1 mask (a graph input) after each tensor where the sparse model's removed
-  channels are exact zeros (`analysis.mask_points` says where). One session serves every ratio of the
+  channels are exact zeros (`analysis.entries.mask_points` says where). One session serves every ratio of the
   group; an entry only feeds other masks.
 - weights: the group's zeroed weights are replaced in the suffix, one session per entry.
 
