@@ -20,6 +20,7 @@ from typing import BinaryIO
 @contextlib.contextmanager
 def atomic_writer(path: str | os.PathLike, mode: int | None = None) -> Iterator[BinaryIO]:
     """Open a temp file beside `path`; on success fsync and rename it over `path`, on error remove it.
+    The file gets `mode`, or by default what the umask gives any new file (the temp is 0600 meanwhile).
 
     Example:
         with atomic_writer("out.onnx") as f:
@@ -34,13 +35,23 @@ def atomic_writer(path: str | os.PathLike, mode: int | None = None) -> Iterator[
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode)
+        os.chmod(tmp, mode if mode is not None else _created_mode())  # the temp was private while written
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _created_mode() -> int:
+    """The mode a plain `open(path, "w")` would give a new file: 0666 less the process's umask."""
+    try:
+        with open("/proc/self/status") as status:  # reads the umask without changing it (Linux)
+            umask = next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        umask = os.umask(0o022)
+        os.umask(umask)
+    return 0o666 & ~umask
 
 
 _TEMP_MARK = ".onnxprune-"

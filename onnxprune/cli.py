@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import NoReturn
 
+from onnxprune import __version__
 from onnxprune.commands import (
     EXIT_INTERNAL,
+    EXIT_OK,
     EXIT_USAGE,
     cmd_analyze,
     cmd_decrypt,
@@ -78,9 +81,12 @@ def _add_attention(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="onnxprune", description="Structured channel pruning of ONNX models.")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = argparse.ArgumentParser(add_help=False)  # options every verb takes too, before or after it
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show tracebacks of internal errors and onnxruntime's warnings")
+    parser = _Parser(prog="onnxprune", description="Structured channel pruning of ONNX models.", parents=[common])
+    parser.add_argument("--version", action="version", version=f"onnxprune {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     verbs = (("inspect", cmd_inspect, _parser_inspect), ("prune", cmd_prune, _parser_prune),
              ("transform", cmd_transform, _parser_transform), ("keygen", cmd_keygen, _parser_keygen),
              ("encrypt", cmd_encrypt, _parser_encrypt), ("decrypt", cmd_decrypt, _parser_decrypt),
@@ -88,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
              ("iterate", cmd_iterate, _parser_iterate))
     for name, fn, arguments in verbs:
         doc = (fn.__doc__ or "").strip()
-        p = sub.add_parser(name, help=doc.split("\n\n")[0].replace("\n", " "), description=doc)
+        p = sub.add_parser(name, help=doc.split("\n\n")[0].replace("\n", " "), description=doc, parents=[common])
         p.set_defaults(func=fn)
         arguments(p)
     return parser
@@ -120,7 +126,8 @@ def _parser_prune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--round-to", type=int, default=None, metavar="N",
                    help="keep channel counts a multiple of N (default: 16 or 8 for wide layers, finer for narrow "
                         "ones; 1 for exact fractions)")
-    p.add_argument("--exclude", nargs="+", metavar="NODE", help="node names (or patterns) to keep whole")
+    p.add_argument("--exclude", action="append", metavar="NODE", help="a node name (or fnmatch pattern) whose "
+                   "channels are kept whole; repeat for more")
     p.add_argument("--mode", default="slim", choices=("slim", "sparse"), help="remove (slim) or zero (sparse)")
     p.add_argument("-o", "--output", required=True, help="where to write the pruned model")
     p.add_argument("--plan-out", help="write the plan (channels removed per group) as JSON")
@@ -182,12 +189,43 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 def main(argv: list[str] | None = None) -> int:
     _return_freed_memory()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help, --version (0), or a usage error already said in one line (2)
+        return int(stop.code or 0)
+    args.debug = getattr(args, "debug", False)  # before or after the verb; absent when given in neither
+    if not args.debug:
+        _quiet_onnxruntime()
     import warnings
 
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         return _dispatch(args)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit 2), as every other bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"onnxprune: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _quiet_onnxruntime() -> None:
+    """onnxruntime logs warnings in red for things that are not the user's concern (initializers listed
+    as inputs, unused constants); keep its log to errors unless --debug."""
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(3)
+
+
+def _closed_stdout() -> int:
+    """The reader of our output went away (`onnxprune inspect --json | head`): stop quietly. Python would
+    report the broken pipe again when it flushes stdout at exit, so point stdout at /dev/null first."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_OK
 
 
 _FLAGS = {"sensitivity": "--sens", "data": "--data CALIB.npz", "cache_dir": "--cache", "input_shapes": "--input-shape"}
@@ -211,6 +249,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("onnxprune: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _closed_stdout()
     except Exception as exc:
         if args.debug:
             raise

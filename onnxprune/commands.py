@@ -29,6 +29,9 @@ def _check_output(args: argparse.Namespace, *outputs: str | Path | None) -> None
     from onnxprune.outputs import check_outputs
 
     check_outputs([getattr(args, name, None) for name in _INPUT_OPTIONS], outputs)
+    for out in (Path(o) for o in outputs if o):
+        if not out.parent.exists():  # a typo in a path is not a request to create folders
+            raise OnnxPruneError(f"{out}: the folder {out.parent} does not exist; create it first")
     for folder in {Path(out).parent for out in outputs if out}:
         remove_stale_temps(folder)  # what killed runs left (decrypt's plaintext), even if this run fails
 
@@ -116,6 +119,9 @@ def cmd_transform(args: argparse.Namespace) -> int:
 
         write_bytes(args.output, encrypt_bytes(result.model.SerializeToString(), key))
     _print_prune_summary(result, args.output)
+    if not result.plan.groups:
+        print("note: no channel of this model is all zero, so nothing was removed: transform takes a sparse "
+              "model (`prune --mode sparse`, or a model fine-tuned with its masks)", file=sys.stderr)
     return EXIT_OK
 
 

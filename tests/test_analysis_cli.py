@@ -130,15 +130,15 @@ BAD = {
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, case: str) -> None:
     extra, message = BAD[case]
     out = tmp_path / "out" / "sens.json"
+    out.parent.mkdir()
     code = main(["analyze", DIGITS, "--cache", str(tmp_path / "cache"), "-o", str(out), "--plot",
                  str(tmp_path / "out" / "p.png"), *extra(tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert err[-1].startswith("onnxprune: error:") and message in err[-1], err
-    assert not out.parent.exists() or not any(out.parent.iterdir())
+    assert not any(out.parent.iterdir())
 
 
 def test_workers_and_ray_are_exclusive(capsys) -> None:
-    with pytest.raises(SystemExit) as exc:
-        main(["analyze", DIGITS, "--workers", "2", "--ray", "auto"])
-    assert exc.value.code == 2
+    assert main(["analyze", DIGITS, "--workers", "2", "--ray", "auto"]) == 2
+    assert "not allowed with argument" in capsys.readouterr().err

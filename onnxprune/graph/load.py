@@ -57,7 +57,8 @@ def read_proto(path: str | os.PathLike) -> onnx.ModelProto:
         raise OnnxPruneError(f"{path}: file is empty")
     ensure_plain_model(path, "decrypt it first")
     try:
-        proto = onnx.load(str(path), load_external_data=False)
+        # always the binary format: onnx would pick a text parser by the file's extension (.json, .txt)
+        proto = onnx.load(str(path), format="protobuf", load_external_data=False)
     except (DecodeError, RuntimeError, ValueError, OSError) as exc:
         raise OnnxPruneError(f"{path}: not an ONNX model ({first_line(exc)})") from None
     if not proto.graph.node:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from fnmatch import fnmatch
@@ -207,7 +208,11 @@ class Planner:
 
 
 def candidate_groups(model: Model, groups: list[Group], exclude: list[str]) -> list[Group]:
-    """Groups a plan may touch: prunable, with more than one channel, and not excluded."""
+    """Groups a plan may touch: prunable, with more than one channel, and not excluded. A pattern that
+    names no node is warned about (a typo would otherwise prune what the user meant to keep)."""
+    for pattern in exclude:
+        if not any(fnmatch(node.name, pattern) for node in model.graph.nodes):
+            warnings.warn(f"exclude pattern {pattern!r} matches no node name (see `onnxprune inspect`)", stacklevel=2)
     return [g for g in groups if g.prunable and g.channels > 1 and not excluded(model, g, exclude)]
 
 
@@ -243,8 +248,13 @@ def spec_ratios(spec: dict[str, float], groups: list[Group], all_groups: list[Gr
 def read_spec(path: str) -> dict[str, float]:
     """A `--spec` file: {group id: ratio}, or a plan file (whose groups' ratios are taken)."""
     data = read_json(path, "spec")
+    if isinstance(data, dict) and "baseline" in data and "metric" in data:
+        raise OnnxPruneError(f"{path}: a sensitivity table, not a spec; pass it as --sens (with --ratio)")
     if isinstance(data, dict) and isinstance(data.get("groups"), dict):
-        data = {k: (v["ratio"] if isinstance(v, dict) else v) for k, v in data["groups"].items()}
+        groups = data["groups"]
+        if not all(isinstance(v, dict) and "ratio" in v for v in groups.values()):
+            raise OnnxPruneError(f"{path}: a plan names each group's ratio; this one does not")
+        data = {k: v["ratio"] for k, v in groups.items()}
     if not isinstance(data, dict):
         raise OnnxPruneError(f"{path}: a spec maps group id to the ratio of channels removed")
     return data
