@@ -93,3 +93,28 @@ def test_transform_of_a_model_with_nothing_zeroed_says_why(tmp_path, capsys) -> 
     assert main(["transform", MODEL, "-o", str(tmp_path / "dense.onnx")]) == 0
     assert "no channel of this model is all zero" in capsys.readouterr().err
     assert Path(tmp_path / "dense.onnx").exists()
+
+
+def test_inspect_says_how_much_can_shrink_and_what_blocks_the_rest(tmp_path, capsys) -> None:
+    """x -> conv1 -> Relu -> conv2 -> y: conv1's outputs can shrink, its inputs (the model input) cannot;
+    conv2 reads the shrinkable channels and writes the model output: half of each layer, 50% in all."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["h"], name="conv1"), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Conv", ["r", "w2"], ["y"], name="conv2")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [numpy_helper.from_array(rng.standard_normal((8, 3, 1, 1)).astype(np.float32), "w1"),
+                               numpy_helper.from_array(rng.standard_normal((4, 8, 1, 1)).astype(np.float32), "w2")])
+    path = tmp_path / "two.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    assert main(["inspect", str(path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["shrinkable_macs"] == pytest.approx(0.5) and report["shrinkable_params"] == pytest.approx(0.5)
+    assert main(["inspect", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "can shrink: 50% of MACs, 50% of params" in text
+    assert "blocked, " in text and "is a model output" in text

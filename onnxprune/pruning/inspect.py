@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from onnxprune.graph.model import Model
 from onnxprune.pruning.channels import Group, find_groups
 from onnxprune.pruning.cost import layer_costs, totals
-from onnxprune.rules import CONTRACT, entry_for
+from onnxprune.rules import CONTRACT, IN, entry_for
 
 
 @dataclass
@@ -34,6 +34,14 @@ class Report:
     layers: list[LayerRow]
     groups: list[Group]
     group_macs: dict[str, int]  # MACs of the layers whose weights a group slices (producers and consumers)
+    shrinkable_macs: float = 0.0  # MACs-weighted share of the layers' channel axes a prunable group shrinks
+    shrinkable_params: float = 0.0  # the same, weighted by params
+
+    def blocked(self, top: int = 5) -> list[tuple[str, float]]:
+        """The groups that cannot be pruned, as (reason, share of the model's MACs they hold), most first."""
+        rows = [(g.reason or "", self.group_macs.get(g.id, 0) / max(self.macs, 1)) for g in self.groups
+                if not g.prunable and self.group_macs.get(g.id, 0)]
+        return sorted(rows, key=lambda r: -r[1])[:top]
 
     def to_dict(self) -> dict:
         """The `inspect --json` contract."""
@@ -42,6 +50,8 @@ class Report:
             "macs": self.macs,
             "params": self.params,
             "prunable_groups": sum(g.prunable for g in self.groups),
+            "shrinkable_macs": self.shrinkable_macs,
+            "shrinkable_params": self.shrinkable_params,
             "groups": [
                 {"id": g.id, "channels": g.channels, "prunable": g.prunable, "reason": g.reason,
                  "macs": self.group_macs.get(g.id, 0),
@@ -77,7 +87,28 @@ def inspect_model(model: Model, groups: list[Group] | None = None, attention: st
         rows.append(LayerRow(name, node.op, channels, cost.macs, cost.params, group.id if group else None,
                              bool(group and group.prunable), group.reason if group else None))
     macs, params = totals(list(costs.values()))
-    return Report(str(model.path or "model"), macs, params, rows, groups, group_macs(model, groups))
+    report = Report(str(model.path or "model"), macs, params, rows, groups, group_macs(model, groups))
+    shares = _shrinkable(model, groups, owner)
+    report.shrinkable_macs = sum(shares[c.node] * c.macs for c in costs.values()) / max(macs, 1)
+    report.shrinkable_params = sum(shares[c.node] * c.params for c in costs.values()) / max(params, 1)
+    return report
+
+
+def _shrinkable(model: Model, groups: list[Group], owner: dict[tuple[str, int], Group]) -> dict[str, float]:
+    """Per layer: half for its output channels and half for the input channels it reads, when a prunable
+    group shrinks them (1: both can shrink, 0.5: one, 0: neither)."""
+    reads = {m.tensor for g in groups if g.prunable for m in g.members if m.role in (IN, CONTRACT)}
+    shares = {}
+    for node in model.graph.nodes:
+        rule, out = entry_for(node), node.outputs[0] if node.outputs else None
+        shape = model.shapes.get(out.name) if out is not None else None
+        produced = False
+        if rule is not None and rule.out_axis is not None and shape:
+            group = owner.get((out.name, rule.out_axis % len(shape)))
+            produced = bool(group and group.prunable)
+        read = any(t.name in reads for t in node.inputs)
+        shares[node.name or (out.name if out is not None else "")] = 0.5 * produced + 0.5 * read
+    return shares
 
 
 def group_macs(model: Model, groups: list[Group]) -> dict[str, int]:
@@ -121,10 +152,16 @@ def format_report(report: Report, width: int = 48) -> str:
         share = report.group_macs.get(g.id, 0) / max(report.macs, 1)
         lines.append(f"{_cut(g.id, width):<{width}} {g.channels:>8} {share:>7.1%}  "
                      f"{'prunable' if g.prunable else g.reason}")
+    lines.append("(MACs %: the layers a group slices; a layer between two groups counts for both, so the column "
+                 "sums past 100%)")
     prunable = sum(g.prunable for g in report.groups)
     lines.append("")
     lines.append(f"total: {human(report.macs)} MACs, {human(report.params)} params, "
                  f"{prunable} of {len(report.groups)} channel groups prunable")
+    lines.append(f"can shrink: {report.shrinkable_macs:.0%} of MACs, {report.shrinkable_params:.0%} of params "
+                 "(a layer counts half for its output channels, half for its input channels)")
+    for reason, share in report.blocked():
+        lines.append(f"  blocked, {'<0.1%' if share < 0.001 else f'{share:.1%}'} of MACs: {reason}")
     return "\n".join(lines)
 
 
