@@ -142,3 +142,29 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, case: str) -> None:
 def test_workers_and_ray_are_exclusive(capsys) -> None:
     assert main(["analyze", DIGITS, "--workers", "2", "--ray", "auto"]) == 2
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_the_plot_legend_sits_outside_and_names_groups_as_the_table(tmp_path) -> None:
+    """60 groups with long exported names: the legend is right of the axes (it ran off the image inside
+    them) and its ids are cut as the text table cuts them."""
+    pytest.importorskip("matplotlib")
+    from onnxprune.analysis.table import (
+        SensitivityTable,
+        display_id,
+        format_table,
+        plot_table,
+        sensitivity_figure,
+    )
+
+    groups = {f"/model/encoder/layers.{i}/block/feed_forward/intermediate_dense/MatMul": {
+        "0.1": 1 - 0.001 * i, "0.5": 1 - 0.01 * i} for i in range(60)}
+    table = SensitivityTable("fidelity", 1.0, groups)
+    fig, legend = sensitivity_figure(table)
+    renderer = fig._get_renderer()
+    axes_box, legend_box = fig.axes[0].get_window_extent(renderer), legend.get_window_extent(renderer)
+    assert legend_box.x0 >= axes_box.x1
+    labels = [t.get_text().split(" ", 1)[1] for t in legend.get_texts() if t.get_text().startswith("#")]
+    assert labels and all(label in format_table(table) for label in labels)
+    assert labels[0] == display_id("/model/encoder/layers.59/block/feed_forward/intermediate_dense/MatMul")
+    plot_table(table, tmp_path / "sens.png")
+    assert (tmp_path / "sens.png").read_bytes()[:4] == b"\x89PNG"

@@ -223,31 +223,47 @@ def format_table(table: SensitivityTable, width: int = 40) -> str:
         share = table.macs_share.get(gid)
         cells = " ".join(f"{'nan' if row.get(k) is None else format(row[k], '.4f'):>6}" if k in row else f"{'':>6}"
                          for k in keys)
-        name = gid if len(gid) <= width else "…" + gid[-(width - 1):]
+        name = display_id(gid, width)
         lines.append(f"{name:<{width}} {table.channels.get(gid, ''):>5} "
                      f"{'' if share is None else format(share, '.1%'):>6} {table.tolerated(gid):>5.2f} {cells}")
     return "\n".join(lines)
 
 
+def display_id(gid: str, width: int = 40) -> str:
+    """A group id cut to `width` characters from the left ("…" first), the same in the table and the plot
+    (the end of an exported node name is the part that tells layers apart)."""
+    return gid if len(gid) <= width else "…" + gid[-(width - 1):]
+
+
 def plot_table(table: SensitivityTable, path: str | Path, highlight: int = 5) -> None:
-    """Metric-vs-ratio curves per group (as Distiller draws them); the most sensitive groups in color."""
+    """Metric-vs-ratio curves per group (as Distiller draws them) as a PNG; the most sensitive in color."""
+    fig, legend = sensitivity_figure(table, highlight)
+    buffer = io.BytesIO()  # the legend sits right of the plot, whatever the ids' length or the groups' count
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight", bbox_extra_artists=[legend])
+    fig.clf()
+    write_bytes(path, buffer.getvalue())
+
+
+def sensitivity_figure(table: SensitivityTable, highlight: int = 5):
+    """The figure of `plot_table` and its legend (outside the axes, ids cut as in `format_table`)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
     except ImportError:
         raise OnnxPruneError("--plot needs matplotlib: pip install 'onnxprune[plots]'") from None
     ranked = sorted(table.groups, key=table.sensitivity, reverse=True)
     marked = ranked[:highlight]
-    fig, ax = plt.subplots(figsize=(9, 5.5))
+    fig = Figure(figsize=(9, 5.5))
+    ax = fig.subplots()
     for gid in ranked[highlight:] + marked:  # the marked ones on top, and in rank order in the legend
         row = table.groups[gid]
         keys = sorted(row, key=float)
         xs = [0.0] + [float(k) for k in keys]
         ys = [table.baseline] + [math.nan if row[k] is None else row[k] for k in keys]
         if gid in marked:
-            ax.plot(xs, ys, marker="o", linewidth=2, label=f"#{marked.index(gid) + 1} {gid}")
+            ax.plot(xs, ys, marker="o", linewidth=2, label=f"#{marked.index(gid) + 1} {display_id(gid)}")
         else:
             ax.plot(xs, ys, color="0.75", linewidth=1)
     ax.axhline(table.baseline - TOLERATED_LOSS * abs(table.baseline), color="k", linestyle="--", linewidth=1,
@@ -257,12 +273,8 @@ def plot_table(table: SensitivityTable, path: str | Path, highlight: int = 5) ->
     rest = f"; gray: the other {len(ranked) - len(marked)}" if len(ranked) > len(marked) else ""
     ax.set_title(f"Sensitivity of {len(ranked)} channel groups (colored: the {len(marked)} most sensitive{rest})")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small", loc="lower left")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    write_bytes(path, buffer.getvalue())
+    legend = ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    return fig, legend
 
 
 # --- allocation: per-group ratios from the table -----------------------------------------------------
