@@ -17,8 +17,48 @@ from onnx import numpy_helper
 
 
 @dataclass
+class Quant:
+    """How a quantized weight (int8 values behind a dequantizing node) maps to its float values:
+    `float = (int - zero_point) * scale`, per tensor or per channel along `axis`.
+
+    Kept with the folded float weight so the file gets the integers back, and so slim pruning can slice
+    the scale and zero point with the channels (`lift.lower_quantized` writes the node back).
+    """
+
+    node: str  # the dequantizing node's name
+    attrs: dict  # its attributes (axis, ...)
+    scale: np.ndarray
+    zero_point: np.ndarray | None
+    scale_name: str
+    zero_point_name: str | None
+
+    @property
+    def axis(self) -> int | None:
+        """The channel axis of per-channel scales (None: one scale for the tensor)."""
+        return int(self.attrs.get("axis", 1)) if self.scale.size > 1 else None
+
+    def broadcast(self, values: np.ndarray, ndim: int) -> np.ndarray:
+        """Scale or zero point shaped to broadcast against a weight of rank `ndim`."""
+        if self.axis is None:
+            return values.reshape(())
+        shape = [1] * ndim
+        shape[self.axis % ndim] = -1
+        return values.reshape(shape)
+
+    def quantize(self, values: np.ndarray, dtype: np.dtype, scale: np.ndarray, zero_point: np.ndarray | None
+                 ) -> np.ndarray:
+        """Integers whose dequantized values are `values` (exact for values that came from integers)."""
+        ndim = values.ndim
+        q = np.rint(np.asarray(values, dtype=np.float64) / self.broadcast(scale.astype(np.float64), ndim))
+        if zero_point is not None:
+            q = q + self.broadcast(zero_point.astype(np.float64), ndim)
+        info = np.iinfo(dtype)
+        return np.clip(q, info.min, info.max).astype(dtype)
+
+
+@dataclass
 class Derived:
-    """A weight the exporter reshaped, transposed or cast at run time, folded at load time.
+    """A weight the exporter reshaped, transposed, cast or dequantized at run time, folded at load time.
 
     Writing the original graph back needs the inverse: the source's values from the folded ones.
     """
@@ -27,8 +67,11 @@ class Derived:
     perm: tuple[int, ...] | None  # transposed with this permutation
     shape: tuple[int, ...]  # the source's shape
     dtype: np.dtype
+    quant: Quant | None = None  # dequantized: the source holds integers
 
     def to_source(self, values: np.ndarray) -> np.ndarray:
+        if self.quant is not None:
+            return self.quant.quantize(values, self.dtype, self.quant.scale, self.quant.zero_point)
         if self.perm is not None:
             values = np.transpose(values, np.argsort(self.perm))
         return np.asarray(values).reshape(self.shape).astype(self.dtype)
