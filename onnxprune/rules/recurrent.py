@@ -101,7 +101,9 @@ def recurrent(node: gs.Node, port: Port, axis: int, ctx: Context) -> list[Bundle
     if not any(t.tensor is tensor and t.axis == axis for t in ties):
         return Stop(f"axis {axis} of '{tensor.name}' is not a hidden or input axis of {node.op} '{node.name}'")
     reason = _zero_keeping(node)
-    return Stop(reason) if reason else [Bundle(hidden, ties)]
+    if reason and not isinstance(tensor, gs.Constant):
+        return Stop(reason)  # from the weights the group still forms, and stops here with the reason
+    return [Bundle(hidden, ties)]
 
 
 def fix_hidden_size(node: gs.Node, removed: Removed, ctx: Context) -> None:
