@@ -85,28 +85,29 @@ def test_a_pruned_qdq_model_stays_qdq_with_the_same_quantization(name: str) -> N
                for k, dq in _weight_dq(slim_model).items())
 
 
-def test_slim_integers_are_the_original_integers_of_the_kept_channels() -> None:
-    """Requantizing the lifted floats gives back exactly the integers of every kept channel."""
+def _stem_pruned(make) -> tuple[dict, dict, np.ndarray]:
+    """The per-channel QDQ fixture's initializers before and after `make` (sparse or slim) at half the
+    channels, and the stem conv's removed channels."""
     name = "qdq_residual_per_channel"
     model = onnxprune.load(fixture_path(name))
     groups = find_groups(model)
     plan = make_plan(model, PruneOptions(ratio=0.5, round_to=1), groups)
-    before, after = _initializers(onnx.load(fixture_path(name))), _initializers(slim(model, groups, plan))
+    before, after = _initializers(onnx.load(fixture_path(name))), _initializers(make(model, groups, plan))
+    return before, after, plan.groups["/stem/stem.0/Conv"].removed
+
+
+def test_slim_integers_are_the_original_integers_of_the_kept_channels() -> None:
+    """Requantizing the lifted floats gives back exactly the integers of every kept channel."""
+    before, after, removed = _stem_pruned(slim)
     stem = "stem.0.weight_quantized"
-    removed = plan.groups["/stem/stem.0/Conv"].removed
     kept = np.setdiff1d(np.arange(before[stem].shape[0]), removed)
     assert np.array_equal(after[stem], before[stem][kept])
     assert np.array_equal(after["stem.0.weight_scale"], before["stem.0.weight_scale"][kept])
 
 
 def test_sparse_sets_the_removed_integers_to_the_zero_point() -> None:
-    name = "qdq_residual_per_channel"
-    model = onnxprune.load(fixture_path(name))
-    groups = find_groups(model)
-    plan = make_plan(model, PruneOptions(ratio=0.5, round_to=1), groups)
-    before, after = _initializers(onnx.load(fixture_path(name))), _initializers(sparse(model, groups, plan))
+    before, after, removed = _stem_pruned(sparse)
     assert set(after) == set(before)
-    removed = plan.groups["/stem/stem.0/Conv"].removed
     stem, point = after["stem.0.weight_quantized"], after["stem.0.weight_zero_point"]
     assert np.all(stem[removed] == point[removed, None, None, None])
     kept = np.setdiff1d(np.arange(stem.shape[0]), removed)
