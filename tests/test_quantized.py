@@ -13,7 +13,7 @@ import onnxprune
 from onnxprune.graph.load import from_proto
 from onnxprune.pruning.channels import find_groups
 from onnxprune.pruning.inspect import inspect_model
-from onnxprune.pruning.prune import PruneOptions, make_plan
+from onnxprune.pruning.prune import PruneOptions, make_plan, prune
 from onnxprune.pruning.surgery import slim, sparse
 from onnxprune.rules import IN, OUT, entry_for
 from tests.conftest import fixture_path, random_batch, relative_difference, run_model
@@ -195,3 +195,18 @@ def test_qoperator_layers_are_counted_and_refused_with_a_reason() -> None:
     assert report.macs == 8 * 27 * 64 + 32 * 64
     group = next(g for g in report.groups if g.id == "qconv1")
     assert not group.prunable and "QLinearConv" in group.reason and "QDQ" in group.reason
+
+
+def test_reconstruction_keeps_qdq_weights_on_their_grid() -> None:
+    """Re-solved weights are snapped to their integers' grid, so the written QDQ model is the model that
+    was checked: slim equals sparse exactly, as the QDQ format defines them."""
+    model = onnxprune.load(fixture_path("qdq_residual_per_channel"))
+    data = {"input": random_batch([1, 3, 32, 32], 16, seed=5)}
+    result = prune(model, PruneOptions(ratio=0.4, data=data))
+    assert result.reconstruction is not None and result.difference == 0.0
+    assert any(fit.how == "solved" for fit in result.reconstruction.layers)
+    weights = model.weights()
+    for name in result.reconstruction.changed:
+        how = model.derived.get(name)
+        if how is not None and how.quant is not None:
+            assert np.array_equal(how.representable(weights[name].values), weights[name].values), name

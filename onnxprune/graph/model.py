@@ -69,6 +69,15 @@ class Derived:
     dtype: np.dtype
     quant: Quant | None = None  # dequantized: the source holds integers
 
+    def representable(self, values: np.ndarray) -> np.ndarray:
+        """The nearest values the source can hold (a quantized weight's grid); others as they are."""
+        if self.quant is None:
+            return values
+        q = self.quant
+        ints = q.quantize(values, self.dtype, q.scale, q.zero_point).astype(np.float64)
+        shift = q.broadcast(q.zero_point.astype(np.float64), ints.ndim) if q.zero_point is not None else 0.0
+        return ((ints - shift) * q.broadcast(q.scale.astype(np.float64), ints.ndim)).astype(values.dtype)
+
     def to_source(self, values: np.ndarray) -> np.ndarray:
         if self.quant is not None:
             return self.quant.quantize(values, self.dtype, self.quant.scale, self.quant.zero_point)
