@@ -17,6 +17,7 @@ from onnxprune.pruning.prune import PruneOptions, make_plan, prune
 from onnxprune.pruning.surgery import slim, sparse
 from onnxprune.rules import IN, OUT, entry_for
 from tests.conftest import fixture_path, random_batch, relative_difference, run_model
+from tools.quantized_fixtures import quantize
 
 QDQ = ["qdq_residual", "qdq_residual_per_channel"]
 
@@ -210,3 +211,25 @@ def test_reconstruction_keeps_qdq_weights_on_their_grid() -> None:
         how = model.derived.get(name)
         if how is not None and how.quant is not None:
             assert np.array_equal(how.representable(weights[name].values), weights[name].values), name
+
+
+def test_weights_quantized_as_activations_behind_a_transpose_are_lifted() -> None:
+    """An unfolded PyTorch export transposes Linear weights at run time; quantize_static then quantizes
+    them as activations (W -> Transpose -> QuantizeLinear -> DequantizeLinear -> MatMul). Before: 0 of 1
+    groups. Now the float twin's groups, and the slim model keeps the DequantizeLinear of each weight."""
+    twin = onnx.load(fixture_path("transformer"))
+    proto = quantize(twin, (1, 16, 64), per_channel=False)
+    model = from_proto(proto)
+    groups = find_groups(model)
+    assert [(g.id, g.channels, g.prunable) for g in groups] == \
+        [(g.id, g.channels, g.prunable) for g in find_groups(from_proto(twin))]
+    assert sum(g.prunable for g in groups) == 3
+    plan = make_plan(model, PruneOptions(ratio=0.3), groups)
+    sparse_model, slim_model = sparse(model, groups, plan), slim(model, groups, plan)
+    onnx.checker.check_model(slim_model, full_check=True)
+    count = lambda m, op: sum(n.op_type == op for n in m.graph.node)
+    assert count(slim_model, "DequantizeLinear") == count(proto, "DequantizeLinear")
+    assert count(sparse_model, "QuantizeLinear") == count(proto, "QuantizeLinear")
+    x = {"input": random_batch([1, 16, 64], 3)}
+    assert relative_difference(run_model(sparse_model, x), run_model(slim_model, x)) <= 1e-6
+    assert relative_difference(run_model(proto, x), run_model(sparse_model, x)) > 1e-3

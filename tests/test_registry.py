@@ -20,10 +20,11 @@ PACKAGE = Path(__file__).resolve().parent.parent / "onnxprune"
 OPERATORS = frozenset(schema.name for schema in onnx.defs.get_all_schemas())
 
 ALLOWED = {
-    # lifting weights out of Constant / Identity / Cast / layout nodes at load time; DequantizeLinear: a
-    # QDQ model's integer weights lifted to floats at load, and the node written back by a slim model
-    "graph/lift.py": {"Cast", "Constant", "DequantizeLinear", "Flatten", "Identity", "Reshape", "Squeeze",
-                      "Transpose", "Unsqueeze"},
+    # lifting weights out of Constant / Identity / Cast / layout nodes at load time; DequantizeLinear (and
+    # a QuantizeLinear of a float weight before it): a QDQ model's weights lifted to floats at load, and
+    # the DequantizeLinear written back by a slim model
+    "graph/lift.py": {"Cast", "Constant", "DequantizeLinear", "Flatten", "Identity", "QuantizeLinear", "Reshape",
+                      "Squeeze", "Transpose", "Unsqueeze"},
     "graph/check.py": {"Conv", "ConvTranspose"},  # the load-time check that a conv's weight fits its input
     "graph/model.py": {"Constant"},  # weights stored in Constant nodes
     "graph/shapes.py": None,  # the evaluator of shape arithmetic (Shape -> Gather -> Concat -> Reshape): any op

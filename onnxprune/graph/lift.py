@@ -55,7 +55,7 @@ def lift_weights(graph: gs.Graph) -> dict[str, Derived]:
         elif node.op == "Identity" and isinstance(node.inputs[0], gs.Constant):
             _replace_tensor(graph, out, node.inputs[0])
         elif node.op == "DequantizeLinear":
-            lifted = _dequantize(node)
+            lifted = _dequantize(node) or _quantized_at_run_time(node, derived)
             if lifted is None:
                 continue
             derived[out.name] = lifted[1]
@@ -127,12 +127,45 @@ def _dequantize(node: gs.Node) -> tuple[np.ndarray, Derived] | None:
     if not np.issubdtype(ints.dtype, np.integer) or scales.ndim > 1 or ints.ndim == 0:
         return None
     points = np.asarray(zp.values) if zp is not None else None
-    quant = Quant(node.name, dict(node.attrs), scales, points, scale.name, zp.name if zp is not None else None)
+    quant = Quant(node.name, dict(node.attrs), scales, points, scale.name, zp.name if zp is not None else None,
+                  ints.dtype)
     if quant.axis is not None and not -ints.ndim <= quant.axis < ints.ndim:
         return None
     shifted = ints.astype(np.int64) - (quant.broadcast(points.astype(np.int64), ints.ndim) if zp is not None else 0)
     values = (shifted.astype(scales.dtype) * quant.broadcast(scales, ints.ndim)).astype(scales.dtype)
     return values, Derived(x.name, None, tuple(ints.shape), ints.dtype, quant)
+
+
+def _quantized_at_run_time(node: gs.Node, derived: dict[str, Derived]) -> tuple[np.ndarray, Derived] | None:
+    """`DequantizeLinear(QuantizeLinear(w))` of a float weight w nothing else reads, with the same scale and
+    zero point: how `quantize_static` quantizes a weight it took for an activation (one transposed at run
+    time, as unfolded PyTorch exports of Linear on 3-D inputs have). Lifted to the values on the grid; the
+    QuantizeLinear goes too (the caller's cleanup), and a slim model gets the integers behind the
+    `DequantizeLinear` (the same quantization, the QuantizeLinear folded)."""
+    x = node.inputs[0]
+    q = x.inputs[0] if isinstance(x, gs.Variable) and len(x.inputs) == 1 and len(x.outputs) == 1 else None
+    if q is None or q.op != "QuantizeLinear" or len(q.inputs) != len(node.inputs) or q.attrs != node.attrs:
+        return None
+    w = q.inputs[0]
+    same = all(a is b for a, b in zip(q.inputs[1:], node.inputs[1:]))
+    if not same or not isinstance(w, gs.Constant) or len(w.outputs) != 1 or w.values.ndim == 0:
+        return None
+    if not np.issubdtype(w.values.dtype, np.floating) or not all(isinstance(t, gs.Constant) for t in q.inputs[1:]):
+        return None
+    scale, zp = q.inputs[1], q.inputs[2] if len(q.inputs) > 2 else None
+    points = np.asarray(zp.values) if zp is not None else None
+    quant = Quant(node.name, dict(node.attrs), np.asarray(scale.values), points, scale.name,
+                  zp.name if zp is not None else None, points.dtype if points is not None else np.dtype(np.uint8),
+                  float_source=True)
+    first = derived.get(w.name)  # the weight itself folded from a run-time Transpose: keep its source
+    if first is not None and first.quant is not None or scale.values.ndim > 1:
+        return None
+    derived.pop(w.name, None)
+    how = Derived(first.source, first.perm, first.shape, first.dtype, quant) if first is not None \
+        else Derived(w.name, None, tuple(w.values.shape), w.values.dtype, quant)
+    q.outputs.clear()
+    q.inputs.clear()
+    return how.representable(np.asarray(w.values)), how
 
 
 def lower_quantized(graph: gs.Graph, derived: dict[str, Derived], removed: dict[tuple[str, int], np.ndarray]
@@ -158,7 +191,8 @@ def lower_quantized(graph: gs.Graph, derived: dict[str, Derived], removed: dict[
         if drop is not None:
             scale = np.delete(scale, drop)
             point = np.delete(point, drop) if point is not None else None
-        inputs = [constant(how.source, quant.quantize(values, how.dtype, scale, point)),
+        ints = quant.quantize(values, scale, point)
+        inputs = [constant(f"{how.source}_quantized" if quant.float_source else how.source, ints),
                   constant(quant.scale_name, scale)]
         if point is not None:
             inputs.append(constant(quant.zero_point_name, point))

@@ -31,6 +31,8 @@ class Quant:
     zero_point: np.ndarray | None
     scale_name: str
     zero_point_name: str | None
+    dtype: np.dtype  # the integers'
+    float_source: bool = False  # the file stores floats quantized at run time (QuantizeLinear of a weight)
 
     @property
     def axis(self) -> int | None:
@@ -45,9 +47,9 @@ class Quant:
         shape[self.axis % ndim] = -1
         return values.reshape(shape)
 
-    def quantize(self, values: np.ndarray, dtype: np.dtype, scale: np.ndarray, zero_point: np.ndarray | None
-                 ) -> np.ndarray:
+    def quantize(self, values: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None) -> np.ndarray:
         """Integers whose dequantized values are `values` (exact for values that came from integers)."""
+        dtype = self.dtype
         ndim = values.ndim
         q = np.rint(np.asarray(values, dtype=np.float64) / self.broadcast(scale.astype(np.float64), ndim))
         if zero_point is not None:
@@ -74,13 +76,15 @@ class Derived:
         if self.quant is None:
             return values
         q = self.quant
-        ints = q.quantize(values, self.dtype, q.scale, q.zero_point).astype(np.float64)
+        ints = q.quantize(values, q.scale, q.zero_point).astype(np.float64)
         shift = q.broadcast(q.zero_point.astype(np.float64), ints.ndim) if q.zero_point is not None else 0.0
         return ((ints - shift) * q.broadcast(q.scale.astype(np.float64), ints.ndim)).astype(values.dtype)
 
     def to_source(self, values: np.ndarray) -> np.ndarray:
-        if self.quant is not None:
-            return self.quant.quantize(values, self.dtype, self.quant.scale, self.quant.zero_point)
+        if self.quant is not None and not self.quant.float_source:
+            return self.quant.quantize(values, self.quant.scale, self.quant.zero_point)
+        if self.quant is not None:  # floats on the grid: quantizing them at run time gives the same integers
+            values = self.representable(values)
         if self.perm is not None:
             values = np.transpose(values, np.argsort(self.perm))
         return np.asarray(values).reshape(self.shape).astype(self.dtype)
