@@ -654,6 +654,7 @@ class FixtureSpec:
     factory: Callable[[], nn.Module]
     input_shape: tuple[int, ...]  # with batch 1
     description: str
+    fold_constants: bool = False  # LSTM/GRU: unfolded, the exporter computes W, R, B at run time
 
 
 IMAGE = (1, 3, 32, 32)
@@ -768,6 +769,39 @@ FIXTURES: dict[str, FixtureSpec] = {
         ),
     ]
 }
+
+
+# --------------------------------------------------------------------------------------------------
+# lstm, gru (issue 9)
+
+
+class RecurrentNet(nn.Module):
+    """Linear-ReLU feature projection (its output channels are the recurrent layer's input features),
+    a two-layer LSTM or GRU (batch first), the last step through a Linear head. Every parameter gets
+    noise so no two gate blocks are equal."""
+
+    def __init__(self, cell: type[nn.Module] = nn.LSTM, features: int = 8, width: int = 24, hidden: int = 32):
+        super().__init__()
+        self.proj = nn.Linear(features, width)
+        self.rnn = cell(width, hidden, num_layers=2, batch_first=True)
+        self.head = nn.Linear(hidden, 4)
+        with torch.no_grad():
+            for parameter in self.parameters():
+                parameter.add_(0.1 * torch.randn_like(parameter))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, _ = self.rnn(torch.relu(self.proj(x)))
+        return self.head(y[:, -1])
+
+
+RECURRENT = [
+    FixtureSpec("lstm", lambda: RecurrentNet(nn.LSTM), (1, 6, 8),
+                "Linear-ReLU -> 2-layer LSTM (hidden 32, zero initial states from ConstantOfShape) -> last step "
+                "-> Linear; exported with constant folding (W, R, B as initializers).", fold_constants=True),
+    FixtureSpec("gru", lambda: RecurrentNet(nn.GRU), (1, 6, 8),
+                "As lstm with a 2-layer GRU.", fold_constants=True),
+]
+FIXTURES.update((spec.name, spec) for spec in RECURRENT)
 
 
 def build_model(name: str) -> nn.Module:

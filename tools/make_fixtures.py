@@ -32,6 +32,8 @@ if str(ROOT) not in sys.path:  # so `python tools/make_fixtures.py` can import t
 
 from tools.digits_data import DIGITS_DESCRIPTION, DIGITS_INPUT_SHAPE
 from tools.fixture_models import FIXTURES, build_model
+from tools.quantized_fixtures import TOLERANCE as QUANTIZED_TOLERANCE
+from tools.quantized_fixtures import TWIN, quantized_variants
 
 FIXTURES_DIR = ROOT / "fixtures"
 OPSET = 17
@@ -129,7 +131,7 @@ def weight_behind_identity(model: onnx.ModelProto, weight: str) -> onnx.ModelPro
 
 
 def check_against_torch(
-    model: onnx.ModelProto, torch_model: torch.nn.Module, input_shape: tuple[int, ...]
+    model: onnx.ModelProto, torch_model: torch.nn.Module, input_shape: tuple[int, ...], tolerance: float = TOLERANCE
 ) -> float:
     """Check the model and compare onnxruntime with PyTorch at batch 1 and 3; return the worst
     relative error, raising if it exceeds TOLERANCE."""
@@ -150,8 +152,8 @@ def check_against_torch(
         if actual.shape != expected.shape:
             raise AssertionError(f"shape {actual.shape} != {expected.shape} at batch {batch}")
         error = float(np.abs(actual - expected).max() / max(np.abs(expected).max(), 1e-12))
-        if error > TOLERANCE:
-            raise AssertionError(f"relative error {error:.2e} > {TOLERANCE} at batch {batch}")
+        if error > tolerance:
+            raise AssertionError(f"relative error {error:.2e} > {tolerance} at batch {batch}")
         worst = max(worst, error)
     return worst
 
@@ -237,11 +239,15 @@ def main() -> int:
             name,
             name,
             spec.description,
-            lambda name=name, spec=spec: export_torchscript(build_model(name), spec.input_shape),
+            lambda name=name, spec=spec: export_torchscript(build_model(name), spec.input_shape,
+                                                            fold_constants=spec.fold_constants),
         )
         for name, spec in FIXTURES.items()
     ]
     jobs += variants()
+    twin = FIXTURES[TWIN].input_shape
+    quantized = quantized_variants(lambda: export_torchscript(build_model(TWIN), twin), twin)
+    jobs += quantized
 
     manifest = []
     statuses: collections.Counter[str] = collections.Counter()
@@ -255,7 +261,8 @@ def main() -> int:
                 continue
             model = onnx.load(path)
         input_shape = FIXTURES[source].input_shape
-        error = check_against_torch(model, build_model(source), input_shape)
+        tolerance = QUANTIZED_TOLERANCE if stem in {q[0] for q in quantized} else TOLERANCE
+        error = check_against_torch(model, build_model(source), input_shape, tolerance)
         data = model.SerializeToString()
         status = write_if_changed(path, data)
         statuses[status] += 1

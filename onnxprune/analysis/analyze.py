@@ -58,6 +58,7 @@ from onnxprune.pruning.plan import Plan, Planner, candidate_groups, named_groups
 from onnxprune.recover.calibration import Batches, calibration_batches
 from onnxprune.recover.resolve import resolved_readers
 from onnxprune.recover.scores import data_criterion
+from onnxprune.rules import fused_rounding
 
 FLAT = 1e-9  # a metric that moves less than this is "flat"
 MIN_VAL_FRACTION = 0.5  # the Vitis guideline: analyze on at least half of the validation set
@@ -161,7 +162,7 @@ def analyze(model: Model, options: AnalyzeOptions, progress: Callable[[Progress]
     chosen = {(gid, k): removal_digest(plan.groups[gid].removed if gid in plan.groups else [])
               for (gid, k), plan in plans.items()}
     todo = [(g, k) for g in targets for k in _keys(options) if not cache.has(g.id, k, chosen[(g.id, k)])]
-    payload = Payload(key, proto, metric, options.providers, 0, options.prefix_budget)
+    payload = Payload(key, proto, metric, options.providers, 0, options.prefix_budget, not fused_rounding(model.graph))
     evaluator = None
     if cache.baseline is None or (todo and isinstance(metric, RELATIVE)):
         evaluator = Evaluator(payload)

@@ -35,6 +35,7 @@ class Payload:
     providers: list[str] | None = None
     threads: int = 0  # onnxruntime intra-op threads; 0 = its default
     prefix_budget: int = DEFAULT_PREFIX_BUDGET
+    optimize: bool = True  # False for QDQ models: fused int8 kernels would round otherwise in every cut
 
 
 @dataclass
@@ -74,7 +75,7 @@ class Evaluator:
         self.previous: dict[object, dict[str, np.ndarray]] = {}
 
     def session(self, model: onnx.ModelProto | bytes) -> ort.InferenceSession:
-        return session(model, self.payload.providers, self.payload.threads)
+        return session(model, self.payload.providers, self.payload.threads, optimize=self.payload.optimize)
 
     def baseline(self) -> float:
         """The unpruned model's metric; for fidelity and agreement, record the reference outputs (1 by definition)."""

@@ -1,6 +1,12 @@
 """Lift weights out of the nodes exporters wrap them in, so every weight is a `gs.Constant` the rules
 can see: `Constant` nodes, `Identity`, and run-time `Cast`/`Transpose`/`Reshape`/`Flatten` of a constant
-(folded, with the inverse kept in `Derived` to write the file back as it was)."""
+(folded, with the inverse kept in `Derived` to write the file back as it was).
+
+Quantized (QDQ) weights, integers behind a `DequantizeLinear`, are lifted the same way: the rules see the
+float weight, so a QDQ model has the groups of its float twin, and the integers, scale and zero point are
+kept in `Quant`. A sparse model writes the integers back (a zeroed float is the zero point); a slim model
+gets its `DequantizeLinear` nodes back with scale and zero point sliced with the channels
+(`lower_quantized`), so it stays a QDQ model with the same quantization."""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxprune.graph.model import Derived
+from onnxprune.graph.model import Derived, Quant
 
 
 def _constant_node_value(node: gs.Node) -> np.ndarray | None:
@@ -48,6 +54,14 @@ def lift_weights(graph: gs.Graph) -> dict[str, Derived]:
             _replace_tensor(graph, out, gs.Constant(out.name, value))
         elif node.op == "Identity" and isinstance(node.inputs[0], gs.Constant):
             _replace_tensor(graph, out, node.inputs[0])
+        elif node.op == "DequantizeLinear":
+            lifted = _dequantize(node) or _quantized_at_run_time(node, derived)
+            if lifted is None:
+                continue
+            derived[out.name] = lifted[1]
+            _replace_tensor(graph, out, gs.Constant(out.name, lifted[0]))
+        elif node.inputs and getattr(derived.get(node.inputs[0].name), "quant", None) is not None:
+            continue  # a layout op of a dequantized weight stays (the integers keep their own layout)
         else:
             folded = _fold_layout(node)
             if folded is None:
@@ -98,6 +112,94 @@ def _fold_layout(node: gs.Node) -> tuple[np.ndarray, tuple[int, ...] | None] | N
         return np.squeeze(x, axis=squeeze), None
     except (ValueError, KeyError, IndexError):
         return None
+
+
+def _dequantize(node: gs.Node) -> tuple[np.ndarray, Derived] | None:
+    """The float value of a `DequantizeLinear` of a constant integer weight nothing else reads, and how to
+    get the integers back; None for activations, blocked quantization and shared integers."""
+    x, scale = node.inputs[0], node.inputs[1] if len(node.inputs) > 1 else None
+    zp = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2].name else None
+    if not isinstance(x, gs.Constant) or len(x.outputs) != 1 or not isinstance(scale, gs.Constant):
+        return None
+    if zp is not None and not isinstance(zp, gs.Constant) or int(node.attrs.get("block_size", 0)):
+        return None
+    ints, scales = np.asarray(x.values), np.asarray(scale.values)
+    if not np.issubdtype(ints.dtype, np.integer) or scales.ndim > 1 or ints.ndim == 0:
+        return None
+    points = np.asarray(zp.values) if zp is not None else None
+    quant = Quant(node.name, dict(node.attrs), scales, points, scale.name, zp.name if zp is not None else None,
+                  ints.dtype)
+    if quant.axis is not None and not -ints.ndim <= quant.axis < ints.ndim:
+        return None
+    shifted = ints.astype(np.int64) - (quant.broadcast(points.astype(np.int64), ints.ndim) if zp is not None else 0)
+    values = (shifted.astype(scales.dtype) * quant.broadcast(scales, ints.ndim)).astype(scales.dtype)
+    return values, Derived(x.name, None, tuple(ints.shape), ints.dtype, quant)
+
+
+def _quantized_at_run_time(node: gs.Node, derived: dict[str, Derived]) -> tuple[np.ndarray, Derived] | None:
+    """`DequantizeLinear(QuantizeLinear(w))` of a float weight w nothing else reads, with the same scale and
+    zero point: how `quantize_static` quantizes a weight it took for an activation (one transposed at run
+    time, as unfolded PyTorch exports of Linear on 3-D inputs have). Lifted to the values on the grid; the
+    QuantizeLinear goes too (the caller's cleanup), and a slim model gets the integers behind the
+    `DequantizeLinear` (the same quantization, the QuantizeLinear folded)."""
+    x = node.inputs[0]
+    q = x.inputs[0] if isinstance(x, gs.Variable) and len(x.inputs) == 1 and len(x.outputs) == 1 else None
+    if q is None or q.op != "QuantizeLinear" or len(q.inputs) != len(node.inputs) or q.attrs != node.attrs:
+        return None
+    w = q.inputs[0]
+    same = all(a is b for a, b in zip(q.inputs[1:], node.inputs[1:]))
+    if not same or not isinstance(w, gs.Constant) or len(w.outputs) != 1 or w.values.ndim == 0:
+        return None
+    if not np.issubdtype(w.values.dtype, np.floating) or not all(isinstance(t, gs.Constant) for t in q.inputs[1:]):
+        return None
+    scale, zp = q.inputs[1], q.inputs[2] if len(q.inputs) > 2 else None
+    points = np.asarray(zp.values) if zp is not None else None
+    quant = Quant(node.name, dict(node.attrs), np.asarray(scale.values), points, scale.name,
+                  zp.name if zp is not None else None, points.dtype if points is not None else np.dtype(np.uint8),
+                  float_source=True)
+    first = derived.get(w.name)  # the weight itself folded from a run-time Transpose: keep its source
+    if first is not None and first.quant is not None or scale.values.ndim > 1:
+        return None
+    derived.pop(w.name, None)
+    how = Derived(first.source, first.perm, first.shape, first.dtype, quant) if first is not None \
+        else Derived(w.name, None, tuple(w.values.shape), w.values.dtype, quant)
+    q.outputs.clear()
+    q.inputs.clear()
+    return how.representable(np.asarray(w.values)), how
+
+
+def lower_quantized(graph: gs.Graph, derived: dict[str, Derived], removed: dict[tuple[str, int], np.ndarray]
+                    ) -> gs.Graph:
+    """Put the `DequantizeLinear` of every lifted quantized weight back, its integers requantized from the
+    (pruned) float values and its per-channel scale and zero point sliced like the weight (`removed`:
+    indices removed per (weight, axis))."""
+    made: dict[str, gs.Constant] = {}
+
+    def constant(name: str, values: np.ndarray) -> gs.Constant:
+        if name in made and not np.array_equal(made[name].values, values):
+            name = f"{name}_{len(made)}"  # a scale two weights share, now sliced differently
+        made.setdefault(name, gs.Constant(name, values))
+        return made[name]
+
+    for name, tensor in list(graph.tensors().items()):
+        how = derived.get(name)
+        if how is None or how.quant is None or not isinstance(tensor, gs.Constant):
+            continue
+        quant, values = how.quant, np.asarray(tensor.values)
+        drop = removed.get((name, quant.axis % values.ndim)) if quant.axis is not None else None
+        scale, point = quant.scale, quant.zero_point
+        if drop is not None:
+            scale = np.delete(scale, drop)
+            point = np.delete(point, drop) if point is not None else None
+        ints = quant.quantize(values, scale, point)
+        inputs = [constant(f"{how.source}_quantized" if quant.float_source else how.source, ints),
+                  constant(quant.scale_name, scale)]
+        if point is not None:
+            inputs.append(constant(quant.zero_point_name, point))
+        out = gs.Variable(name, dtype=values.dtype, shape=list(values.shape))
+        _replace_tensor(graph, tensor, out)
+        graph.nodes.append(gs.Node("DequantizeLinear", quant.node, dict(quant.attrs), inputs=inputs, outputs=[out]))
+    return graph.toposort()
 
 
 def load_values_and_strip(graph: gs.Graph, proto: onnx.ModelProto) -> None:

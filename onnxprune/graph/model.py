@@ -17,8 +17,50 @@ from onnx import numpy_helper
 
 
 @dataclass
+class Quant:
+    """How a quantized weight (int8 values behind a dequantizing node) maps to its float values:
+    `float = (int - zero_point) * scale`, per tensor or per channel along `axis`.
+
+    Kept with the folded float weight so the file gets the integers back, and so slim pruning can slice
+    the scale and zero point with the channels (`lift.lower_quantized` writes the node back).
+    """
+
+    node: str  # the dequantizing node's name
+    attrs: dict  # its attributes (axis, ...)
+    scale: np.ndarray
+    zero_point: np.ndarray | None
+    scale_name: str
+    zero_point_name: str | None
+    dtype: np.dtype  # the integers'
+    float_source: bool = False  # the file stores floats quantized at run time (QuantizeLinear of a weight)
+
+    @property
+    def axis(self) -> int | None:
+        """The channel axis of per-channel scales (None: one scale for the tensor)."""
+        return int(self.attrs.get("axis", 1)) if self.scale.size > 1 else None
+
+    def broadcast(self, values: np.ndarray, ndim: int) -> np.ndarray:
+        """Scale or zero point shaped to broadcast against a weight of rank `ndim`."""
+        if self.axis is None:
+            return values.reshape(())
+        shape = [1] * ndim
+        shape[self.axis % ndim] = -1
+        return values.reshape(shape)
+
+    def quantize(self, values: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None) -> np.ndarray:
+        """Integers whose dequantized values are `values` (exact for values that came from integers)."""
+        dtype = self.dtype
+        ndim = values.ndim
+        q = np.rint(np.asarray(values, dtype=np.float64) / self.broadcast(scale.astype(np.float64), ndim))
+        if zero_point is not None:
+            q = q + self.broadcast(zero_point.astype(np.float64), ndim)
+        info = np.iinfo(dtype)
+        return np.clip(q, info.min, info.max).astype(dtype)
+
+
+@dataclass
 class Derived:
-    """A weight the exporter reshaped, transposed or cast at run time, folded at load time.
+    """A weight the exporter reshaped, transposed, cast or dequantized at run time, folded at load time.
 
     Writing the original graph back needs the inverse: the source's values from the folded ones.
     """
@@ -27,8 +69,22 @@ class Derived:
     perm: tuple[int, ...] | None  # transposed with this permutation
     shape: tuple[int, ...]  # the source's shape
     dtype: np.dtype
+    quant: Quant | None = None  # dequantized: the source holds integers
+
+    def representable(self, values: np.ndarray) -> np.ndarray:
+        """The nearest values the source can hold (a quantized weight's grid); others as they are."""
+        if self.quant is None:
+            return values
+        q = self.quant
+        ints = q.quantize(values, q.scale, q.zero_point).astype(np.float64)
+        shift = q.broadcast(q.zero_point.astype(np.float64), ints.ndim) if q.zero_point is not None else 0.0
+        return ((ints - shift) * q.broadcast(q.scale.astype(np.float64), ints.ndim)).astype(values.dtype)
 
     def to_source(self, values: np.ndarray) -> np.ndarray:
+        if self.quant is not None and not self.quant.float_source:
+            return self.quant.quantize(values, self.quant.scale, self.quant.zero_point)
+        if self.quant is not None:  # floats on the grid: quantizing them at run time gives the same integers
+            values = self.representable(values)
         if self.perm is not None:
             values = np.transpose(values, np.argsort(self.perm))
         return np.asarray(values).reshape(self.shape).astype(self.dtype)

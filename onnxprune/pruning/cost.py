@@ -1,8 +1,9 @@
 """MACs and parameters per layer, for the model as it is or as it would be after a plan.
 
 MACs are counted at batch 1 for the operators whose registry entry has a `macs` function (Conv,
-ConvTranspose, Gemm and MatMul: the `inspect --json` contract); params are the elements of float
-weights. `kept(tensor, axis)` gives an axis's size after pruning, so the planner can ask "what would this
+ConvTranspose, Gemm and MatMul: the `inspect --json` contract; LSTM, GRU, QLinearConv, QLinearMatMul);
+params are the elements of float weights (a QDQ model's weights are lifted to floats at load), or of the
+inputs the entry names (`params`: QLinearConv's integer weights; none for Q/DQ scales). `kept(tensor, axis)` gives an axis's size after pruning, so the planner can ask "what would this
 cost?" without building the pruned model.
 """
 
@@ -41,8 +42,12 @@ def layer_costs(model: Model, kept: Kept = _unchanged) -> list[LayerCost]:
     for node in model.graph.nodes:
         macs = _macs(node, model.shapes, kept)
         params = 0
-        for t in node.inputs:
-            if isinstance(t, gs.Constant) and t.name not in seen and np.issubdtype(t.values.dtype, np.floating):
+        rule = entry_for(node)
+        counted = rule.params if rule is not None else None
+        for i, t in enumerate(node.inputs):
+            if not isinstance(t, gs.Constant) or t.name in seen:
+                continue
+            if i in counted if counted is not None else np.issubdtype(t.values.dtype, np.floating):
                 seen.add(t.name)
                 params += int(np.prod([kept(t.name, a, d) for a, d in enumerate(t.values.shape)], dtype=np.int64))
         if macs or params:
@@ -64,7 +69,7 @@ def _dims(tensor: gs.Tensor, shapes: dict[str, tuple[int, ...]], kept: Kept) -> 
 
 def _macs(node: gs.Node, shapes: dict[str, tuple[int, ...]], kept: Kept) -> int:
     rule = entry_for(node)
-    if rule is None or rule.macs is None or len(node.inputs) < 2:
+    if rule is None or rule.macs is None or len(node.inputs) <= rule.weight_input:
         return 0
-    dims = [_dims(t, shapes, kept) for t in (node.inputs[0], node.inputs[1], node.outputs[0])]
+    dims = [_dims(t, shapes, kept) for t in (node.inputs[0], node.inputs[rule.weight_input], node.outputs[0])]
     return 0 if any(d is None for d in dims) else int(rule.macs(*dims))

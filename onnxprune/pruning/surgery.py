@@ -16,6 +16,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxprune.errors import OnnxPruneError
+from onnxprune.graph.lift import lower_quantized
 from onnxprune.graph.model import Model, to_proto, with_weights
 from onnxprune.graph.shapes import shape_values
 from onnxprune.pruning.channels import Group, Member
@@ -157,4 +158,5 @@ def slim_graph(model: Model, groups: list[Group], plan: Plan) -> gs.Graph:
     for tensor in graph.tensors().values():
         if isinstance(tensor, gs.Variable) and tensor.name not in keep:
             tensor.shape = None
+    lower_quantized(graph, model.derived, indices)  # a QDQ model stays one, its scales sliced too
     return graph.cleanup(remove_unused_graph_inputs=False)

@@ -47,7 +47,7 @@ from onnxprune.rules.base import (
     Tie,
     Value,
 )
-from onnxprune.rules.elementwise import BINARY, UNARY, elementwise, neutral, passthrough
+from onnxprune.rules.elementwise import BINARY, UNARY, elementwise, passthrough
 from onnxprune.rules.layout import (
     concat,
     fix_reshape,
@@ -61,6 +61,26 @@ from onnxprune.rules.layout import (
     transpose,
 )
 from onnxprune.rules.linear import LinearView, conv_fold, conv_view, gemm_fold, gemm_view, matmul_view
+from onnxprune.rules.quantized import (
+    dequantize_value,
+    qdq,
+    qlinear,
+    qlinear_conv_macs,
+    qlinear_conv_seeds,
+    qlinear_matmul_macs,
+    qlinear_matmul_seeds,
+    quantize_value,
+)
+from onnxprune.rules.recurrent import (
+    fill_value,
+    filled,
+    fix_filled_shape,
+    fix_hidden_size,
+    gru_macs,
+    lstm_macs,
+    recurrent,
+    recurrent_seeds,
+)
 from onnxprune.rules.spatial import (
     fix_resize,
     group_norm,
@@ -91,7 +111,7 @@ from onnxprune.rules.weighted import (
 
 __all__ = [
     "AFFINE", "CONTRACT", "IN", "KEEP", "OUT", "RULES", "WEIGHT_ROLES", "ZEROED_ROLES", "Bundle", "Context", "LinearView", "Port",
-    "Removed", "Rule", "Stop", "Tie", "Value", "entry_for", "fold_view", "linear_view",
+    "Removed", "Rule", "Stop", "Tie", "Value", "entry_for", "fold_view", "fused_rounding", "linear_view",
 ]
 
 
@@ -142,8 +162,24 @@ def _build_rules() -> dict[str, Rule]:
     rules["Shape"] = Rule(shape_of)
     for op in ("Size", "NonZero"):
         rules[op] = Rule(lambda n, p, a, c: Stop(f"{n.op} '{n.name}' reads the channel count"))
-    rules["ConstantOfShape"] = Rule(neutral)
+    rules["ConstantOfShape"] = Rule(filled, Value.UNARY, unary=fill_value, fixup=fix_filled_shape)
+    _quantized_and_recurrent(rules)
     return rules
+
+
+def _quantized_and_recurrent(rules: dict[str, Rule]) -> None:
+    """Q/DQ on activations (QDQ weights are lifted to floats at load), the QOperator layers (counted, not
+    pruned) and LSTM/GRU (hidden units; masking their outputs would not zero the recurrence)."""
+    rules["QuantizeLinear"] = Rule(qdq, Value.BINARY, binary=quantize_value, params=(), fused_rounding=True)
+    rules["DequantizeLinear"] = Rule(qdq, Value.BINARY, binary=dequantize_value, params=(), fused_rounding=True)
+    rules["QLinearConv"] = Rule(qlinear, seeds=qlinear_conv_seeds, macs=qlinear_conv_macs, weight_input=3,
+                                params=(3, 8), out_axis=1)
+    rules["QLinearMatMul"] = Rule(qlinear, seeds=qlinear_matmul_seeds, macs=qlinear_matmul_macs, weight_input=3,
+                                  params=(3,), out_axis=-1)
+    rules["LSTM"] = Rule(recurrent, Value.LINEAR, fixup=fix_hidden_size, seeds=recurrent_seeds, macs=lstm_macs,
+                         out_axis=3)
+    rules["GRU"] = Rule(recurrent, Value.LINEAR, fixup=fix_hidden_size, seeds=recurrent_seeds, macs=gru_macs,
+                        out_axis=3)
 
 
 RULES: dict[str, Rule] = _build_rules()
@@ -154,6 +190,11 @@ def entry_for(node: gs.Node) -> Rule | None:
     if (node.domain or "") not in ("", "ai.onnx"):
         return None
     return RULES.get(node.op)
+
+
+def fused_rounding(graph: gs.Graph) -> bool:
+    """True when onnxruntime's optimizations would run some node with kernels that round otherwise."""
+    return any(rule.fused_rounding for rule in map(entry_for, graph.nodes) if rule is not None)
 
 
 def linear_view(node: gs.Node) -> LinearView | None:

@@ -107,13 +107,18 @@ class Rule:
     and shape inputs after slim pruning.
     Layers with weights: `seeds(node)` lists (input index, axis) of the weights whose slices produce
     channels (where grouping starts); `macs(input dims, weight dims, output dims)` counts MACs at batch 1
-    (`profile`); `out_axis` is the output-channel axis `inspect` shows.
+    (`profile`), the weight being input `weight_input`; `out_axis` is the output-channel axis `inspect`
+    shows; `params` lists the inputs whose elements count as params (None: every float weight; QLinearConv
+    names its int8 weight and int32 bias, Q/DQ none: a scale is no weight).
     Analysis' mask mode: `zero_maker` (zeroed weights give exactly zero output channels), `zero_keeper`
     (zero inputs give zero outputs), `channelwise` (output channel c reads input channel c only).
     Matrix form: `linear(node)` gives the layer as a matrix product (`rules.linear.LinearView`, for
     reconstruction) or None; `fold(node)` gives such a view when constant input channels fold exactly
     into the layer's own bias (bias compensation), else None.
     Criteria: `scale_input`, the input holding a per-channel scale (the `bn` criterion).
+    Runtime: `fused_rounding`, onnxruntime's graph optimizations replace the node with kernels that round
+    otherwise (QDQ -> int8 kernels), and differently when a model is cut in parts: runs that must agree
+    exactly (analysis' prefix and suffix against the whole model) run such models unoptimized.
     """
 
     bundles: RuleFn
@@ -123,6 +128,8 @@ class Rule:
     fixup: FixupFn | None = None
     seeds: SeedsFn | None = None
     macs: MacsFn | None = None
+    weight_input: int = 1
+    params: tuple[int, ...] | None = None
     out_axis: int | None = None
     zero_maker: bool = False
     zero_keeper: bool = False
@@ -130,6 +137,7 @@ class Rule:
     linear: ViewFn | None = None
     fold: ViewFn | None = None
     scale_input: int | None = None
+    fused_rounding: bool = False
 
 
 class Removed:
