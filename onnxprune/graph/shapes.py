@@ -195,7 +195,15 @@ _EVAL = {
     "Reshape": lambda n, x, s: x.reshape([int(d) if d != 0 else x.shape[i] for i, d in enumerate(s)]),
     "Slice": lambda n, x, s, e, a=None, st=None: _slice_values(x, s, e, a, st),
     "ReduceProd": lambda n, x, a=None: _reduce_prod(n, x, a),
+    "ConstantOfShape": lambda n, s: _constant_of_shape(n, s),
 }
+
+
+def _constant_of_shape(node, shape: np.ndarray) -> np.ndarray:
+    """ConstantOfShape (the ones and -1 masks of exported `expand` targets): its `value`, float 0 by default."""
+    value = node.attrs.get("value")
+    fill = np.asarray(getattr(value, "values", value)).reshape(-1) if value is not None else np.zeros(1, np.float32)
+    return np.full([int(d) for d in np.atleast_1d(shape)], fill[0], dtype=fill.dtype)
 
 
 def _reduce_prod(node, x: np.ndarray, axes: np.ndarray | None = None) -> np.ndarray:
