@@ -19,6 +19,7 @@ from onnxprune.rules.base import (
     ints_input,
     norm_axis,
     present,
+    reads_shapes,
     shapes_or_stop,
     tie,
     weight_role,
@@ -312,11 +313,27 @@ def fix_reshape(node: gs.Node, removed: Removed, ctx: Context) -> None:
         node.inputs[1] = gs.Constant(f"{y.name}_shape", fixed)
         return
     concat_node = target.inputs[0] if target.inputs else None
-    if concat_node is None or concat_node.op != "Concat" or len(concat_node.inputs) != len(expected):
+    if concat_node is None or concat_node.op != "Concat":
         return  # nothing safe to rewrite; verification of the pruned model reports it
-    for a in wrong:
-        piece = ctx.value(concat_node.inputs[a])
-        concat_node.inputs[a] = gs.Constant(f"{y.name}_dim{a}", np.full(piece.shape, expected[a], dtype=np.int64))
+    _fix_concat_pieces(concat_node, {a: expected[a] for a in wrong}, ctx, y.name)
+
+
+def _fix_concat_pieces(concat_node: gs.Node, wanted: dict[int, int], ctx: Context, name: str) -> None:
+    """Rewrite the entries `wanted` (position in the Concat's output: value) in the pieces that hold them:
+    a one-entry piece always (it is wrong as it is), a piece of several entries when it is a constant or
+    computed from constants alone (one read from shapes, Shape(x)[0:2], holds run-time sizes to keep)."""
+    offset = 0
+    for k, piece in enumerate(list(concat_node.inputs)):
+        value = ctx.value(piece)
+        if value is None:
+            return
+        value = np.atleast_1d(value).astype(np.int64)
+        mine = {a - offset: v for a, v in wanted.items() if offset <= a < offset + value.size}
+        if mine and (value.size == 1 or not reads_shapes(piece)):
+            for a, v in mine.items():
+                value[a] = v
+            concat_node.inputs[k] = gs.Constant(f"{name}_dims{offset}", value)
+        offset += value.size
 
 
 SHAPE_SINKS = {("Reshape", 1), ("Slice", 1), ("Slice", 2), ("Slice", 3), ("Split", 1), ("Expand", 1),
