@@ -4,9 +4,10 @@ Tiny models (2 layers, hidden 64, 4 heads, 2 key/value heads where the architect
 from configs with random weights (noise on every parameter, so no exporter merges equal tensors; nothing
 is downloaded) and exported with both torch exporters: TorchScript (`dynamo=False`, opset 17) and dynamo
 (opset 18). Per model and exporter it reports the channel groups (all, prunable) with attention heads as
-units (`attention="heads"`), and the *two-sided shrinkable share*: over every Conv/Gemm/MatMul with a
+units (`attention="heads"`) and as head dims ("dims"), and the *two-sided shrinkable share*: over every Conv/Gemm/MatMul with a
 weight, MACs-weighted, the fraction of its two channel axes (input and output) that some prunable group
-shrinks (both: 1, one: 1/2). Then it prunes 30% of MACs and checks sparse == slim.
+shrinks (both: 1, one: 1/2). Then it prunes 30% of MACs with whole heads and checks sparse == slim
+(`prune` verifies it and fails otherwise).
 
     python benchmarks/transformers.py [MODEL ...]
 
@@ -145,20 +146,22 @@ def _weight_axes(node, ndim: int) -> tuple[int, int]:
 
 
 def measure(name: str, exporter: str) -> dict:
+    """Groups, heads and shares with attention pruned by head dims and by whole heads; prune 30% (heads)."""
     row = {"model": name, "exporter": exporter}
     try:
         proto = export(name, exporter)
     except Exception as exc:  # noqa: BLE001 - an export failure is a result here
         return {**row, "status": f"export failed: {type(exc).__name__}: {str(exc)[:80]}"}
     model = from_proto(proto)
-    groups = onnxprune.find_groups(model, "heads")
     scores = {t.name for n in model.graph.nodes if n.op == "MatMul" and not any(hasattr(t, "values") for t in n.inputs)
               for t in n.inputs}
-    heads = [g for g in groups if any(m.tensor in scores and m.role != "contract" for m in g.members)]
-    reasons = sorted({g.reason for g in groups if g.reason})
-    row.update(groups=len(groups), prunable=sum(g.prunable for g in groups),
-               heads=f"{sum(g.prunable for g in heads)}/{len(heads)}", share=round(two_sided_share(model, groups), 3),
-               reasons=reasons)
+    for mode in ("dims", "heads"):
+        groups = onnxprune.find_groups(model, mode)
+        attention = [g for g in groups if any(m.tensor in scores for m in g.members)]
+        row[mode] = {"groups": len(groups), "prunable": sum(g.prunable for g in groups),
+                     "attention": f"{sum(g.prunable for g in attention)}/{len(attention)}",
+                     "share": round(two_sided_share(model, groups), 3),
+                     "reasons": sorted({g.reason for g in groups if g.reason})}
     try:
         result = prune(model, PruneOptions(ratio=0.3, attention="heads"))
         row.update(macs_removed=round(result.plan.macs_ratio, 3), diff=result.difference, status="ok")
@@ -177,11 +180,15 @@ def main(argv: list[str]) -> None:
     torch.set_num_threads(1)
     names = argv or MODELS
     rows = [measure(n, e) for n in names for e in ("torchscript", "dynamo")]
-    print(f"{'model':<8} {'exporter':<11} {'groups':>6} {'prunable':>8} {'heads':>6} {'share':>6} {'MACs -':>7}  status")
+    print(f"{'model':<8} {'exporter':<11} {'groups':>6}  {'prunable dims/heads':>19}  {'attention dims/heads':>20}  "
+          f"{'share dims/heads':>16} {'MACs -':>7}  status")
     for r in rows:
-        print(f"{r['model']:<8} {r['exporter']:<11} {r.get('groups', '-'):>6} {r.get('prunable', '-'):>8} "
-              f"{r.get('heads', '-'):>6} {r.get('share', 0):>6.2f} {r.get('macs_removed', 0):>7.1%}  {r['status']}")
-        for reason in r.get("reasons", [])[:6]:
+        d, h = r.get("dims", {}), r.get("heads", {})
+        print(f"{r['model']:<8} {r['exporter']:<11} {h.get('groups', '-'):>6}  "
+              f"{str(d.get('prunable', '-')) + ' / ' + str(h.get('prunable', '-')):>19}  "
+              f"{str(d.get('attention', '-')) + ' / ' + str(h.get('attention', '-')):>20}  "
+              f"{d.get('share', 0):>7.2f} / {h.get('share', 0):<6.2f} {r.get('macs_removed', 0):>7.1%}  {r['status']}")
+        for reason in h.get("reasons", [])[:3]:
             print(f"    {reason[:150]}")
     print(json.dumps({"benchmark": "transformers", "models": rows}, default=float))
 
