@@ -66,16 +66,22 @@ def heads_axis(ctx: Context, tensor: gs.Tensor, axes: list[int], forward: bool) 
 # --- Expand and Tile: the key/value repeats ----------------------------------------------------------
 
 
+def _data_and_output(node: gs.Node, port: Port, ctx: Context, second: str):
+    """(input 0, output 0, their shapes) of an op whose second input only sizes the output, or a Stop."""
+    if port.is_input and port.index != 0:
+        return Stop(f"{second} is not a channel axis")
+    x, y = node.inputs[0], node.outputs[0]
+    shapes = shapes_or_stop(ctx, x, y)
+    return shapes if isinstance(shapes, Stop) else (x, y, *shapes)
+
+
 def expand(node: gs.Node, port: Port, axis: int, ctx: Context) -> list[Bundle] | Stop:
     """Expand broadcasts input 0 to a shape: an axis the input has at full size passes through; an axis
     broadcast from size 1 (repeat_kv's n_rep) lives on the output alone."""
-    if port.is_input and port.index != 0:
-        return Stop("a shape is not a channel axis")
-    x, y = node.inputs[0], node.outputs[0]
-    shapes = shapes_or_stop(ctx, x, y)
-    if isinstance(shapes, Stop):
-        return shapes
-    sx, sy = shapes
+    parts = _data_and_output(node, port, ctx, "a shape")
+    if isinstance(parts, Stop):
+        return parts
+    x, y, sx, sy = parts
     y_axis = axis + len(sy) - len(sx) if port.is_input else axis
     size = sy[y_axis]
     if size == 1:
@@ -106,13 +112,10 @@ def fix_expand(node: gs.Node, removed: Removed, ctx: Context) -> None:
 
 def tile(node: gs.Node, port: Port, axis: int, ctx: Context) -> list[Bundle] | Stop:
     """Tile repeats the input r times along an axis: input channel c is output channels c + k*C."""
-    if port.is_input and port.index != 0:
-        return Stop("repeats are not a channel axis")
-    x, y = node.inputs[0], node.outputs[0]
-    shapes = shapes_or_stop(ctx, x, y)
-    if isinstance(shapes, Stop):
-        return shapes
-    sx, sy = shapes
+    parts = _data_and_output(node, port, ctx, "repeats")
+    if isinstance(parts, Stop):
+        return parts
+    x, y, sx, sy = parts
     axis = norm_axis(axis, len(sx))
     c, n = sx[axis], sy[axis]
     if c == 0 or n % c:
