@@ -153,8 +153,9 @@ def measure(name: str, exporter: str) -> dict:
     except Exception as exc:  # noqa: BLE001 - an export failure is a result here
         return {**row, "status": f"export failed: {type(exc).__name__}: {str(exc)[:80]}"}
     model = from_proto(proto)
+    # queries, keys, values and scores: 4-D inputs of a MatMul of two activations (a tied LM head is 2-D)
     scores = {t.name for n in model.graph.nodes if n.op == "MatMul" and not any(hasattr(t, "values") for t in n.inputs)
-              for t in n.inputs}
+              for t in n.inputs if len(model.shapes.get(t.name, ())) >= 4}
     for mode in ("dims", "heads"):
         groups = onnxprune.find_groups(model, mode)
         attention = [g for g in groups if any(m.tensor in scores for m in g.members)]
