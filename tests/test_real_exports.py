@@ -163,3 +163,39 @@ def test_loading_all_four_keeps_onnxprune_load_working(tmp_path) -> None:
         path = tmp_path / f"{build.__name__}.onnx"
         onnx.save(build(), path)
         assert onnxprune.load(path).graph.nodes
+
+
+def shared_view_targets() -> onnx.ModelProto:
+    """Two projections viewed as (B, S, 4, 8) through one shared target Concat(Shape(x)[0:2], [-1], [8])
+    and merged back through another shared one, as dynamo emits q/k/v views; batch and sequence dynamic."""
+    nodes = [
+        helper.make_node("Shape", ["input"], ["s"]),
+        helper.make_node("Slice", ["s", "zero", "two"], ["bs"]),
+        helper.make_node("Concat", ["bs", "minus1", "eight"], ["split"], axis=0),
+        helper.make_node("Concat", ["bs", "width"], ["merge"], axis=0),
+        helper.make_node("MatMul", ["input", "wq"], ["q"]),
+        helper.make_node("MatMul", ["input", "wv"], ["v0"]),
+        helper.make_node("Relu", ["v0"], ["v"]),
+        helper.make_node("Reshape", ["q", "split"], ["q4"]),
+        helper.make_node("Reshape", ["v", "split"], ["v4"]),
+        helper.make_node("Reshape", ["q4", "merge"], ["q3"]),
+        helper.make_node("Reshape", ["v4", "merge"], ["v3"]),
+        helper.make_node("Concat", ["q3", "v3"], ["cat"], axis=-1),
+        helper.make_node("MatMul", ["cat", "wo"], ["output"]),
+    ]
+    inits = [_w("wq", 32, 32), _w("wv", 32, 32), _w("wo", 64, 16), _i("zero", [0]), _i("two", [2]),
+             _i("minus1", [-1]), _i("eight", [8]), _i("width", [32])]
+    return _model(nodes, inits, ["b", "s", 32], ["b", "s", 16])
+
+
+def test_reshape_targets_shared_by_groups_pruned_differently_get_their_own_copy() -> None:
+    model = from_proto(shared_view_targets(), {"input": (1, 8, 32)})
+    groups = find_groups(model)
+    by_producer = {g.id: g for g in groups if g.prunable}
+    assert sorted(g.channels for g in by_producer.values()) == [8, 8]  # head_dim of q and of v
+    spec = dict(zip(sorted(by_producer), (0.5, 0.25)))
+    plan = make_plan(model, PruneOptions(spec=spec, round_to=1), groups)
+    sparse_model, slim_model = sparse(model, groups, plan), slim(model, groups, plan)
+    for shape in ((1, 8, 32), (3, 5, 32)):  # the analyzed shape, and another batch and sequence length
+        x = {"input": RNG.standard_normal(shape).astype(np.float32)}
+        assert relative_difference(run_model(sparse_model, x), run_model(slim_model, x)) <= 1e-5

@@ -72,6 +72,7 @@ class Context:
         self.values = values or {}  # small integer tensors computed from Shape ops, at batch 1
         self.attention = attention  # "dims": prune head_dim uniformly over heads; "heads": whole heads
         self.memo: dict[tuple[int, str], object] = {}
+        self.added: list[gs.Node] = []  # nodes slim-time fixups add (surgery puts them in the graph)
 
     def shape(self, tensor: gs.Tensor) -> tuple[int, ...] | None:
         if isinstance(tensor, gs.Constant):

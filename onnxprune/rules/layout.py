@@ -315,6 +315,12 @@ def fix_reshape(node: gs.Node, removed: Removed, ctx: Context) -> None:
     concat_node = target.inputs[0] if target.inputs else None
     if concat_node is None or concat_node.op != "Concat":
         return  # nothing safe to rewrite; verification of the pruned model reports it
+    if len(target.outputs) > 1:  # a target several Reshapes share (dynamo's q, k, v views): this one's own copy
+        copy = gs.Variable(f"{y.name}_target", dtype=np.int64)
+        concat_node = gs.Node("Concat", f"{y.name}_target_concat", dict(concat_node.attrs),
+                              list(concat_node.inputs), [copy])
+        ctx.added.append(concat_node)
+        node.inputs[1] = copy
     _fix_concat_pieces(concat_node, {a: expected[a] for a in wrong}, ctx, y.name)
 
 
