@@ -643,6 +643,38 @@ class GroupNormNet(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------
+# llama_block
+
+
+class LlamaBlock(nn.Module):
+    """A Llama decoder from a `transformers` config (RMSNorm, grouped-query attention with 4 query and 2
+    key/value heads repeated by Expand, rotary embeddings with rotate-half slices, SwiGLU MLP) between
+    an input and an output Linear, so it reads and writes float features. Random weights, with noise
+    on every parameter so no exporter merges equal tensors (RMSNorm weights start as ones)."""
+
+    def __init__(self, features: int = 16, hidden: int = 32, classes: int = 8) -> None:
+        super().__init__()
+        from transformers import LlamaConfig, LlamaModel
+
+        config = LlamaConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=1,
+                             num_attention_heads=4, num_key_value_heads=2, vocab_size=8,
+                             max_position_embeddings=32)
+        config._attn_implementation = "sdpa"
+        self.embed = nn.Linear(features, hidden)
+        self.llama = LlamaModel(config)
+        self.head = nn.Linear(hidden, classes)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.add_(torch.randn_like(p) * 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # a mask of ones (as real exports pass one) keeps transformers from its packed-sequence check
+        mask = torch.ones(x.shape[:2], dtype=torch.long)
+        hidden = self.llama(inputs_embeds=self.embed(x), attention_mask=mask, use_cache=False).last_hidden_state
+        return self.head(hidden)
+
+
+# --------------------------------------------------------------------------------------------------
 # Registry
 
 
@@ -766,6 +798,15 @@ FIXTURES: dict[str, FixtureSpec] = {
             IMAGE,
             "Convs with GroupNorm (must be reported unprunable; at opset 17 it is Reshape[0,G,-1]-"
             "InstanceNormalization-Reshape-Mul-Add) followed by a prunable Conv-BN-ReLU part.",
+        ),
+        FixtureSpec(
+            "llama_block",
+            LlamaBlock,
+            (1, 8, 16),
+            "Llama decoder layer from a transformers config between two Linears: RMSNorm "
+            "(Pow-ReduceMean-Add-Sqrt-Div), grouped-query attention (4 query, 2 key/value heads; repeat_kv "
+            "as Unsqueeze-Expand-Reshape with a Shape->Where target), rotary embeddings (rotate-half Slices, "
+            "Neg, Concat), exported scaled-dot-product attention with its IsNaN/Where guard, SwiGLU MLP.",
         ),
     ]
 }

@@ -67,11 +67,9 @@ def lift_weights(graph: gs.Graph) -> dict[str, Derived]:
             if folded is None:
                 continue
             source = node.inputs[0]
-            derived[out.name] = Derived(source.name, folded[1], tuple(source.values.shape), source.values.dtype)
-            if source.name in derived:  # a chain: keep pointing at the original initializer
-                first = derived.pop(source.name)
-                derived[out.name] = Derived(first.source, None, first.shape, first.dtype) if folded[1] is None \
-                    and first.perm is None else derived[out.name]
+            first = derived.pop(source.name, None)  # a chain (Cast -> Transpose): point at the stored weight
+            derived[out.name] = Derived(first.source if first else source.name, folded[1],
+                                        tuple(source.values.shape), source.values.dtype, first)
             _replace_tensor(graph, out, gs.Constant(out.name, folded[0]))
         node.outputs.clear()
         node.inputs.clear()

@@ -15,6 +15,8 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
+from onnxprune.errors import OnnxPruneError
+
 
 @dataclass
 class Quant:
@@ -67,9 +69,10 @@ class Derived:
 
     source: str
     perm: tuple[int, ...] | None  # transposed with this permutation
-    shape: tuple[int, ...]  # the source's shape
+    shape: tuple[int, ...]  # the shape before this step (the source's, for a single step)
     dtype: np.dtype
     quant: Quant | None = None  # dequantized: the source holds integers
+    inner: Derived | None = None  # the earlier steps of a chain (an fp16 weight Cast, then Transposed)
 
     def representable(self, values: np.ndarray) -> np.ndarray:
         """The nearest values the source can hold (a quantized weight's grid); others as they are."""
@@ -87,7 +90,8 @@ class Derived:
             values = self.representable(values)
         if self.perm is not None:
             values = np.transpose(values, np.argsort(self.perm))
-        return np.asarray(values).reshape(self.shape).astype(self.dtype)
+        values = np.asarray(values).reshape(self.shape).astype(self.dtype)
+        return self.inner.to_source(values) if self.inner is not None else values
 
 
 @dataclass
@@ -177,6 +181,9 @@ def with_weights(model: Model, values: dict[str, np.ndarray] | None = None) -> o
     proto = onnx.ModelProto()
     proto.CopyFrom(model.skeleton)
     weights = model.weights()
+    lost = sorted(set(values) - set(weight_tensors(proto)))
+    if lost:  # a changed weight the file does not store as such: writing the rest would be silently wrong
+        raise OnnxPruneError(f"weight '{lost[0]}' is not stored in the model file; its new values cannot be written")
     for name, tensor in weight_tensors(proto).items():
         if name not in weights and name not in values:
             continue  # not a weight the graph uses: the skeleton kept its bytes

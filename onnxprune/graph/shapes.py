@@ -192,10 +192,19 @@ _EVAL = {
     "Not": lambda n, x: np.logical_not(x),
     "Where": lambda n, c, a, b: np.where(c, a, b),
     "Identity": lambda n, x: x,
+    "Transpose": lambda n, x: np.transpose(x, n.attrs.get("perm")),
     "Reshape": lambda n, x, s: x.reshape([int(d) if d != 0 else x.shape[i] for i, d in enumerate(s)]),
     "Slice": lambda n, x, s, e, a=None, st=None: _slice_values(x, s, e, a, st),
     "ReduceProd": lambda n, x, a=None: _reduce_prod(n, x, a),
+    "ConstantOfShape": lambda n, s: _constant_of_shape(n, s),
 }
+
+
+def _constant_of_shape(node, shape: np.ndarray) -> np.ndarray:
+    """ConstantOfShape (the ones and -1 masks of exported `expand` targets): its `value`, float 0 by default."""
+    value = node.attrs.get("value")
+    fill = np.asarray(getattr(value, "values", value)).reshape(-1) if value is not None else np.zeros(1, np.float32)
+    return np.full([int(d) for d in np.atleast_1d(shape)], fill[0], dtype=fill.dtype)
 
 
 def _reduce_prod(node, x: np.ndarray, axes: np.ndarray | None = None) -> np.ndarray:
@@ -231,7 +240,8 @@ def shape_values(graph, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndar
             continue
         out = node.outputs[0]
         if node.op == "Shape":
-            shape = shapes.get(node.inputs[0].name)
+            source = node.inputs[0]
+            shape = tuple(source.values.shape) if isinstance(source, gs.Constant) else shapes.get(source.name)
             if shape is not None:
                 start, end = node.attrs.get("start", 0), node.attrs.get("end", None)
                 values[out.name] = np.array(shape[start:end], dtype=np.int64)

@@ -154,9 +154,11 @@ def slim_graph(model: Model, groups: list[Group], plan: Plan) -> gs.Graph:
         rule = entry_for(node)
         if rule is not None and rule.fixup is not None:
             rule.fixup(node, removed, ctx)
+    graph.nodes.extend(ctx.added)
     keep = {t.name for t in list(graph.inputs) + list(graph.outputs)}
     for tensor in graph.tensors().values():
         if isinstance(tensor, gs.Variable) and tensor.name not in keep:
             tensor.shape = None
     lower_quantized(graph, model.derived, indices)  # a QDQ model stays one, its scales sliced too
-    return graph.cleanup(remove_unused_graph_inputs=False)
+    graph.cleanup(remove_unused_graph_inputs=False)
+    return graph.toposort() if ctx.added else graph

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
+from onnxprune.rules.attention import expand, fix_expand, tile
 from onnxprune.rules.base import (
     AFFINE,
     CONTRACT,
@@ -144,6 +145,8 @@ def _build_rules() -> dict[str, Rule]:
     rules["Unsqueeze"] = Rule(squeeze_like, Value.COPY)
     rules["Reshape"] = Rule(reshape, Value.COPY, fixup=fix_reshape)
     rules["Flatten"] = Rule(reshape, Value.COPY)
+    rules["Expand"] = Rule(expand, Value.COPY, fixup=fix_expand)
+    rules["Tile"] = Rule(tile, Value.COPY)
     for op in ("MaxPool", "GlobalMaxPool", "GlobalAveragePool"):
         rules[op] = Rule(spatial, Value.COPY)
     for op in ("AveragePool", "LpPool", "GlobalLpPool", "Pad"):

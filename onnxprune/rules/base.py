@@ -72,6 +72,7 @@ class Context:
         self.values = values or {}  # small integer tensors computed from Shape ops, at batch 1
         self.attention = attention  # "dims": prune head_dim uniformly over heads; "heads": whole heads
         self.memo: dict[tuple[int, str], object] = {}
+        self.added: list[gs.Node] = []  # nodes slim-time fixups add (surgery puts them in the graph)
 
     def shape(self, tensor: gs.Tensor) -> tuple[int, ...] | None:
         if isinstance(tensor, gs.Constant):
@@ -191,8 +192,27 @@ def ints_input(node: gs.Node, index: int, attr: str, ctx: Context) -> list[int] 
 
 
 def computed_input(node: gs.Node, index: int) -> bool:
-    """True when an input exists and is computed at run time (so it adapts to new channel counts)."""
-    return index < len(node.inputs) and present(node.inputs[index]) and not isinstance(node.inputs[index], gs.Constant)
+    """True when an input exists and is computed at run time from tensor shapes (so it adapts to new
+    channel counts); constants an exporter left unfolded (Unsqueeze of a Constant) are not."""
+    return index < len(node.inputs) and present(node.inputs[index]) and reads_shapes(node.inputs[index])
+
+
+def reads_shapes(tensor: gs.Tensor) -> bool:
+    """True when a run-time value depends on a tensor's shape (some `Shape` or `Size` upstream) or on data;
+    False for constants and for what an exporter computed from constants alone."""
+    stack, seen = [tensor], set()
+    while stack:
+        current = stack.pop()
+        if isinstance(current, gs.Constant) or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if not current.inputs:
+            return True  # a graph input: data
+        producer = current.inputs[0]
+        if producer.op in ("Shape", "Size"):
+            return True
+        stack.extend(t for t in producer.inputs if present(t))
+    return False
 
 
 def shapes_or_stop(ctx: Context, *tensors: gs.Tensor) -> list[tuple[int, ...]] | Stop:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxprune.rules.attention import heads_axis
 from onnxprune.rules.base import (
     OUT,
     Bundle,
@@ -18,6 +19,7 @@ from onnxprune.rules.base import (
     ints_input,
     norm_axis,
     present,
+    reads_shapes,
     shapes_or_stop,
     tie,
     weight_role,
@@ -198,7 +200,9 @@ def reshape(node: gs.Node, port: Port, axis: int, ctx: Context) -> list[Bundle] 
     Merging [C, H, W] into F ties channel c to the H*W features it becomes (a Flatten before a Gemm).
     Splitting F into (A, B) ties each feature to its coordinate on one of the new axes, chosen once per
     node (the larger one): (heads, head_dim) prunes head_dim uniformly across heads, and the
-    (groups, channels) of a channel shuffle prunes the same position in every group.
+    (groups, channels) of a channel shuffle prunes the same position in every group. With
+    `--attention heads`, a split or merge on an attention path keeps the outer axis (whole heads,
+    whole key/value groups; see `attention`).
     """
     x, y = node.inputs[0], node.outputs[0]
     if port.is_input and port.index != 0:
@@ -216,14 +220,17 @@ def reshape(node: gs.Node, port: Port, axis: int, ctx: Context) -> list[Bundle] 
         pick_in, pick_out = ins[0], outs[0]
     elif len(ins) == 1:  # split
         pick_in = ins[0]
-        if port.is_input:
-            heads = ctx.attention == "heads" and _feeds_matmul(y)
-            pick_out = ctx.memo.setdefault(key, outs[0] if heads else _largest(sy, outs))
-        else:
-            pick_out = ctx.memo.setdefault(key, axis)
+        if key not in ctx.memo:
+            heads = heads_axis(ctx, y, outs, forward=True)
+            ctx.memo[key] = heads if heads is not None else _largest(sy, outs) if port.is_input else axis
+        pick_out = ctx.memo[key]
     else:  # merge
         pick_out = outs[0]
-        pick_in = ctx.memo.setdefault(key, axis if port.is_input else _largest(sx, ins))
+        if key not in ctx.memo:
+            heads = heads_axis(ctx, x, ins, forward=False)
+            heads = heads if heads is not None else heads_axis(ctx, y, ins, forward=True)
+            ctx.memo[key] = heads if heads is not None else axis if port.is_input else _largest(sx, ins)
+        pick_in = ctx.memo[key]
     if axis != (pick_in if port.is_input else pick_out):
         return Stop(f"{node.op} '{node.name}' mixes this axis with another pruned axis")
     if node.op == "Reshape":
@@ -240,18 +247,6 @@ def reshape(node: gs.Node, port: Port, axis: int, ctx: Context) -> list[Bundle] 
     coords = np.unravel_index(flat, [sx[i] for i in ins])[ins.index(pick_in)]
     n = sx[pick_in]
     return [Bundle(n, [tie(x, pick_in, n), Tie(y, pick_out, np.stack([coords, flat], 1))])]
-
-
-def _feeds_matmul(tensor: gs.Tensor) -> bool:
-    """An attention split: (heads, head_dim) that reaches a MatMul, possibly through Transposes."""
-    stack = [tensor]
-    while stack:
-        for consumer in stack.pop().outputs:
-            if consumer.op == "MatMul":
-                return True
-            if consumer.op == "Transpose":
-                stack.append(consumer.outputs[0])
-    return False
 
 
 def _largest(shape: tuple[int, ...], axes: list[int]) -> int:
@@ -318,11 +313,33 @@ def fix_reshape(node: gs.Node, removed: Removed, ctx: Context) -> None:
         node.inputs[1] = gs.Constant(f"{y.name}_shape", fixed)
         return
     concat_node = target.inputs[0] if target.inputs else None
-    if concat_node is None or concat_node.op != "Concat" or len(concat_node.inputs) != len(expected):
+    if concat_node is None or concat_node.op != "Concat":
         return  # nothing safe to rewrite; verification of the pruned model reports it
-    for a in wrong:
-        piece = ctx.value(concat_node.inputs[a])
-        concat_node.inputs[a] = gs.Constant(f"{y.name}_dim{a}", np.full(piece.shape, expected[a], dtype=np.int64))
+    if len(target.outputs) > 1:  # a target several Reshapes share (dynamo's q, k, v views): this one's own copy
+        copy = gs.Variable(f"{y.name}_target", dtype=np.int64)
+        concat_node = gs.Node("Concat", f"{y.name}_target_concat", dict(concat_node.attrs),
+                              list(concat_node.inputs), [copy])
+        ctx.added.append(concat_node)
+        node.inputs[1] = copy
+    _fix_concat_pieces(concat_node, {a: expected[a] for a in wrong}, ctx, y.name)
+
+
+def _fix_concat_pieces(concat_node: gs.Node, wanted: dict[int, int], ctx: Context, name: str) -> None:
+    """Rewrite the entries `wanted` (position in the Concat's output: value) in the pieces that hold them:
+    a one-entry piece always (it is wrong as it is), a piece of several entries when it is a constant or
+    computed from constants alone (one read from shapes, Shape(x)[0:2], holds run-time sizes to keep)."""
+    offset = 0
+    for k, piece in enumerate(list(concat_node.inputs)):
+        value = ctx.value(piece)
+        if value is None:
+            return
+        value = np.atleast_1d(value).astype(np.int64)
+        mine = {a - offset: v for a, v in wanted.items() if offset <= a < offset + value.size}
+        if mine and (value.size == 1 or not reads_shapes(piece)):
+            for a, v in mine.items():
+                value[a] = v
+            concat_node.inputs[k] = gs.Constant(f"{name}_dims{offset}", value)
+        offset += value.size
 
 
 SHAPE_SINKS = {("Reshape", 1), ("Slice", 1), ("Slice", 2), ("Slice", 3), ("Split", 1), ("Expand", 1),

@@ -212,8 +212,8 @@ def fix_conv_groups(node: gs.Node, removed: Removed, ctx: Context) -> None:
     """A depthwise Conv keeps one group per (remaining) input channel."""
     groups = int(node.attrs.get("group", 1))
     w = node.inputs[1]
-    if groups <= 1:
-        return
+    if groups <= 1 or not isinstance(w, gs.Constant):
+        return  # a weight computed at run time (weight norm): the rule refused its channels, nothing moved
     if node.op == "Conv" and w.values.shape[1] == 1:
         old_in = removed.old_shapes[node.inputs[0].name][1]
         node.attrs["group"] = old_in - removed.of(node.inputs[0], 1).size
