@@ -69,7 +69,7 @@ def lift_weights(graph: gs.Graph) -> dict[str, Derived]:
             source = node.inputs[0]
             first = derived.pop(source.name, None)  # a chain (Cast -> Transpose): point at the stored weight
             derived[out.name] = Derived(first.source if first else source.name, folded[1],
-                                        tuple(source.values.shape), source.values.dtype, first)
+                                        tuple(source.values.shape), source.values.dtype, inner=first)
             _replace_tensor(graph, out, gs.Constant(out.name, folded[0]))
         node.outputs.clear()
         node.inputs.clear()
@@ -131,7 +131,7 @@ def _dequantize(node: gs.Node) -> tuple[np.ndarray, Derived] | None:
         return None
     shifted = ints.astype(np.int64) - (quant.broadcast(points.astype(np.int64), ints.ndim) if zp is not None else 0)
     values = (shifted.astype(scales.dtype) * quant.broadcast(scales, ints.ndim)).astype(scales.dtype)
-    return values, Derived(x.name, None, tuple(ints.shape), ints.dtype, quant)
+    return values, Derived(x.name, None, tuple(ints.shape), ints.dtype, quant=quant)
 
 
 def _quantized_at_run_time(node: gs.Node, derived: dict[str, Derived]) -> tuple[np.ndarray, Derived] | None:
@@ -159,8 +159,8 @@ def _quantized_at_run_time(node: gs.Node, derived: dict[str, Derived]) -> tuple[
     if first is not None and first.quant is not None or scale.values.ndim > 1:
         return None
     derived.pop(w.name, None)
-    how = Derived(first.source, first.perm, first.shape, first.dtype, quant) if first is not None \
-        else Derived(w.name, None, tuple(w.values.shape), w.values.dtype, quant)
+    how = Derived(first.source, first.perm, first.shape, first.dtype, quant=quant, inner=first.inner) \
+        if first is not None else Derived(w.name, None, tuple(w.values.shape), w.values.dtype, quant=quant)
     q.outputs.clear()
     q.inputs.clear()
     return how.representable(np.asarray(w.values)), how
