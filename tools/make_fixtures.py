@@ -230,8 +230,8 @@ def variants() -> list[tuple[str, str, str, Callable[[], onnx.ModelProto | None]
         (
             "llama_block_dynamo",
             "llama_block",
-            f"llama_block exported with dynamo=True at opset {DYNAMO_OPSET}: RMSNorm with Reciprocal(Sqrt), "
-            "repeat_kv as Expand to a constant shape and Reshape, decomposed scaled-dot-product attention.",
+            (f"llama_block exported with dynamo=True at opset {DYNAMO_OPSET}: RMSNorm with Reciprocal(Sqrt), "
+             "repeat_kv as Expand to a constant shape and Reshape, decomposed scaled-dot-product attention."),
             lambda: export_dynamo(build_model("llama_block"), FIXTURES["llama_block"].input_shape),
         ),
     ]
