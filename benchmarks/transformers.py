@@ -6,7 +6,7 @@ is downloaded) and exported with both torch exporters: TorchScript (`dynamo=Fals
 (opset 18). Per model and exporter it reports the channel groups (all, prunable) with attention heads as
 units (`attention="heads"`) and as head dims ("dims"), and the *two-sided shrinkable share*: over every Conv/Gemm/MatMul with a
 weight, MACs-weighted, the fraction of its two channel axes (input and output) that some prunable group
-shrinks (both: 1, one: 1/2). Then it prunes 30% of MACs with whole heads and checks sparse == slim
+shrinks (both: 1, one: 1/2) — `inspect`'s "can shrink" figure. Then it prunes 30% of MACs with whole heads and checks sparse == slim
 (`prune` verifies it and fails otherwise).
 
     python benchmarks/transformers.py [MODEL ...]
@@ -27,8 +27,8 @@ import torch
 
 import onnxprune
 from onnxprune.graph.load import from_proto
+from onnxprune.pruning.inspect import inspect_model
 from onnxprune.pruning.prune import PruneOptions, prune
-from onnxprune.rules import entry_for
 
 SMALL = {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 128}
 SEQ = 8
@@ -114,37 +114,6 @@ def export(name: str, exporter: str) -> onnx.ModelProto:
         return onnx.load_from_string(buffer.getvalue())
 
 
-def two_sided_share(model, groups) -> float:
-    """MACs-weighted share of weighted layers' input and output channel axes some prunable group shrinks."""
-    shrinkable = {(m.tensor, m.axis) for g in groups if g.prunable for m in g.members}
-    total = covered = 0.0
-    for node in model.graph.nodes:
-        rule = entry_for(node)
-        if rule is None or rule.macs is None or len(node.inputs) < 2:
-            continue
-        weight = node.inputs[1]
-        if not hasattr(weight, "values") or weight.values.ndim < 2:
-            continue
-        dims = [model.shapes.get(node.inputs[0].name), list(weight.values.shape), model.shapes.get(node.outputs[0].name)]
-        if any(d is None for d in dims):
-            continue
-        macs = float(rule.macs(*[list(d) for d in dims]))
-        out_axis, in_axis = _weight_axes(node, weight.values.ndim)
-        total += macs
-        covered += macs * ((weight.name, out_axis) in shrinkable) / 2 + macs * ((weight.name, in_axis) in shrinkable) / 2
-    return covered / total if total else 0.0
-
-
-def _weight_axes(node, ndim: int) -> tuple[int, int]:
-    """(output-channel axis, input-channel axis) of a layer's weight, from its registry entry's seeds."""
-    rule = entry_for(node)
-    out_axis = rule.seeds(node)[0][1] % ndim
-    in_axis = ({0, 1} - {out_axis}).pop() if ndim == 2 or out_axis in (0, 1) else ndim - 2
-    if node.op == "MatMul":
-        in_axis = ndim - 2
-    return out_axis, in_axis
-
-
 def measure(name: str, exporter: str) -> dict:
     """Groups, heads and shares with attention pruned by head dims and by whole heads; prune 30% (heads)."""
     row = {"model": name, "exporter": exporter}
@@ -161,7 +130,7 @@ def measure(name: str, exporter: str) -> dict:
         attention = [g for g in groups if any(m.tensor in scores for m in g.members)]
         row[mode] = {"groups": len(groups), "prunable": sum(g.prunable for g in groups),
                      "attention": f"{sum(g.prunable for g in attention)}/{len(attention)}",
-                     "share": round(two_sided_share(model, groups), 3),
+                     "share": round(inspect_model(model, groups).shrinkable_macs, 3),
                      "reasons": sorted({g.reason for g in groups if g.reason})}
     try:
         result = prune(model, PruneOptions(ratio=0.3, attention="heads"))

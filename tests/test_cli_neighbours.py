@@ -116,5 +116,5 @@ def test_inspect_says_how_much_can_shrink_and_what_blocks_the_rest(tmp_path, cap
     assert report["shrinkable_macs"] == pytest.approx(0.5) and report["shrinkable_params"] == pytest.approx(0.5)
     assert main(["inspect", str(path)]) == 0
     text = capsys.readouterr().out
-    assert "can shrink: 50% of MACs, 50% of params" in text
+    assert "can shrink: 50% of the weighted layers' MACs, 50% of their params" in text
     assert "blocked, " in text and "is a model output" in text

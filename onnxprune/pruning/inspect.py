@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import onnx_graphsurgeon as gs
+
 from onnxprune.graph.model import Model
 from onnxprune.pruning.channels import Group, find_groups
 from onnxprune.pruning.cost import layer_costs, totals
-from onnxprune.rules import CONTRACT, IN, entry_for
+from onnxprune.rules import CONTRACT, IN, OUT, entry_for
 
 
 @dataclass
@@ -34,8 +36,8 @@ class Report:
     layers: list[LayerRow]
     groups: list[Group]
     group_macs: dict[str, int]  # MACs of the layers whose weights a group slices (producers and consumers)
-    shrinkable_macs: float = 0.0  # MACs-weighted share of the layers' channel axes a prunable group shrinks
-    shrinkable_params: float = 0.0  # the same, weighted by params
+    shrinkable_macs: float = 0.0  # over the layers with a weight, MACs-weighted: the share of their two
+    shrinkable_params: float = 0.0  # channel axes (input, output) a prunable group shrinks; by params
 
     def blocked(self, top: int = 5) -> list[tuple[str, float]]:
         """The groups that cannot be pruned, as (reason, share of the model's MACs they hold), most first."""
@@ -88,26 +90,26 @@ def inspect_model(model: Model, groups: list[Group] | None = None, attention: st
                              bool(group and group.prunable), group.reason if group else None))
     macs, params = totals(list(costs.values()))
     report = Report(str(model.path or "model"), macs, params, rows, groups, group_macs(model, groups))
-    shares = _shrinkable(model, groups, owner)
-    report.shrinkable_macs = sum(shares[c.node] * c.macs for c in costs.values()) / max(macs, 1)
-    report.shrinkable_params = sum(shares[c.node] * c.params for c in costs.values()) / max(params, 1)
+    shares = _shrinkable(model, groups)
+    weighted = [c for c in costs.values() if c.node in shares]
+    report.shrinkable_macs = sum(shares[c.node] * c.macs for c in weighted) / max(sum(c.macs for c in weighted), 1)
+    report.shrinkable_params = sum(shares[c.node] * c.params for c in weighted) / max(sum(c.params for c in weighted), 1)
     return report
 
 
-def _shrinkable(model: Model, groups: list[Group], owner: dict[tuple[str, int], Group]) -> dict[str, float]:
-    """Per layer: half for its output channels and half for the input channels it reads, when a prunable
-    group shrinks them (1: both can shrink, 0.5: one, 0: neither)."""
-    reads = {m.tensor for g in groups if g.prunable for m in g.members if m.role in (IN, CONTRACT)}
+def _shrinkable(model: Model, groups: list[Group]) -> dict[str, float]:
+    """Per layer with a weight: half for its output channels and half for its input channels, when a
+    prunable group shrinks that axis of the weight (1: both, 0.5: one, 0: neither). Layers without a
+    weight (attention's products of two activations) are not in it: they shrink with the layers around."""
+    roles = {(m.tensor, m.role) for g in groups if g.prunable for m in g.members}
     shares = {}
     for node in model.graph.nodes:
-        rule, out = entry_for(node), node.outputs[0] if node.outputs else None
-        shape = model.shapes.get(out.name) if out is not None else None
-        produced = False
-        if rule is not None and rule.out_axis is not None and shape:
-            group = owner.get((out.name, rule.out_axis % len(shape)))
-            produced = bool(group and group.prunable)
-        read = any(t.name in reads for t in node.inputs)
-        shares[node.name or (out.name if out is not None else "")] = 0.5 * produced + 0.5 * read
+        rule = entry_for(node)
+        seeds = rule.seeds(node) if rule is not None and rule.seeds is not None else []
+        weights = [node.inputs[i] for i, _ in seeds if i < len(node.inputs) and isinstance(node.inputs[i], gs.Constant)]
+        if weights:
+            w = weights[0].name
+            shares[node.name or node.outputs[0].name] = 0.5 * ((w, OUT) in roles) + 0.5 * ((w, IN) in roles)
     return shares
 
 
@@ -158,8 +160,9 @@ def format_report(report: Report, width: int = 48) -> str:
     lines.append("")
     lines.append(f"total: {human(report.macs)} MACs, {human(report.params)} params, "
                  f"{prunable} of {len(report.groups)} channel groups prunable")
-    lines.append(f"can shrink: {report.shrinkable_macs:.0%} of MACs, {report.shrinkable_params:.0%} of params "
-                 "(a layer counts half for its output channels, half for its input channels)")
+    lines.append(f"can shrink: {report.shrinkable_macs:.0%} of the weighted layers' MACs, "
+                 f"{report.shrinkable_params:.0%} of their params (a layer counts half for its output channels, "
+                 "half for its input channels)")
     for reason, share in report.blocked():
         lines.append(f"  blocked, {'<0.1%' if share < 0.001 else f'{share:.1%}'} of MACs: {reason}")
     return "\n".join(lines)
