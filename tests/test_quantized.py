@@ -15,28 +15,10 @@ from onnxprune.pruning.channels import find_groups
 from onnxprune.pruning.inspect import inspect_model
 from onnxprune.pruning.prune import PruneOptions, make_plan, prune
 from onnxprune.pruning.surgery import slim, sparse
-from onnxprune.rules import IN, OUT, entry_for
 from tests.conftest import fixture_path, random_batch, relative_difference, run_model
 from tools.quantized_fixtures import quantize
 
 QDQ = ["qdq_residual", "qdq_residual_per_channel"]
-
-
-def shrinkable_share(model, groups) -> float:
-    """Over every layer with a weight, MACs-weighted: the share of its two channel axes (output, input)
-    that a prunable group shrinks (the issue's two-sided shrinkable share)."""
-    prunable = {(m.tensor, m.role) for g in groups if g.prunable for m in g.members if m.role in (OUT, IN)}
-    costs = {c.node: c.macs for c in inspect_model(model, groups).layers}
-    total = shrunk = 0.0
-    for node in model.graph.nodes:
-        rule = entry_for(node)
-        macs = costs.get(node.name, 0)
-        if rule is None or rule.seeds is None or not macs:
-            continue
-        weight = node.inputs[rule.weight_input].name
-        total += macs
-        shrunk += macs * (((weight, OUT) in prunable) + ((weight, IN) in prunable)) / 2
-    return shrunk / total
 
 
 @pytest.mark.parametrize("name", QDQ)
@@ -48,7 +30,7 @@ def test_a_qdq_model_has_the_groups_and_costs_of_its_float_twin(name: str) -> No
     assert rows[0] == rows[1] and sum(g.prunable for g in reports[1].groups) == 5
     assert reports[1].macs == reports[0].macs
     assert reports[1].params == reports[0].params  # the int8 weights count, the activations' scales do not
-    shares = [shrinkable_share(m, r.groups) for m, r in zip((twin, quantized), reports)]
+    shares = [r.shrinkable_macs for r in reports]  # inspect's two-sided shrinkable share
     assert shares[1] == pytest.approx(shares[0]) and shares[0] > 0.9
 
 

@@ -105,10 +105,11 @@ def _shrinkable(model: Model, groups: list[Group]) -> dict[str, float]:
     shares = {}
     for node in model.graph.nodes:
         rule = entry_for(node)
-        seeds = rule.seeds(node) if rule is not None and rule.seeds is not None else []
-        weights = [node.inputs[i] for i, _ in seeds if i < len(node.inputs) and isinstance(node.inputs[i], gs.Constant)]
-        if weights:
-            w = weights[0].name
+        if rule is None or rule.seeds is None or rule.weight_input >= len(node.inputs):
+            continue
+        weight = node.inputs[rule.weight_input]
+        if isinstance(weight, gs.Constant):
+            w = weight.name
             shares[node.name or node.outputs[0].name] = 0.5 * ((w, OUT) in roles) + 0.5 * ((w, IN) in roles)
     return shares
 
