@@ -21,7 +21,7 @@ An operator without a rule stops every group that reaches it: unknown means unpr
 the operator — besides the channel rule, for layers with weights where groups start (`seeds`), their MACs,
 their output-channel axis, whether analysis may mask their outputs, and their matrix form (`linear`,
 `fold`; see `Rule`). The other modules ask `entry_for(node)`; none keeps its own list of operators. The
-functions live by kind in `elementwise`, `weighted`, `linear`, `layout` and `spatial`; `values` follows a
+functions live by kind in `elementwise`, `weighted`, `linear`, `layout`, `spatial` and `norms`; `values` follows a
 removed channel's value through the entries. A new operator is one entry here and one fixture (the
 README's "Adding an operator" walks through one).
 """
@@ -36,6 +36,7 @@ from onnxprune.rules.base import (
     IN,
     KEEP,
     OUT,
+    SUMMED,
     WEIGHT_ROLES,
     ZEROED_ROLES,
     Bundle,
@@ -61,10 +62,16 @@ from onnxprune.rules.layout import (
     transpose,
 )
 from onnxprune.rules.linear import LinearView, conv_fold, conv_view, gemm_fold, gemm_view, matmul_view
+from onnxprune.rules.norms import (
+    fix_group_norm,
+    fix_layer_norm,
+    fix_reduce_mean,
+    fix_rms_norm,
+    group_norm,
+    layer_norm,
+)
 from onnxprune.rules.spatial import (
     fix_resize,
-    group_norm,
-    layer_norm_axis,
     normalized_from,
     reduce,
     softmax_axis,
@@ -90,7 +97,7 @@ from onnxprune.rules.weighted import (
 )
 
 __all__ = [
-    "AFFINE", "CONTRACT", "IN", "KEEP", "OUT", "RULES", "WEIGHT_ROLES", "ZEROED_ROLES", "Bundle", "Context", "LinearView", "Port",
+    "AFFINE", "CONTRACT", "IN", "KEEP", "OUT", "RULES", "SUMMED", "WEIGHT_ROLES", "ZEROED_ROLES", "Bundle", "Context", "LinearView", "Port",
     "Removed", "Rule", "Stop", "Tie", "Value", "entry_for", "fold_view", "linear_view",
 ]
 
@@ -130,14 +137,17 @@ def _build_rules() -> dict[str, Rule]:
         rules[op] = Rule(spatial, Value.ZERO)
     rules["Resize"] = Rule(spatial, Value.COPY, fixup=fix_resize)
     rules["Upsample"] = Rule(spatial, Value.COPY)
-    for op in ("ReduceMean", "ReduceMax", "ReduceMin"):
+    rules["ReduceMean"] = Rule(reduce, Value.COPY, fixup=fix_reduce_mean)
+    for op in ("ReduceMax", "ReduceMin"):
         rules[op] = Rule(reduce, Value.COPY)
     for op in ("ReduceSum", "ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceLogSumExp", "ReduceProd"):
         rules[op] = Rule(reduce, Value.ZERO)
     for op in ("Softmax", "LogSoftmax", "Hardmax"):
         rules[op] = Rule(normalized_from(softmax_axis), Value.UNKNOWN)
-    rules["LayerNormalization"] = Rule(normalized_from(layer_norm_axis), Value.UNKNOWN)
-    rules["GroupNormalization"] = Rule(group_norm, Value.UNKNOWN)
+    rules["LayerNormalization"] = Rule(layer_norm, Value.NORMALIZED, fixup=fix_layer_norm)
+    for op in ("RMSNormalization", "SimplifiedLayerNormalization"):  # the second: onnxruntime's, in domain ""
+        rules[op] = Rule(layer_norm, Value.NORMALIZED, fixup=fix_rms_norm)
+    rules["GroupNormalization"] = Rule(group_norm, Value.NORMALIZED, fixup=fix_group_norm)
     rules["Gather"] = Rule(gather, Value.LINEAR, seeds=gather_seeds)
     rules["Shape"] = Rule(shape_of)
     for op in ("Size", "NonZero"):
