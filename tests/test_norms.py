@@ -97,6 +97,15 @@ def test_simplified_layer_normalization_of_onnxruntime(monkeypatch) -> None:
     assert next(n for n in slim_model.graph.node if n.name == "norm").op_type == "SimplifiedLayerNormalization"
 
 
+@pytest.mark.parametrize("opset", [17, 18])
+def test_fused_layer_norm_without_bias_at_both_reduce_forms(opset: int) -> None:
+    """The exact rewrite writes Reduce* axes as an attribute (opset 17) or an input (18 on); no bias here."""
+    proto = _rms_graph("LayerNormalization", opset)
+    plan, slim_model = _check(proto, PruneOptions(spec={"fc1": 0.5}, round_to=1), [1, 5, 6], "x")
+    ops = [n.op_type for n in slim_model.graph.node]
+    assert "fc1" in plan.groups and "LayerNormalization" not in ops and "ReduceSumSquare" in ops
+
+
 def test_group_normalization_loses_whole_groups() -> None:
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.standard_normal((16, 3, 3, 3)).astype(np.float32), "w1"),
