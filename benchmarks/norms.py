@@ -95,7 +95,7 @@ def measure(hidden: int, tokens: int, batch: int, keep: float, repeat: int, fold
         models[norms] = result.model
         if norms == "approximate":
             gap = result.approximation
-    kept = int(round(hidden * keep))
+    kept = round(hidden * keep)
     x = np.random.default_rng(1).standard_normal((batch, tokens, hidden)).astype(np.float32)
     h = {"original": x[..., :hidden], "exact": x[..., :kept], "approximate": x[..., :kept]}
     runs = {f"model/{k}": (session(m), {"input": x}) for k, m in models.items()}

@@ -122,7 +122,7 @@ def test_group_normalization_loses_whole_groups() -> None:
     proto.ir_version = 10
     group = {g.id: g for g in find_groups(from_proto(proto))}["conv1"]
     assert group.prunable and group.channels == 4  # whole groups of 4 channels
-    plan, slim_model = _check(proto, PruneOptions(spec={"conv1": 0.5}, round_to=1), [1, 3, 8, 8], "x")
+    _, slim_model = _check(proto, PruneOptions(spec={"conv1": 0.5}, round_to=1), [1, 3, 8, 8], "x")
     gn = next(n for n in slim_model.graph.node if n.op_type == "GroupNormalization")
     assert helper.get_attribute_value(gn.attribute[0]) == 2
 

@@ -246,8 +246,10 @@ def variants() -> list[tuple[str, str, str, Callable[[], onnx.ModelProto | None]
         (
             "bert_block_opset16",
             "bert_block",
-            "bert_block exported at opset 16: every LayerNorm decomposed (ReduceMean-Sub-Pow-ReduceMean-Add-"
-            "Sqrt-Div-Mul-Add).",
+            (
+                "bert_block exported at opset 16: every LayerNorm decomposed (ReduceMean-Sub-Pow-ReduceMean-Add-"
+                "Sqrt-Div-Mul-Add)."
+            ),
             lambda: export_torchscript(build_model("bert_block"), FIXTURES["bert_block"].input_shape, opset=16),
         ),
     ]
