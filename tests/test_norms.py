@@ -29,6 +29,8 @@ CASES = [
     ("convnextv2", "/block/pwconv1/MatMul", "block.grn.gamma", "GRN: ReduceMean over channels"),
     ("rmsnorm", "embed/MatMul", "g2", "RMSNorm (Pow-ReduceMean-Sqrt-Div, and Reciprocal-Mul)"),
     ("rmsnorm_fused", "embed/MatMul", "g2", "RMSNormalization"),
+    ("bert_block_dynamo", "node_MatMul_2", "norm2.weight", "fused LayerNormalization, opset 18"),
+    ("convnextv2_dynamo", "node_conv2d", "block.norm.weight", "channels-first LayerNorm, opset 18"),
 ]
 
 

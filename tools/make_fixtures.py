@@ -252,6 +252,21 @@ def variants() -> list[tuple[str, str, str, Callable[[], onnx.ModelProto | None]
             ),
             lambda: export_torchscript(build_model("bert_block"), FIXTURES["bert_block"].input_shape, opset=16),
         ),
+        (
+            "bert_block_dynamo",
+            "bert_block",
+            f"bert_block exported with dynamo=True at opset {DYNAMO_OPSET} (fused LayerNormalization, ReduceMean axes as input).",
+            lambda: export_dynamo(build_model("bert_block"), FIXTURES["bert_block"].input_shape),
+        ),
+        (
+            "convnextv2_dynamo",
+            "convnextv2",
+            (
+                f"convnextv2 exported with dynamo=True at opset {DYNAMO_OPSET} (the channels-first LayerNorm written "
+                "out, ReduceMean axes as input)."
+            ),
+            lambda: export_dynamo(build_model("convnextv2"), FIXTURES["convnextv2"].input_shape),
+        ),
     ]
 
 
