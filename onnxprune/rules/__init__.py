@@ -11,10 +11,12 @@ Example (Conv with weight W [O, I, k, k] and bias B, arriving at output Y's axis
 
 Roles of weights say what sparse pruning does with them: OUT and AFFINE slices are zeroed (they produce
 the channel), IN slices (consumer weights) and KEEP slices (BN statistics, divisors) are left as they are;
-slim pruning deletes every tied slice. CONTRACT ties two activations summed over in a MatMul.
+slim pruning deletes every tied slice. CONTRACT ties two activations summed over in a MatMul; SUMMED an
+activation a mean or normalization reduces over (its removed channels must be exact zeros there).
 
 Each rule also names how the *value of a removed channel* flows through the node (`value`, see
-`values.py`) and may have a `fixup` that rewrites attributes and shape inputs after slim pruning.
+`values.py`) and may have a `fixup` that rewrites attributes and shape inputs after slim pruning, or the
+node itself into several (the exact LayerNorm of `norms.py`).
 An operator without a rule stops every group that reaches it: unknown means unprunable, never guessed.
 
 `RULES` is the operator registry: one `Rule` per operator type holds everything the project knows about
