@@ -129,6 +129,22 @@ def test_group_normalization_loses_whole_groups() -> None:
     assert helper.get_attribute_value(gn.attribute[0]) == 2
 
 
+def test_group_norm_as_exported_before_opset_18_loses_whole_groups() -> None:
+    """PyTorch's GroupNorm at opset 17: Reshape [0, G, -1] -> InstanceNormalization -> Reshape -> Mul -> Add.
+    Channel c goes with row c // (C/G), so whole groups go (they stopped at "regroups the channel axis")."""
+    proto = onnx.load(fixture_path("groupnorm"))
+    groups = {g.id: g for g in find_groups(from_proto(proto))}
+    assert groups["/gn_part/gn_part.0/Conv"].prunable and groups["/gn_part/gn_part.0/Conv"].channels == 8
+    assert groups["/gn_part/gn_part.3/Conv"].prunable and groups["/gn_part/gn_part.3/Conv"].channels == 4
+    spec = {"/gn_part/gn_part.0/Conv": 0.5, "/gn_part/gn_part.3/Conv": 0.5}
+    _, slim_model = _check(proto, PruneOptions(spec=spec, round_to=1), [1, 3, 32, 32])
+    kept = {i.name: list(i.dims) for i in slim_model.graph.initializer}
+    assert kept["gn_part.0.weight"][0] == 16 and kept["gn_part.3.weight"][:2] == [16, 16]
+    assert kept["/gn_part/gn_part.1/Unsqueeze_output_0"] == [16, 1, 1]  # the GroupNorm scale, lifted
+    assert kept["/gn_part/gn_part.1/Constant_1_output_0"] == [4]  # InstanceNormalization over 4 of 8 groups
+    assert kept["/gn_part/gn_part.4/Constant_1_output_0"] == [2]
+
+
 def test_a_normalization_reading_nonzero_removed_channels_is_refused() -> None:
     """Removed channels that are not zero where the norm reads them (Sigmoid(0) = 0.5) would change its
     mean: the group is unprunable, with the reason."""

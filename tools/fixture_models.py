@@ -622,7 +622,7 @@ class EncoderDecoder(nn.Module):
 
 
 class GroupNormNet(nn.Module):
-    """GroupNorm convs (channels normalised together in groups, so not prunable one by one)
+    """GroupNorm convs (channels normalised together in groups: prunable a whole group at a time)
     followed by an ordinary, prunable Conv-BN-ReLU part."""
 
     def __init__(self) -> None:
@@ -868,7 +868,7 @@ FIXTURES: dict[str, FixtureSpec] = {
             "groupnorm",
             GroupNormNet,
             IMAGE,
-            "Convs with GroupNorm (must be reported unprunable; at opset 17 it is Reshape[0,G,-1]-"
+            "Convs with GroupNorm (prunable in whole groups; at opset 17 it is Reshape[0,G,-1]-"
             "InstanceNormalization-Reshape-Mul-Add) followed by a prunable Conv-BN-ReLU part.",
         ),
         FixtureSpec(

@@ -70,6 +70,7 @@ from onnxprune.rules.norms import (
     fix_reduce_mean,
     fix_rms_norm,
     group_norm,
+    grouped,
     layer_norm,
 )
 from onnxprune.rules.spatial import (
@@ -131,7 +132,7 @@ def _build_rules() -> dict[str, Rule]:
     rules["Transpose"] = Rule(transpose, Value.COPY)
     rules["Squeeze"] = Rule(squeeze_like, Value.COPY)
     rules["Unsqueeze"] = Rule(squeeze_like, Value.COPY)
-    rules["Reshape"] = Rule(reshape, Value.COPY, fixup=fix_reshape)
+    rules["Reshape"] = Rule(grouped(reshape), Value.COPY, fixup=fix_reshape)  # grouped: GroupNorm's rows
     rules["Flatten"] = Rule(reshape, Value.COPY)
     for op in ("MaxPool", "GlobalMaxPool", "GlobalAveragePool"):
         rules[op] = Rule(spatial, Value.COPY)

@@ -31,6 +31,7 @@ from onnxprune.rules.base import (
     Context,
     Port,
     Removed,
+    RuleFn,
     Stop,
     Tie,
     identity,
@@ -249,6 +250,40 @@ def fix_group_norm(node: gs.Node, removed: Removed, ctx: Context) -> None:
     if gone:
         per_group = removed.old_shapes[x.name][1] // int(node.attrs["num_groups"])
         node.attrs["num_groups"] = int(node.attrs["num_groups"]) - gone // per_group
+
+
+def grouped(reshape: RuleFn) -> RuleFn:
+    """Reshape, plus the group split of GroupNorm as PyTorch exports it before opset 18: [N, C, *S] ->
+    [N, G, C/G * prod(S)] (InstanceNormalization normalizes each of the G rows) and back. Channel c goes
+    with row c // (C/G): removing a row removes its whole group of channels, which no other row reads."""
+
+    def rule(node: gs.Node, port: Port, axis: int, ctx: Context) -> list[Bundle] | Stop:
+        result = reshape(node, port, axis, ctx)
+        if not isinstance(result, Stop) or node.op != "Reshape" or port.index != 0 or axis != 1:
+            return result
+        target = node.inputs[1]
+        if not isinstance(target, gs.Constant) and target.name not in ctx.values:
+            return result  # a target computed from data: the reshape rule's reason stands
+        return _group_rows(node, ctx) or result
+
+    return rule
+
+
+def _group_rows(node: gs.Node, ctx: Context) -> list[Bundle] | None:
+    """The bundle of a channels <-> group rows reshape, or None when the node is not one."""
+    x, y = node.inputs[0], node.outputs[0]
+    sx, sy = ctx.shape(x), ctx.shape(y)
+    if sx is None or sy is None:
+        return None
+    wide, rows = (x, y) if len(sy) == 3 else (y, x)
+    sw, sr = ctx.shape(wide), ctx.shape(rows)
+    if len(sr) != 3 or len(sw) < 3 or sw[0] != sr[0] or len(sw) == 3:
+        return None
+    channels, groups = sw[1], sr[1]
+    if groups < 2 or channels % groups or sr[2] != channels // groups * int(np.prod(sw[2:])):
+        return None
+    c = np.arange(channels)
+    return [Bundle(groups, [Tie(wide, 1, np.stack([c // (channels // groups), c], axis=1)), tie(rows, 1, groups)])]
 
 
 # --- building the rewritten subgraphs -----------------------------------------------------------------
