@@ -129,6 +129,10 @@ def _parser_prune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exclude", action="append", metavar="NODE", help="a node name (or fnmatch pattern) whose "
                    "channels are kept whole; repeat for more")
     p.add_argument("--mode", default="slim", choices=("slim", "sparse"), help="remove (slim) or zero (sparse)")
+    p.add_argument("--norms", default="exact", choices=("exact", "approximate"),
+                   help="LayerNorm/RMSNorm/means over pruned channels: keep the original count (exact, default: "
+                        "slim equals sparse) or normalize over the kept channels (approximate: a fused LayerNorm, "
+                        "faster, but the slim model differs from the sparse one)")
     p.add_argument("-o", "--output", required=True, help="where to write the pruned model")
     p.add_argument("--plan-out", help="write the plan (channels removed per group) as JSON")
     p.add_argument("--no-verify", action="store_true", help="skip the sparse-vs-slim output check")

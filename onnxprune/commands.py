@@ -63,7 +63,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         sensitivity=_read_sensitivity(args.sens) if args.sens else None, criterion=args.criterion,
         round_to=args.round_to, exclude=args.exclude or [], mode=args.mode, verify=not args.no_verify,
         attention=args.attention, providers=parse_providers(args.providers), data=args.data,
-        reconstruct=args.reconstruct, allocation=args.allocation,
+        reconstruct=args.reconstruct, allocation=args.allocation, norms=args.norms,
     )
     options.check()
     with ProgressBar(sys.stderr, label="reconstruct", unit="layers") as bar:
@@ -96,8 +96,13 @@ def _print_prune_summary(result, output: str, reconstruction=None) -> None:
     print(f"pruned {len(plan.groups)} groups, {plan.macs_ratio:.1%} of MACs removed -> {output}", file=sys.stderr)
     if reconstruction is not None:
         print(reconstruction.summary(), file=sys.stderr)
-    if result.difference is not None:
+    approximation = getattr(result, "approximation", None)
+    if result.difference is not None and approximation is None:
         print(f"verified: slim equals sparse (max relative difference {result.difference:.1e})", file=sys.stderr)
+    elif result.difference is not None:
+        print(f"verified: the exact slim model equals sparse (max relative difference {result.difference:.1e}); "
+              f"with --norms approximate the written model differs from sparse by {approximation:.1e} "
+              "(max relative), by choice", file=sys.stderr)
     for note in plan.notes:
         print(f"note: {note}", file=sys.stderr)
 

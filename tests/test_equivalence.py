@@ -90,7 +90,8 @@ def test_transformer_prunes_ffn_and_head_dims() -> None:
     assert groups["/ffn/ffn.0/MatMul"].prunable and groups["/ffn/ffn.0/MatMul"].channels == 256
     assert groups["/attn/q/MatMul"].channels == 16  # head_dim, shared by q and k, uniform over heads
     residual = groups["/attn/out/MatMul"]
-    assert not residual.prunable and "LayerNormalization" in residual.reason
+    assert not residual.prunable and "model input" in residual.reason  # the residual stream is the input (the
+    # LayerNorms no longer stop it: bert_block, with an embedding, prunes it; see test_norms)
     shapes = {t.name: list(t.dims) for t in slim_model.graph.initializer}
     assert shapes["attn.q.bias"][0] % 4 == 0 and shapes["attn.q.bias"][0] < 64
 

@@ -622,7 +622,7 @@ class EncoderDecoder(nn.Module):
 
 
 class GroupNormNet(nn.Module):
-    """GroupNorm convs (channels normalised together in groups, so not prunable one by one)
+    """GroupNorm convs (channels normalised together in groups: prunable a whole group at a time)
     followed by an ordinary, prunable Conv-BN-ReLU part."""
 
     def __init__(self) -> None:
@@ -672,6 +672,111 @@ class LlamaBlock(nn.Module):
         mask = torch.ones(x.shape[:2], dtype=torch.long)
         hidden = self.llama(inputs_embeds=self.embed(x), attention_mask=mask, use_cache=False).last_hidden_state
         return self.head(hidden)
+
+
+# --------------------------------------------------------------------------------------------------
+# bert_block / convnextv2 (normalizations over the channel axis)
+
+
+def add_noise(model: nn.Module, scale: float = 0.05) -> nn.Module:
+    """Random noise on every parameter, so that no two are equal (exporters merge equal tensors)."""
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(scale * torch.randn_like(parameter))
+    return model
+
+
+class BertLikeNet(nn.Module):
+    """Token features -> Linear embedding + LayerNorm, one post-norm encoder layer (self-attention,
+    residual add, LayerNorm, GELU FFN, residual add, LayerNorm), mean over tokens, linear head: the hidden
+    dimension runs through every LayerNorm."""
+
+    def __init__(self, features: int = 12, dim: int = 32, heads: int = 4, hidden: int = 64) -> None:
+        super().__init__()
+        self.embed = nn.Linear(features, dim)
+        self.embed_norm = nn.LayerNorm(dim)
+        self.attn = SelfAttention(dim, heads)
+        self.norm1 = nn.LayerNorm(dim)
+        self.ffn = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.norm2 = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, 10)
+        randomize_norms(self)
+        add_noise(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed_norm(self.embed(x))
+        x = self.norm1(x + self.attn(x))
+        x = self.norm2(x + self.ffn(x))
+        return self.head(x.mean(dim=1))
+
+
+class ChannelsFirstLayerNorm(nn.Module):
+    """ConvNeXt's LayerNorm(data_format="channels_first"), written out: mean and variance over axis 1."""
+
+    def __init__(self, channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = x.mean(1, keepdim=True)
+        s = (x - u).pow(2).mean(1, keepdim=True)
+        x = (x - u) / torch.sqrt(s + self.eps)
+        return self.weight[:, None, None] * x + self.bias[:, None, None]
+
+
+class GRN(nn.Module):
+    """ConvNeXt-V2's global response normalization (channels last): the L2 norm of each channel over
+    the spatial axes, divided by its mean over channels."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.zeros(1, 1, 1, channels))
+        self.beta = nn.Parameter(torch.zeros(1, 1, 1, channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gx = torch.norm(x, p=2, dim=(1, 2), keepdim=True)
+        nx = gx / (gx.mean(dim=-1, keepdim=True) + 1e-6)
+        return self.gamma * (x * nx) + self.beta + x
+
+
+class ConvNeXtV2Block(nn.Module):
+    """Depthwise 7x7 conv, permute to channels last, LayerNorm, pointwise MLP with GELU and GRN,
+    permute back, residual add."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.pwconv1 = nn.Linear(dim, 4 * dim)
+        self.act = nn.GELU()
+        self.grn = GRN(4 * dim)
+        self.pwconv2 = nn.Linear(4 * dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm(self.dwconv(x).permute(0, 2, 3, 1))
+        y = self.pwconv2(self.grn(self.act(self.pwconv1(y))))
+        return x + y.permute(0, 3, 1, 2)
+
+
+class ConvNeXtV2Net(nn.Module):
+    """Patchify stem (4x4 stride 4) + channels-first LayerNorm, one ConvNeXt-V2 block, global average
+    pool, LayerNorm, linear head."""
+
+    def __init__(self, dim: int = 32) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, dim, 4, stride=4)
+        self.stem_norm = ChannelsFirstLayerNorm(dim)
+        self.block = ConvNeXtV2Block(dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.head = nn.Linear(dim, 10)
+        randomize_norms(self)
+        add_noise(self, 0.3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.block(self.stem_norm(self.stem(x)))
+        return self.head(self.norm(x.mean((2, 3))))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -796,7 +901,7 @@ FIXTURES: dict[str, FixtureSpec] = {
             "groupnorm",
             GroupNormNet,
             IMAGE,
-            "Convs with GroupNorm (must be reported unprunable; at opset 17 it is Reshape[0,G,-1]-"
+            "Convs with GroupNorm (prunable in whole groups; at opset 17 it is Reshape[0,G,-1]-"
             "InstanceNormalization-Reshape-Mul-Add) followed by a prunable Conv-BN-ReLU part.",
         ),
         FixtureSpec(
@@ -807,6 +912,22 @@ FIXTURES: dict[str, FixtureSpec] = {
             "(Pow-ReduceMean-Add-Sqrt-Div), grouped-query attention (4 query, 2 key/value heads; repeat_kv "
             "as Unsqueeze-Expand-Reshape with a Shape->Where target), rotary embeddings (rotate-half Slices, "
             "Neg, Concat), exported scaled-dot-product attention with its IsNaN/Where guard, SwiGLU MLP.",
+        ),
+        FixtureSpec(
+            "bert_block",
+            BertLikeNet,
+            (1, 8, 12),
+            "Post-norm BERT-like encoder layer on a Linear embedding: LayerNormalization after the embedding "
+            "and after each residual add (attention, GELU FFN), mean over tokens, head; the hidden dimension "
+            "is one group through every LayerNorm.",
+        ),
+        FixtureSpec(
+            "convnextv2",
+            ConvNeXtV2Net,
+            (1, 3, 16, 16),
+            "ConvNeXt-V2: patchify stem, channels-first LayerNorm written out (ReduceMean-Sub-Pow-ReduceMean-"
+            "Add-Sqrt-Div-Mul-Add), block of depthwise 7x7, permute, LayerNormalization, pointwise MLP with GELU "
+            "and GRN (ReduceL2 over space, ReduceMean over channels), permute, residual; GAP, LayerNorm, head.",
         ),
     ]
 }

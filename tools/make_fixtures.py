@@ -32,10 +32,12 @@ if str(ROOT) not in sys.path:  # so `python tools/make_fixtures.py` can import t
 
 from tools.digits_data import DIGITS_DESCRIPTION, DIGITS_INPUT_SHAPE
 from tools.fixture_models import FIXTURES, build_model
+from tools.graph_fixtures import GRAPH_FIXTURES, GraphFixture
 from tools.quantized_fixtures import TOLERANCE as QUANTIZED_TOLERANCE
 from tools.quantized_fixtures import TWIN, quantized_variants
 
 FIXTURES_DIR = ROOT / "fixtures"
+GRAPHS = {f.name: f for f in GRAPH_FIXTURES}
 OPSET = 17
 DYNAMO_OPSET = 18  # the dynamo exporter's own minimum; converting its graph down to 17 fails
 TOLERANCE = 1e-4  # max |onnx - torch| relative to max |torch|
@@ -186,6 +188,22 @@ def count_params(model: onnx.ModelProto) -> int:
     return sum(int(np.prod(t.dims)) for t in tensors)
 
 
+def check_graph_fixture(model: onnx.ModelProto, fixture: GraphFixture) -> float:
+    """Check a hand-built fixture and compare onnxruntime with its numpy reference at batch 1 and 3."""
+    onnx.checker.check_model(model, full_check=True)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for batch in (1, 3):
+        x = np.random.default_rng(batch).standard_normal((batch, *fixture.input_shape[1:])).astype(np.float32)
+        expected = fixture.reference(x)
+        (actual,) = session.run(None, {"input": x})
+        error = float(np.abs(actual - expected).max() / max(np.abs(expected).max(), 1e-12))
+        if error > TOLERANCE:
+            raise AssertionError(f"{fixture.name}: relative error {error:.2e} > {TOLERANCE} at batch {batch}")
+        worst = max(worst, error)
+    return worst
+
+
 def variants() -> list[tuple[str, str, str, Callable[[], onnx.ModelProto | None]]]:
     """(file stem, source model, description, exporter) for the non-default exports."""
     plain = FIXTURES["plain_cnn"].input_shape
@@ -234,6 +252,30 @@ def variants() -> list[tuple[str, str, str, Callable[[], onnx.ModelProto | None]
              "repeat_kv as Expand to a constant shape and Reshape, decomposed scaled-dot-product attention."),
             lambda: export_dynamo(build_model("llama_block"), FIXTURES["llama_block"].input_shape),
         ),
+        (
+            "bert_block_opset16",
+            "bert_block",
+            (
+                "bert_block exported at opset 16: every LayerNorm decomposed (ReduceMean-Sub-Pow-ReduceMean-Add-"
+                "Sqrt-Div-Mul-Add)."
+            ),
+            lambda: export_torchscript(build_model("bert_block"), FIXTURES["bert_block"].input_shape, opset=16),
+        ),
+        (
+            "bert_block_dynamo",
+            "bert_block",
+            f"bert_block exported with dynamo=True at opset {DYNAMO_OPSET} (fused LayerNormalization, ReduceMean axes as input).",
+            lambda: export_dynamo(build_model("bert_block"), FIXTURES["bert_block"].input_shape),
+        ),
+        (
+            "convnextv2_dynamo",
+            "convnextv2",
+            (
+                f"convnextv2 exported with dynamo=True at opset {DYNAMO_OPSET} (the channels-first LayerNorm written "
+                "out, ReduceMean axes as input)."
+            ),
+            lambda: export_dynamo(build_model("convnextv2"), FIXTURES["convnextv2"].input_shape),
+        ),
     ]
 
 
@@ -255,6 +297,7 @@ def main() -> int:
     twin = FIXTURES[TWIN].input_shape
     quantized = quantized_variants(lambda: export_torchscript(build_model(TWIN), twin), twin)
     jobs += quantized
+    jobs += [(f.name, f.name, f.description, f.build) for f in GRAPH_FIXTURES]
 
     manifest = []
     statuses: collections.Counter[str] = collections.Counter()
@@ -267,9 +310,13 @@ def main() -> int:
             if not path.exists():
                 continue
             model = onnx.load(path)
-        input_shape = FIXTURES[source].input_shape
-        tolerance = QUANTIZED_TOLERANCE if stem in {q[0] for q in quantized} else TOLERANCE
-        error = check_against_torch(model, build_model(source), input_shape, tolerance)
+        if source in GRAPHS:
+            input_shape = GRAPHS[source].input_shape
+            error = check_graph_fixture(model, GRAPHS[source])
+        else:
+            input_shape = FIXTURES[source].input_shape
+            tolerance = QUANTIZED_TOLERANCE if stem in {q[0] for q in quantized} else TOLERANCE
+            error = check_against_torch(model, build_model(source), input_shape, tolerance)
         data = model.SerializeToString()
         status = write_if_changed(path, data)
         statuses[status] += 1

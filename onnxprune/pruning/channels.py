@@ -23,6 +23,7 @@ from onnxprune.errors import OnnxPruneError
 from onnxprune.graph.model import Model
 from onnxprune.graph.shapes import shape_values
 from onnxprune.rules import (
+    CONTRACT,
     IN,
     KEEP,
     OUT,
@@ -321,7 +322,7 @@ def _ports(tensor: gs.Tensor) -> list[tuple[gs.Node, Port]]:
 
 def _merge_role(old: str | None, new: str) -> str:
     """A weight tied in several ways: keeping values wins over zeroing, producing over consuming."""
-    for role in (KEEP, OUT, IN):
+    for role in (KEEP, OUT, IN, CONTRACT):
         if role in (old, new):
             return role
     return new

@@ -59,6 +59,10 @@ class PruneOptions:
     activation_budget: int = 1 << 27  # bytes of activations kept in memory (more goes to a temporary folder)
     reconstruct_scope: str = "consumers"  # or "downstream": every layer whose input pruning changes
     allocation: str | None = None  # without a sensitivity table: "uniform" (None) or "reconstruction"
+    # means and normalizations over pruned channels (LayerNorm, RMSNorm, GRN): "exact" keeps the original
+    # count, so slim == sparse; "approximate" normalizes over the kept channels (Torch-Pruning's form, a
+    # fused LayerNorm: faster), and the slim model then differs from the sparse one (PruneResult.approximation)
+    norms: str = "exact"
 
     def __post_init__(self) -> None:
         if isinstance(self.sensitivity, Mapping):  # the table as JSON (`SensitivityTable.to_dict`): check it
@@ -92,6 +96,8 @@ class PruneOptions:
         if self.mode not in ("slim", "sparse"):
             raise OptionError(f"{{mode}} {self.mode!r}: choose slim or sparse")
         check_method(self.criterion, self.round_to, self.attention, self.data is not None, self.reconstruct)
+        if self.norms not in ("exact", "approximate"):
+            raise OptionError(f"{{norms}} {self.norms!r}: choose exact or approximate")
         if self.allocation not in (None, "uniform", "reconstruction"):
             raise OptionError(f"{{allocation}} {self.allocation!r}: choose uniform or reconstruction")
         if self.allocation == "reconstruction" and self.data is None:
@@ -119,6 +125,9 @@ class PruneResult:
     model: onnx.ModelProto  # sparse or slim, as asked
     difference: float | None = None  # measured sparse-vs-slim difference when verified
     reconstruction: Reconstruction | None = None  # what reconstruction did, when it ran
+    # norms="approximate": the slim model's measured difference from the sparse one (not within the
+    # invariant, by choice); `difference` is then the exact slim model's, which checks everything else
+    approximation: float | None = None
 
 
 def make_plan(model: Model, options: PruneOptions, groups: list[Group] | None = None,
@@ -183,16 +192,20 @@ def prune(model: Model, options: PruneOptions, progress: Callable[[Progress], No
         return PruneResult(plan, with_weights(model, {n: weights[n].values for n in fitted.changed}),
                            reconstruction=fitted)
     try:
-        graph = slim_graph(model, groups, plan)
+        graph = slim_graph(model, groups, plan, options.norms)
     except Exception:
         run_input(model, random_feeds(model_specs(model), batch=1), options.providers)  # whose fault?
         raise
-    difference = None
+    difference = approximation = None
     if options.verify:
         with zeroed_in_place(model, groups, plan):
-            difference = check_same_function(model, graph, providers=options.providers)
+            if options.norms == "approximate":  # the exact slim model checks the rest; this one is measured
+                difference = check_same_function(model, slim_graph(model, groups, plan), providers=options.providers)
+                approximation = measure_difference(model, graph, options.providers)
+            else:
+                difference = check_same_function(model, graph, providers=options.providers)
         gc.collect()  # IR graphs are reference cycles: free the check's copies before exporting
-    return PruneResult(plan, to_proto(graph, model.skeleton, consume=True), difference, fitted)
+    return PruneResult(plan, to_proto(graph, model.skeleton, consume=True), difference, fitted, approximation)
 
 
 def run_input(model: Model, feeds: dict[str, np.ndarray], providers: list[str] | None = None,
@@ -205,6 +218,13 @@ def run_input(model: Model, feeds: dict[str, np.ndarray], providers: list[str] |
         return run_graph(model.graph, model.skeleton, feeds, providers, optimize)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types
         raise OnnxPruneError(f"the model does not run in onnxruntime ({first_line(exc)})") from None
+
+
+def measure_difference(model: Model, candidate: gs.Graph, providers: list[str] | None = None) -> float:
+    """Max relative difference of the candidate graph's outputs from the model's on a random batch."""
+    feeds = random_feeds(model_specs(model), batch=2)
+    return max_relative_difference(run_input(model, feeds, providers), run_graph(candidate, model.skeleton, feeds,
+                                                                                providers))
 
 
 def check_same_function(model: Model, candidate: gs.Graph, providers: list[str] | None = None) -> float:

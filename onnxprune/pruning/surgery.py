@@ -127,13 +127,18 @@ def pruned_shapes(shapes: dict[str, tuple[int, ...]], indices: dict[Key, np.ndar
     return new
 
 
-def slim(model: Model, groups: list[Group], plan: Plan) -> onnx.ModelProto:
+def slim(model: Model, groups: list[Group], plan: Plan, norms: str = "exact") -> onnx.ModelProto:
     """A smaller model without the plan's channels."""
-    return to_proto(slim_graph(model, groups, plan), model.skeleton)
+    return to_proto(slim_graph(model, groups, plan, norms), model.skeleton)
 
 
-def slim_graph(model: Model, groups: list[Group], plan: Plan) -> gs.Graph:
-    """The IR of the slim model (the model's own graph is left as it was)."""
+def slim_graph(model: Model, groups: list[Group], plan: Plan, norms: str = "exact") -> gs.Graph:
+    """The IR of the slim model (the model's own graph is left as it was).
+
+    `norms`: means and normalizations over pruned channels keep the original count ("exact": the slim
+    model computes what the sparse one does) or average over the kept channels ("approximate", as
+    Torch-Pruning's models do; faster for LayerNorm, but the slim model then differs from the sparse one).
+    """
     folded = _compensations(model, groups, plan)
     graph = model.graph.copy()
     tensors = graph.tensors()
@@ -149,12 +154,12 @@ def slim_graph(model: Model, groups: list[Group], plan: Plan) -> gs.Graph:
     for index, contribution in folded.items():
         _add_to_bias(graph.nodes[index], contribution, removed)
     new_shapes = pruned_shapes(model.shapes, indices)
-    ctx = Context(new_shapes, model.opset, shape_values(graph, new_shapes))
+    ctx = Context(new_shapes, model.opset, shape_values(graph, new_shapes), norms=norms)
     for node in graph.nodes:
         rule = entry_for(node)
         if rule is not None and rule.fixup is not None:
             rule.fixup(node, removed, ctx)
-    graph.nodes.extend(ctx.added)
+    graph.nodes.extend(ctx.added)  # what fixups add: a Reshape target's own copy, an exact norm's subgraph
     keep = {t.name for t in list(graph.inputs) + list(graph.outputs)}
     for tensor in graph.tensors().values():
         if isinstance(tensor, gs.Variable) and tensor.name not in keep:

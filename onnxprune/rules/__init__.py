@@ -11,17 +11,19 @@ Example (Conv with weight W [O, I, k, k] and bias B, arriving at output Y's axis
 
 Roles of weights say what sparse pruning does with them: OUT and AFFINE slices are zeroed (they produce
 the channel), IN slices (consumer weights) and KEEP slices (BN statistics, divisors) are left as they are;
-slim pruning deletes every tied slice. CONTRACT ties two activations summed over in a MatMul.
+slim pruning deletes every tied slice. CONTRACT ties two activations summed over in a MatMul; SUMMED an
+activation a mean or normalization reduces over (its removed channels must be exact zeros there).
 
 Each rule also names how the *value of a removed channel* flows through the node (`value`, see
-`values.py`) and may have a `fixup` that rewrites attributes and shape inputs after slim pruning.
+`values.py`) and may have a `fixup` that rewrites attributes and shape inputs after slim pruning, or the
+node itself into several (the exact LayerNorm of `norms.py`).
 An operator without a rule stops every group that reaches it: unknown means unprunable, never guessed.
 
 `RULES` is the operator registry: one `Rule` per operator type holds everything the project knows about
 the operator — besides the channel rule, for layers with weights where groups start (`seeds`), their MACs,
 their output-channel axis, whether analysis may mask their outputs, and their matrix form (`linear`,
 `fold`; see `Rule`). The other modules ask `entry_for(node)`; none keeps its own list of operators. The
-functions live by kind in `elementwise`, `weighted`, `linear`, `layout` and `spatial`; `values` follows a
+functions live by kind in `elementwise`, `weighted`, `linear`, `layout`, `spatial` and `norms`; `values` follows a
 removed channel's value through the entries. A new operator is one entry here and one fixture (the
 README's "Adding an operator" walks through one).
 """
@@ -37,6 +39,7 @@ from onnxprune.rules.base import (
     IN,
     KEEP,
     OUT,
+    SUMMED,
     WEIGHT_ROLES,
     ZEROED_ROLES,
     Bundle,
@@ -62,6 +65,15 @@ from onnxprune.rules.layout import (
     transpose,
 )
 from onnxprune.rules.linear import LinearView, conv_fold, conv_view, gemm_fold, gemm_view, matmul_view
+from onnxprune.rules.norms import (
+    fix_group_norm,
+    fix_layer_norm,
+    fix_reduce_mean,
+    fix_rms_norm,
+    group_norm,
+    grouped,
+    layer_norm,
+)
 from onnxprune.rules.quantized import (
     dequantize_value,
     qdq,
@@ -84,8 +96,6 @@ from onnxprune.rules.recurrent import (
 )
 from onnxprune.rules.spatial import (
     fix_resize,
-    group_norm,
-    layer_norm_axis,
     normalized_from,
     reduce,
     softmax_axis,
@@ -111,8 +121,9 @@ from onnxprune.rules.weighted import (
 )
 
 __all__ = [
-    "AFFINE", "CONTRACT", "IN", "KEEP", "OUT", "RULES", "WEIGHT_ROLES", "ZEROED_ROLES", "Bundle", "Context", "LinearView", "Port",
-    "Removed", "Rule", "Stop", "Tie", "Value", "entry_for", "fold_view", "fused_rounding", "linear_view",
+    "AFFINE", "CONTRACT", "IN", "KEEP", "OUT", "RULES", "SUMMED", "WEIGHT_ROLES", "ZEROED_ROLES", "Bundle", "Context",
+    "LinearView", "Port", "Removed", "Rule", "Stop", "Tie", "Value", "entry_for", "fold_view", "fused_rounding",
+    "linear_view",
 ]
 
 
@@ -143,7 +154,7 @@ def _build_rules() -> dict[str, Rule]:
     rules["Transpose"] = Rule(transpose, Value.COPY)
     rules["Squeeze"] = Rule(squeeze_like, Value.COPY)
     rules["Unsqueeze"] = Rule(squeeze_like, Value.COPY)
-    rules["Reshape"] = Rule(reshape, Value.COPY, fixup=fix_reshape)
+    rules["Reshape"] = Rule(grouped(reshape), Value.COPY, fixup=fix_reshape)  # grouped: GroupNorm's rows
     rules["Flatten"] = Rule(reshape, Value.COPY)
     rules["Expand"] = Rule(expand, Value.COPY, fixup=fix_expand)
     rules["Tile"] = Rule(tile, Value.COPY)
@@ -153,14 +164,17 @@ def _build_rules() -> dict[str, Rule]:
         rules[op] = Rule(spatial, Value.ZERO)
     rules["Resize"] = Rule(spatial, Value.COPY, fixup=fix_resize)
     rules["Upsample"] = Rule(spatial, Value.COPY)
-    for op in ("ReduceMean", "ReduceMax", "ReduceMin"):
+    rules["ReduceMean"] = Rule(reduce, Value.COPY, fixup=fix_reduce_mean)
+    for op in ("ReduceMax", "ReduceMin"):
         rules[op] = Rule(reduce, Value.COPY)
     for op in ("ReduceSum", "ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceLogSumExp", "ReduceProd"):
         rules[op] = Rule(reduce, Value.ZERO)
     for op in ("Softmax", "LogSoftmax", "Hardmax"):
         rules[op] = Rule(normalized_from(softmax_axis), Value.UNKNOWN)
-    rules["LayerNormalization"] = Rule(normalized_from(layer_norm_axis), Value.UNKNOWN)
-    rules["GroupNormalization"] = Rule(group_norm, Value.UNKNOWN)
+    rules["LayerNormalization"] = Rule(layer_norm, Value.NORMALIZED, fixup=fix_layer_norm)
+    for op in ("RMSNormalization", "SimplifiedLayerNormalization"):  # the second: onnxruntime's, in domain ""
+        rules[op] = Rule(layer_norm, Value.NORMALIZED, fixup=fix_rms_norm)
+    rules["GroupNormalization"] = Rule(group_norm, Value.NORMALIZED, fixup=fix_group_norm)
     rules["Gather"] = Rule(gather, Value.LINEAR, seeds=gather_seeds)
     rules["Shape"] = Rule(shape_of)
     for op in ("Size", "NonZero"):

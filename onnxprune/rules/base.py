@@ -10,9 +10,11 @@ from enum import Enum
 import numpy as np
 import onnx_graphsurgeon as gs
 
-OUT, IN, AFFINE, KEEP, CONTRACT = "out", "in", "affine", "keep", "contract"
+OUT, IN, AFFINE, KEEP, CONTRACT, SUMMED = "out", "in", "affine", "keep", "contract", "summed"
 ZEROED_ROLES = (OUT, AFFINE)
-WEIGHT_ROLES = (OUT, IN, AFFINE, KEEP)  # CONTRACT is the one role of activations
+WEIGHT_ROLES = (OUT, IN, AFFINE, KEEP)  # CONTRACT and SUMMED are the roles of activations
+# SUMMED: an activation a node reduces over this axis (a mean, a norm): removed channels must be exact
+# zeros there, so that slim pruning can rewrite the node over the kept channels (see `rules.norms`).
 
 
 @dataclass
@@ -46,6 +48,7 @@ class Value(Enum):
     LINEAR = "linear"  # zero when any tied input is zero (weights of removed channels are zeroed)
     COPY = "copy"  # the output channel holds the input channel's value
     ZERO = "zero"  # zero stays zero; any other value becomes unknown
+    NORMALIZED = "normalized"  # a normalization's affine terms: zero when its tied scale (and bias) are zeroed
     UNARY = "unary"  # elementwise function of the input value
     BINARY = "binary"  # elementwise arithmetic of several inputs, with broadcasting
     UNKNOWN = "unknown"
@@ -66,11 +69,12 @@ class Context:
     """What rules may read: concrete shapes at batch 1, constant values, a memo per node."""
 
     def __init__(self, shapes: dict[str, tuple[int, ...]], opset: int, values: dict[str, np.ndarray] | None = None,
-                 attention: str = "dims"):
+                 attention: str = "dims", norms: str = "exact"):
         self.shapes = shapes
         self.opset = opset
         self.values = values or {}  # small integer tensors computed from Shape ops, at batch 1
         self.attention = attention  # "dims": prune head_dim uniformly over heads; "heads": whole heads
+        self.norms = norms  # slim fixups of means over pruned channels: "exact" (original count) or "approximate"
         self.memo: dict[tuple[int, str], object] = {}
         self.added: list[gs.Node] = []  # nodes slim-time fixups add (surgery puts them in the graph)
 
@@ -93,7 +97,7 @@ class Context:
 
 
 RuleFn = Callable[[gs.Node, Port, int, Context], "list[Bundle] | Stop"]
-FixupFn = Callable[[gs.Node, "Removed", Context], None]
+FixupFn = Callable[[gs.Node, "Removed", Context], None]  # nodes it adds go to ctx.added
 SeedsFn = Callable[[gs.Node], list[tuple[int, int]]]
 MacsFn = Callable[[list[int], list[int], list[int]], int]
 ViewFn = Callable[[gs.Node], object]  # a `rules.linear.LinearView` or None
@@ -105,7 +109,7 @@ class Rule:
 
     Channels (every entry): `bundles` maps a channel axis to the node's other tensors; `value` (with
     `unary` or `binary`) says how a removed channel's value passes through; `fixup` rewrites attributes
-    and shape inputs after slim pruning.
+    and shape inputs after slim pruning (and returns the nodes it adds, when it rewrites the node into several).
     Layers with weights: `seeds(node)` lists (input index, axis) of the weights whose slices produce
     channels (where grouping starts); `macs(input dims, weight dims, output dims)` counts MACs at batch 1
     (`profile`), the weight being input `weight_input`; `out_axis` is the output-channel axis `inspect`

@@ -1,5 +1,5 @@
-"""Operators over spatial or other axes: pooling, Resize, Pad, reductions, Softmax/LayerNorm/GroupNorm
-(which stop the axes they normalize)."""
+"""Operators over spatial or other axes: pooling, Resize, Pad, reductions (over the channel axis: see
+`norms`), Softmax (which stops the axis it normalizes)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from onnxprune.rules.base import (
     shapes_or_stop,
     tie,
 )
-from onnxprune.rules.elementwise import passthrough
+from onnxprune.rules.norms import reduced_channels
 
 
 def spatial(node: gs.Node, port: Port, axis: int, ctx: Context) -> list[Bundle] | Stop:
@@ -86,13 +86,13 @@ def reduce(node: gs.Node, port: Port, axis: int, ctx: Context) -> list[Bundle] |
         remaining = [a for a in range(rank) if keep or a not in axes]
         in_axis = remaining[axis]
     if in_axis in axes:
-        return Stop(f"channels are reduced by {node.op} '{node.name}'")
+        return reduced_channels(node, in_axis, shape, ctx)
     out_axis = in_axis if keep else in_axis - sum(a < in_axis for a in axes)
     return [Bundle(shape[in_axis], [tie(x, in_axis, shape[in_axis]), tie(y, out_axis, shape[in_axis])])]
 
 
 def normalized_from(first_axis: Callable[[gs.Node, int, Context], int]) -> RuleFn:
-    """Ops that normalize over axes >= some axis (Softmax, LayerNormalization): those axes stop."""
+    """Ops that normalize over axes >= some axis (Softmax): those axes stop."""
 
     def rule(node: gs.Node, port: Port, axis: int, ctx: Context) -> list[Bundle] | Stop:
         x, y = node.inputs[0], node.outputs[0]
@@ -114,12 +114,3 @@ def normalized_from(first_axis: Callable[[gs.Node, int, Context], int]) -> RuleF
 def softmax_axis(node: gs.Node, rank: int, ctx: Context) -> int:
     return norm_axis(int(node.attrs.get("axis", -1 if ctx.opset >= 13 else 1)), rank)
 
-
-def layer_norm_axis(node: gs.Node, rank: int, ctx: Context) -> int:
-    return norm_axis(int(node.attrs.get("axis", -1)), rank)
-
-
-def group_norm(node: gs.Node, port: Port, axis: int, ctx: Context) -> list[Bundle] | Stop:
-    if axis == 1 or (port.is_input and port.index > 0):
-        return Stop(f"channels are normalized in groups by GroupNormalization '{node.name}'")
-    return passthrough(node, port, axis, ctx)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxprune.rules.base import CONTRACT, IN, ZEROED_ROLES, Bundle, Rule, Tie, Value
+from onnxprune.rules.base import CONTRACT, IN, SUMMED, ZEROED_ROLES, Bundle, Rule, Tie, Value
 
 Key = tuple[str, int]  # (tensor name, axis)
 
@@ -52,6 +52,9 @@ def space_values(rule: Rule, node: gs.Node, bundle: Bundle, values: dict[Key, np
         return np.where(np.any([s == 0 for s in seen], axis=0), 0.0, np.nan) if seen else np.full(size, np.nan)
     if rule.value is Value.BINARY:
         return _binary(node, rule, bundle, values)
+    if rule.value is Value.NORMALIZED:  # the rule ties scale and bias (zeroed) only when both are per channel
+        affine = any(isinstance(t.tensor, gs.Constant) and t.role in ZEROED_ROLES for t in inputs)
+        return np.zeros(size) if affine else np.full(size, np.nan)
     copy = _agree(seen, size)
     if rule.value is Value.COPY:
         return copy
@@ -95,6 +98,9 @@ def unread_nonzero(node: gs.Node, bundle: Bundle, values: dict[Key, np.ndarray])
         readers = [t for t in inputs_of(node, bundle) if not isinstance(t.tensor, gs.Constant)]
         seen = [tie_values(t, values, size) for t in readers]
         return np.nan_to_num(np.max(np.abs(seen), axis=0), nan=np.inf) if seen else np.zeros(size)
+    if SUMMED in roles:  # a mean or norm over the axis: removed channels must be exact zeros there
+        summed = [tie_values(t, values, size) for t in inputs_of(node, bundle) if t.role == SUMMED]
+        return np.nan_to_num(np.max(np.abs(summed), axis=0), nan=np.inf)
     if CONTRACT in roles:
         a, b = (tie_values(t, values, size) for t in inputs_of(node, bundle)[:2])
         both = np.where((a == 0) | (b == 0), 0.0, np.abs(a * b))
