@@ -1,6 +1,6 @@
 """The README's first command: prune a real pretrained model without training it, end to end.
 
-    python examples/ocr_direction/run.py [--fresh] [--calib 256] [--held-out 400] [--ratios 0.3,0.5]
+    python examples/ocr_direction/run.py [--fresh] [--calib 256] [--held-out 400] [--ratios 0.3,0.5] [--out DIR]
 
 The model is PP-OCR's text direction classifier (is a text line upright, or upside down?) exactly as the
 `rapidocr_onnxruntime` 1.4.4 wheel ships it (Apache-2.0, see model/NOTICE.md); nobody here trained it.
@@ -8,17 +8,19 @@ The example renders text lines with Pillow, every second one turned by 180 degre
 who holds only the ONNX file would do:
 
   1. inspect    what can be pruned (the library: `onnxprune.inspect_model`)
-  2. analyze    how much each channel group tolerates, on 256 unlabeled calibration lines
+  2. analyze    how much each channel group tolerates, on 128 of the 256 unlabeled calibration lines
   3. prune      30% and 50% of the MACs, the channels chosen and the layers reading them re-solved on the
-                same unlabeled lines: no labels, no training (`onnxprune prune --data`)
+                unlabeled lines: no labels, no training (`onnxprune prune --data`); and 30% without data,
+                to compare
   4. transform  the most pruned model that keeps 99% of the unpruned top-1, to a dense model
   5. encrypt    it with a new key, then load it from memory (`onnxprune.secure.load_session`)
 
 and scores every model it writes on 400 other, labeled lines (top-1). Steps 2-5 run the `onnxprune`
 command in this process (`onnxprune.cli.main`), each printed first as you would type it. It writes, in
-examples/ocr_direction/out/: calib.npz and held_out.npz (the lines), sens.json (+ sens.csv), pruned_30.onnx
-and pruned_50.onnx (sparse: channels zeroed) with their plans, dense.onnx, key, dense.onnx.enc,
-report.json, and with matplotlib (`pip install 'onnxprune[example]'`) summary.png and sensitivity.png.
+examples/ocr_direction/out/: calib.npz, analyze.npz and held_out.npz (the lines), sens.json (+ sens.csv),
+pruned_30.onnx, pruned_50.onnx and pruned_30_nodata.onnx (sparse: channels zeroed) with their plans,
+dense.onnx, key, dense.onnx.enc, report.json, and with matplotlib (`pip install 'onnxprune[example]'`)
+summary.png and sensitivity.png.
 Run it again and analyze takes its entries from out/cache; --fresh deletes out/ first.
 """
 
