@@ -279,7 +279,7 @@ def plot_summary(rows: list[Row], plain: Row, plan: dict, chosen: str, path: Pat
     left.margins(x=0.1, y=0.12)
     left.axhline(100 * KEEP * rows[0].top1, color="k", linestyle="--", linewidth=1, label=f"{KEEP:.0%} of unpruned")
     left.set(xlabel="MACs removed (%)", ylabel="top-1 on held-out lines (%)", title="No training")
-    left.legend(loc="lower left")
+    left.legend(loc="center right", fontsize="small")
     left.grid(True, alpha=0.3)
     groups = sorted(plan["groups"].items(), key=lambda item: int(item[0].rpartition("@")[2] or 0))
     ticks = np.arange(len(groups))
