@@ -13,7 +13,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-pytest.importorskip("PIL", reason="the example renders text lines with Pillow: pip install 'onnxprune[example]'")
+pytest.importorskip("PIL", reason="the example renders lines with Pillow: pip install 'onnxprune[example]'")
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "ocr_direction"
 MODEL_SHA256 = "e47acedf663230f8863ff1ab0e64dd2d82b838fceb5957146dab185a89d6215c"  # as in model/NOTICE.md
@@ -61,19 +61,20 @@ def test_the_main_job_prunes_a_real_model_without_training(example: ModuleType, 
     """inspect, analyze (on 32 lines), prune 30% of MACs with reconstruction on 128 unlabeled lines,
     transform, encrypt: top-1 on 200 held-out lines stays within 3 points, the transformed and encrypted
     models score the same, and every file the README names is written."""
-    argv = ["--calib", "128", "--analyze-lines", "32", "--held-out", "200", "--ratios", "0.3", "--analyze-ratios", "0.5",
-            "--out", str(tmp_path)]
+    argv = ["--calib", "128", "--analyze-lines", "32", "--held-out", "200", "--ratios", "0.3",
+            "--analyze-ratios", "0.5", "--out", str(tmp_path)]
     assert example.main(argv) == 0
     report = json.loads((tmp_path / "report.json").read_text())
     rows = {Path(row["file"]).name: row for row in report["rows"]}
-    unpruned, plain, pruned = rows["ch_ppocr_mobile_v2.0_cls_infer.onnx"], rows["pruned_30_nodata.onnx"], rows["pruned_30.onnx"]
+    unpruned, pruned = rows["ch_ppocr_mobile_v2.0_cls_infer.onnx"], rows["pruned_30.onnx"]
+    plain = rows["pruned_30_nodata.onnx"]
     dense, sealed = rows["dense.onnx"], rows["dense.onnx.enc"]
     assert unpruned["top1"] >= 0.97  # the model works on the rendered lines
     assert 0.29 <= 1 - pruned["macs"] / unpruned["macs"] <= 0.31
     assert pruned["top1"] >= unpruned["top1"] - 0.03
     assert plain["macs"] == pytest.approx(pruned["macs"], rel=0.02)
-    assert plain["top1"] < pruned["top1"] - 0.1  # what the calibration data is for: without it the model breaks
-    assert dense["macs"] == pruned["macs"] and dense["params"] == pruned["params"]  # transform removed them all
+    assert plain["top1"] < pruned["top1"] - 0.1  # what the calibration data is for: without, the model breaks
+    assert dense["macs"] == pruned["macs"] and dense["params"] == pruned["params"]  # transform removed all
     assert dense["top1"] == pruned["top1"] and sealed["top1"] == dense["top1"]
     assert report["chosen"].endswith("pruned_30.onnx")
     table = json.loads((tmp_path / "sens.json").read_text())
@@ -82,7 +83,9 @@ def test_the_main_job_prunes_a_real_model_without_training(example: ModuleType, 
     from onnxprune.secure import is_encrypted
 
     assert is_encrypted(tmp_path / "dense.onnx.enc") and not is_encrypted(tmp_path / "dense.onnx")
-    for name in ("calib.npz", "analyze.npz", "held_out.npz", "sens.csv", "pruned_30.onnx", "pruned_30.plan.json", "key"):
+    written = ("calib.npz", "analyze.npz", "held_out.npz", "sens.csv", "pruned_30.onnx", "pruned_30.plan.json",
+               "key")
+    for name in written:
         assert (tmp_path / name).stat().st_size > 0, name
     if importlib.util.find_spec("matplotlib") is not None:
         for name in ("summary.png", "sensitivity.png"):

@@ -1,6 +1,6 @@
 """The README's first command: prune a real pretrained model without training it, end to end.
 
-    python examples/ocr_direction/run.py [--fresh] [--calib 256] [--held-out 400] [--ratios 0.3,0.5] [--out DIR]
+    python examples/ocr_direction/run.py [--fresh] [--calib 256] [--held-out 400] [--ratios 0.3,0.5]
 
 The model is PP-OCR's text direction classifier (is a text line upright, or upside down?) exactly as the
 `rapidocr_onnxruntime` 1.4.4 wheel ships it (Apache-2.0, see model/NOTICE.md); nobody here trained it.
@@ -62,7 +62,8 @@ FONT_NAMES = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf", "DejaV
               "DejaVuSansCondensed.ttf", "DejaVuSerif-Bold.ttf", "DejaVuSans-Oblique.ttf")
 WORDS = ("total", "invoice", "amount", "date", "order", "street", "station", "account", "price", "market",
          "coffee", "garden", "window", "river", "school", "library", "office", "ticket", "airport", "train",
-         "bridge", "water", "music", "paper", "delivery", "customer", "receipt", "payment", "address", "phone",
+         "bridge", "water", "music", "paper", "delivery", "customer", "receipt", "payment", "address",
+         "phone",
          "report", "weekly", "sales", "open", "closed", "exit", "parking", "hotel", "floor", "north", "south",
          "city", "center", "road", "avenue", "main", "square", "menu", "bakery", "platform")
 CAPITALS = "ABCDEFGHJKLMNPRSTUVWXYZ"
@@ -128,7 +129,8 @@ def text_lines(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     labels = np.arange(count, dtype=np.int64) % 2
     images = [render(line_text(rng), rng) for _ in range(count)]
-    return np.stack([to_input(im[::-1, ::-1] if turned else im) for im, turned in zip(images, labels)]), labels
+    x = np.stack([to_input(im[::-1, ::-1] if turned else im) for im, turned in zip(images, labels)])
+    return x, labels
 
 
 def write_lines(out: Path, calib: int, held_out: int, analysis: int) -> tuple[np.ndarray, np.ndarray]:
@@ -191,7 +193,8 @@ def analyze_step(out: Path, ratios: str, plot: bool) -> dict:
     """The sensitivity table on unlabeled calibration lines (label-free: fidelity to the unpruned model's
     outputs); entries are cached in out/cache."""
     picture = ["--plot", out / "sensitivity.png"] if plot else []
-    onnxprune_command("analyze", MODEL, "--input-shape", SHAPE, "--data", out / "analyze.npz", "--ratios", ratios,
+    onnxprune_command("analyze", MODEL, "--input-shape", SHAPE, "--data", out / "analyze.npz",
+                      "--ratios", ratios,
                       "--cache", out / "cache", "-o", out / "sens.json", *picture)
     return json.loads((out / "sens.json").read_text())
 
@@ -240,9 +243,11 @@ def format_rows(rows: list[Row], held_out: int) -> str:
     lines = [f"{'model':<34} {'MACs':>8} {'removed':>8} {'params':>8} {'top-1':>7} {'kept':>7}",
              "-" * 77]
     for r in rows:
-        lines.append(f"{r.model:<34} {r.macs / 1e6:>7.2f}M {1 - r.macs / base.macs:>8.1%} {r.params / 1e3:>7.1f}K "
+        lines.append(f"{r.model:<34} {r.macs / 1e6:>7.2f}M {1 - r.macs / base.macs:>8.1%} "
+                     f"{r.params / 1e3:>7.1f}K "
                      f"{r.top1:>7.2%} {r.top1 / base.top1:>7.1%}")
-    lines.append(f"(top-1 on {held_out} held-out lines, half of them upside down; kept: of the unpruned top-1)")
+    lines.append(f"(top-1 on {held_out} held-out lines, half of them upside down; kept: of the unpruned "
+                 "top-1)")
     return "\n".join(lines)
 
 
@@ -275,9 +280,11 @@ def plot_summary(rows: list[Row], plain: Row, plan: dict, chosen: str, path: Pat
     left.plot([100 * (1 - plain.macs / rows[0].macs)], [100 * plain.top1], "x", color="C3", markersize=9,
               label="prune without data")
     for x, r in zip([*xs, 100 * (1 - plain.macs / rows[0].macs)], [*rows, plain]):
-        left.annotate(f"{r.top1:.1%}", (x, 100 * r.top1), textcoords="offset points", xytext=(0, 6), ha="center")
+        left.annotate(f"{r.top1:.1%}", (x, 100 * r.top1), textcoords="offset points", xytext=(0, 6),
+                      ha="center")
     left.margins(x=0.1, y=0.12)
-    left.axhline(100 * KEEP * rows[0].top1, color="k", linestyle="--", linewidth=1, label=f"{KEEP:.0%} of unpruned")
+    left.axhline(100 * KEEP * rows[0].top1, color="k", linestyle="--", linewidth=1,
+                 label=f"{KEEP:.0%} of unpruned")
     left.set(xlabel="MACs removed (%)", ylabel="top-1 on held-out lines (%)", title="No training")
     left.legend(loc="center right", fontsize="small")
     left.grid(True, alpha=0.3)
@@ -300,8 +307,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--analyze-lines", type=int, default=128, help="of them, for analyze (default 128)")
     parser.add_argument("--held-out", type=int, default=400, help="labeled lines to score on (default 400)")
     parser.add_argument("--ratios", default="0.3,0.5", help="fractions of MACs to remove (default 0.3,0.5)")
-    parser.add_argument("--analyze-ratios", default="0.2,0.4,0.6", help="analyze's ratios (default 0.2,0.4,0.6)")
-    parser.add_argument("--out", type=Path, default=OUT, help="output folder (default examples/ocr_direction/out)")
+    parser.add_argument("--analyze-ratios", default="0.2,0.4,0.6",
+                        help="analyze's ratios (default 0.2,0.4,0.6)")
+    parser.add_argument("--out", type=Path, default=OUT,
+                        help="output folder (default examples/ocr_direction/out)")
     return parser.parse_args(argv)
 
 
@@ -337,7 +346,8 @@ def deploy_rows(out: Path, chosen: Row, x: np.ndarray, labels: np.ndarray) -> li
     dense, sealed, key = deploy_step(out, sparse)
     report = onnxprune.inspect_model(onnxprune.load(dense, {"x": (1, 3, HEIGHT, WIDTH)}))
     return [Row("dense.onnx (transform)", report.macs, report.params, top1(dense, x, labels), _rel(dense)),
-            Row("dense.onnx.enc (in memory)", report.macs, report.params, top1(sealed, x, labels, key), _rel(sealed))]
+            Row("dense.onnx.enc (in memory)", report.macs, report.params, top1(sealed, x, labels, key),
+                _rel(sealed))]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -369,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     rows += [plain, *pruned, *deployed]
     print("\n" + format_rows(rows, len(labels)))
     if picture:
-        plot_summary([rows[0], *pruned], plain, plans[chosen.file], Path(chosen.file).name, out / "summary.png")
+        plot_summary([rows[0], *pruned], plain, plans[chosen.file], Path(chosen.file).name,
+                     out / "summary.png")
         print(f"wrote {_rel(out / 'summary.png')} and {_rel(out / 'sensitivity.png')}")
     seconds["total"] = [round(time.perf_counter() - wall, 1), round(time.process_time() - cpu, 1)]
     result = {"rows": [asdict(r) for r in rows], "chosen": chosen.file, "seconds (wall, cpu)": seconds,
