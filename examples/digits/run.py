@@ -1,4 +1,4 @@
-"""The README's first command: prune a small CNN in rounds, fine-tuning through PyTorch, end to end.
+"""The second example (torch: `pip install -e '.[digits]'`): prune a small CNN in rounds, fine-tuning it.
 
     python examples/digits/run.py [--fresh]
 
