@@ -64,10 +64,11 @@ class _Wrapped(torch.nn.Module):
         config = _config(name)
         config._attn_implementation = "sdpa"
         self.name = name
-        if name == "whisper":
-            self.model = tf.WhisperModel(config).get_encoder()
-        elif name in ("bert", "vit"):
-            self.model = getattr(tf, {"bert": "BertModel", "vit": "ViTModel"}[name])(config, add_pooling_layer=False)
+        config.num_labels = 5  # encoders exported with their task head, as deployed: the hidden size is internal
+        if name in ("bert", "vit", "whisper"):
+            head = {"bert": "BertForSequenceClassification", "vit": "ViTForImageClassification",
+                    "whisper": "WhisperForAudioClassification"}[name]
+            self.model = getattr(tf, head)(config)
         else:
             self.model = tf.AutoModelForCausalLM.from_config(config)
         with torch.no_grad():
@@ -77,11 +78,11 @@ class _Wrapped(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.name == "vit":
-            return self.model(pixel_values=x).last_hidden_state
+            return self.model(pixel_values=x).logits
         if self.name == "whisper":
-            return self.model(input_features=x).last_hidden_state
+            return self.model(input_features=x).logits
         if self.name == "bert":
-            return self.model(input_ids=x).last_hidden_state
+            return self.model(input_ids=x).logits
         # a mask of ones (as real exports pass one) keeps transformers from its packed-sequence check (aten::diff)
         return self.model(input_ids=x, attention_mask=torch.ones_like(x), use_cache=False).logits
 
