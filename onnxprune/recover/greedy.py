@@ -63,14 +63,14 @@ class _Reader:
         h = self.inverse[index[:, :, None], index[:, None, :]]
         w = self.weights[index]
         ww = np.einsum("nko,nlo->nkl", w, w)
-        return np.einsum("nkl,nkl->n", _inverse(h), ww) / self.energy
+        return np.einsum("nkl,nkl->n", symmetric_inverse(h), ww) / self.energy
 
     def remove(self, channels: np.ndarray) -> None:
         features = self.blocks[channels].reshape(-1)
         gone = self.row[features]
         keep = np.setdiff1d(np.arange(len(self.inverse)), gone)
         columns = self.inverse[np.ix_(keep, gone)]
-        block = _inverse(self.inverse[np.ix_(gone, gone)].astype(np.float64)).astype(self.inverse.dtype)
+        block = symmetric_inverse(self.inverse[np.ix_(gone, gone)].astype(np.float64)).astype(self.inverse.dtype)
         self.weights = self.weights[keep] - columns @ (block @ self.weights[gone])
         inverse = self.inverse[np.ix_(keep, keep)]
         inverse -= columns @ block @ columns.T
@@ -80,7 +80,7 @@ class _Reader:
         self.row[there] = np.searchsorted(keep, self.row[there])
 
 
-def _inverse(matrix: np.ndarray) -> np.ndarray:
+def symmetric_inverse(matrix: np.ndarray) -> np.ndarray:
     """The inverse of a symmetric matrix (or of each of a stack); the pseudo-inverse where one is singular."""
     try:
         return np.linalg.inv(matrix)
@@ -95,7 +95,7 @@ def regularized_inverse(gram: np.ndarray, regularized: int) -> np.ndarray | None
     float64 copy of a 4609-feature A'A and its inverse would be 340 MB. None when that factorization
     fails (not positive definite in float32): it has overwritten A'A, and the layer is left out."""
     if gram.dtype == np.float64:
-        return _inverse(add_ridge(gram.copy(), STABLE_RIDGE, regularized))
+        return symmetric_inverse(add_ridge(gram.copy(), STABLE_RIDGE, regularized))
     try:
         return spd_inverse(add_ridge(gram, STABLE_RIDGE, regularized))
     except np.linalg.LinAlgError:

@@ -239,15 +239,11 @@ class _Edits:
 
 def _target_parts(view: LinearView, originals: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """The unpruned layer's matrix and bias (its weights as they were before zeroing)."""
-    current = view.weight.values, (view.intercept.values if view.intercept is not None else None)
-    view.weight.values = originals.get(view.weight.name, current[0])
-    if view.intercept is not None:
-        view.intercept.values = originals.get(view.intercept.name, current[1])
-    matrix, bias = view.matrix(), view.bias()
-    view.weight.values = current[0]
-    if view.intercept is not None:
-        view.intercept.values = current[1]
-    return matrix, bias
+    with view.restoring():
+        view.weight.values = originals.get(view.weight.name, view.weight.values)
+        if view.intercept is not None:
+            view.intercept.values = originals.get(view.intercept.name, view.intercept.values)
+        return view.matrix(), view.bias()
 
 
 def _unknowns(layer: _Layer) -> tuple[np.ndarray, int, str]:

@@ -32,7 +32,7 @@ from onnxprune.recover.grams import (
     reading_views,
     weights_with_bias,
 )
-from onnxprune.recover.greedy import regularized_inverse
+from onnxprune.recover.greedy import regularized_inverse, symmetric_inverse
 from onnxprune.recover.staged import Batches
 from onnxprune.rules import LinearView
 
@@ -54,17 +54,13 @@ def resolved_readers(model: Model, groups: list[Group], removals: Removals, batc
     for view, inputs in layer_inputs(model, batches, views, providers, budget, progress, stage="re-solve readers"):
         if view.groups != 1:
             continue
-        system = np.arange(view.features + (view.intercept is not None))  # the column of ones only with an intercept
-        gram = input_gram(view, inputs, samples, rng)[0]
-        if system.size <= view.features:
-            gram = gram[np.ix_(system, system)]
-        inverse = regularized_inverse(gram, view.features)
-        del gram
+        n = view.features + (view.intercept is not None)  # the column of ones (last) only with an intercept
+        inverse = regularized_inverse(input_gram(view, inputs, samples, rng)[0][:n, :n], view.features)
         if inverse is None:
             continue
-        full = weights_with_bias(view)[0][system]
+        full = weights_with_bias(view)[0][:n]
         for group, member in readers[view.weight.name]:
-            channel = group_features(view, member)[system]
+            channel = group_features(view, member)[:n]
             for key, gone in removals[group.id].items():
                 removed = np.flatnonzero(np.isin(channel, gone) & (channel >= 0))
                 if removed.size:
@@ -74,9 +70,7 @@ def resolved_readers(model: Model, groups: list[Group], removals: Removals, batc
 
 def _obs_update(inverse: np.ndarray, full: np.ndarray, removed: np.ndarray) -> np.ndarray:
     """W - H[:, R] (H_RR)^-1 W_R, with the rows R kept as they were."""
-    h_rr = inverse[np.ix_(removed, removed)].astype(np.float64)
-    step = np.linalg.lstsq(h_rr, full[removed], rcond=None)[0] if np.linalg.cond(h_rr) > 1e12 \
-        else np.linalg.solve(h_rr, full[removed])
+    step = symmetric_inverse(inverse[np.ix_(removed, removed)].astype(np.float64)) @ full[removed]
     new = full - inverse[:, removed].astype(np.float64) @ step
     new[removed] = full[removed]
     return new
@@ -85,18 +79,12 @@ def _obs_update(inverse: np.ndarray, full: np.ndarray, removed: np.ndarray) -> n
 def _values(view: LinearView, full: np.ndarray) -> dict[str, np.ndarray]:
     """The layer's weight (and intercept) tensors holding `full` ([features (+1 bias), outputs]), read
     back through the view without leaving them in the model."""
-    weight = view.weight.values
-    intercept = view.intercept.values if view.intercept is not None else None
-    try:
+    with view.restoring():
         view.set_matrix(full[None, :view.features])
         values = {view.weight.name: view.weight.values}
         if view.intercept is not None:
             view.set_bias(full[view.features])
             values[view.intercept.name] = view.intercept.values
-    finally:
-        view.weight.values = weight
-        if view.intercept is not None:
-            view.intercept.values = intercept
     return values
 
 

@@ -13,7 +13,9 @@ own bias can take exactly when it sees the channel alike at every position (`con
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,6 +85,19 @@ class LinearView:
         if self.intercept is None:
             return np.zeros(self.out_channels)
         return self.intercept_sign * np.asarray(self.intercept.values, dtype=np.float64).reshape(-1)
+
+    @contextlib.contextmanager
+    def restoring(self) -> Iterator[None]:
+        """Put the weight's (and the intercept's) values back on exit: to read the layer as it would be
+        with other values, or other values as the layer would store them, without changing the model."""
+        weight = self.weight.values
+        intercept = self.intercept.values if self.intercept is not None else None
+        try:
+            yield
+        finally:
+            self.weight.values = weight
+            if self.intercept is not None:
+                self.intercept.values = intercept
 
     def set_bias(self, bias: np.ndarray) -> None:
         values = self.intercept.values
