@@ -175,8 +175,7 @@ def analyze(model: Model, options: AnalyzeOptions, progress: Callable[[Progress]
                                     progress=progress)
     work = entries(model, groups, plans, todo, resolved)
     evaluated = _run(work, payload, evaluator, options, cache, chosen, len(plans) - len(todo), len(plans), progress)
-    table = _table(planner, targets, _keys(options), cache, metric, data, options.chosen_criterion)
-    table.reconstruct = options.reconstruct
+    table = _table(planner, targets, _keys(options), cache, metric, data, options)
     for text in _check_flat(table):
         note(text)
     return AnalysisResult(table, evaluated, len(plans) - len(todo), warnings, cache.path)
@@ -274,14 +273,15 @@ def _settings(model: Model, data: Dataset, metric: Metric, options: AnalyzeOptio
 
 
 def _table(planner: Planner, targets: list[Group], keys: list[str], cache: AnalysisCache,
-           metric: Metric, data: Dataset, criterion: str) -> SensitivityTable:
+           metric: Metric, data: Dataset, options: AnalyzeOptions) -> SensitivityTable:
     rows = {g.id: {k: cache.get(g.id, k) for k in keys} for g in targets}
     shares = {}
     for g in targets:
         macs, _ = planner.cost({g.id: list(range(g.channels))})
         shares[g.id] = 1 - macs / planner.macs_before if planner.macs_before else 0.0
     return SensitivityTable(metric.name, float(cache.baseline), rows, {g.id: g.channels for g in targets}, shares,
-                            criterion, {"source": data.source, "samples": _samples(data, metric)})
+                            options.chosen_criterion, {"source": data.source, "samples": _samples(data, metric)},
+                            options.reconstruct)
 
 
 def _samples(data: Dataset, metric: Metric) -> int | None:

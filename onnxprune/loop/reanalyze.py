@@ -12,6 +12,7 @@ from onnxprune.errors import OnnxPruneError
 from onnxprune.graph.model import Model
 from onnxprune.loop.config import RunConfig
 from onnxprune.pruning.importance import DATA_CRITERIA
+from onnxprune.pruning.prune import PruneOptions
 
 Analyze = Callable[[Model, Path], SensitivityTable]
 
@@ -25,11 +26,12 @@ def default_analyze(config: RunConfig) -> Analyze:
     settings, prune_settings = config.analyze, config.prune
     # measured as the rounds prune: with reconstruction when they reconstruct (the analysis data calibrates
     # it), at the channels their criterion picks (a data criterion needs analysis data; else l1)
-    rounds_reconstruct = prune_settings.data is not None and prune_settings.reconstruct is not False
-    criterion = prune_settings.criterion or ("greedy" if rounds_reconstruct else "act" if prune_settings.data else "l1")
+    rounds = PruneOptions(criterion=prune_settings.criterion, data=prune_settings.data,
+                          reconstruct=prune_settings.reconstruct)  # the rounds' choices, as `iterate` makes them
+    criterion = rounds.chosen_criterion
     if criterion in DATA_CRITERIA and settings.data is None:
         criterion = "l1"
-    reconstruct = rounds_reconstruct and settings.data is not None
+    reconstruct = rounds.reconstructs and settings.data is not None
     options = AnalyzeOptions(data=settings.data, eval=settings.eval, criterion=criterion, workers=settings.workers,
                              round_to=prune_settings.round_to, attention=prune_settings.attention,
                              reconstruct=reconstruct)
