@@ -15,6 +15,7 @@ import pytest
 import onnxprune
 from onnxprune.analysis.table import SensitivityTable, format_table
 from onnxprune.cli import main
+from onnxprune.graph.load import from_proto
 from onnxprune.progress import Progress, ProgressBar
 from onnxprune.pruning.inspect import channels_after, layer_axes
 from onnxprune.tables import MIN_ID_WIDTH, display_id
@@ -143,19 +144,33 @@ def test_prune_plot_draws_every_layer_before_and_after(tmp_path, capsys) -> None
     height, width = imread(png).shape[:2]
     assert width > 600 and height > 200
 
-    model = onnxprune.load(RESIDUAL)
-    groups = onnxprune.find_groups(model)
-    before = layer_axes(model)
-    result = onnxprune.prune(model, onnxprune.PruneOptions(ratio=0.4), groups=groups)
-    layers = channels_after(before, groups, result.plan)
-    slim = {a.node: a.channels for a in layer_axes(onnxprune.load(out))}
-    assert [(layer.node, layer.after) for layer in layers] == list(slim.items())
-    assert any(layer.after < layer.before for layer in layers) and any(layer.after == layer.before for layer in layers)
+    layers = _channels(RESIDUAL, "dims", 0.4)
+    assert [(layer.node, layer.after) for layer in layers] == [(a.node, a.channels) for a in layer_axes(onnxprune.load(out))]
     fig, _ = channels_figure(layers)
     ax = fig.axes[0]
     widths = [bar.get_width() for bar in ax.patches]
     assert widths == [layer.before for layer in layers] + [layer.after for layer in layers]
     assert [t.get_text() for t in ax.get_yticklabels()] == [display_id(layer.node) for layer in layers]
+
+
+def _channels(path: str, attention: str, ratio: float) -> list:
+    model = onnxprune.load(path)
+    groups = onnxprune.find_groups(model, attention)
+    before = layer_axes(model)
+    result = onnxprune.prune(model, onnxprune.PruneOptions(ratio=ratio, attention=attention), groups=groups)
+    layers = channels_after(before, groups, result.plan)
+    slim = layer_axes(from_proto(result.model))
+    assert [(layer.node, layer.after) for layer in layers] == [(a.node, a.channels) for a in slim]
+    assert any(layer.after < layer.before for layer in layers) and any(layer.after == layer.before for layer in layers)
+    return layers
+
+
+@pytest.mark.parametrize(("name", "attention"), [("llama_block", "heads"), ("bert_block", "dims"), ("densenet", "dims"),
+                                                 ("c2f", "dims"), ("lstm", "dims")])
+def test_the_plots_after_is_the_slim_models_channels(name: str, attention: str) -> None:
+    """What `prune --plot` draws as kept is what the slim model has: attention heads, concats, recurrent
+    hidden units; some layers keep all (the picture is not all blue)."""
+    _channels(str(fixture_path(name)), attention, 0.3)
 
 
 def test_prune_plot_without_matplotlib_is_one_line_before_any_work(tmp_path, monkeypatch, capsys) -> None:
