@@ -7,11 +7,16 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from onnxprune.errors import OnnxPruneError
 from onnxprune.graph.load import load, parse_input_shapes, read_proto
 from onnxprune.graph.model import Model
 from onnxprune.graph.save import data_path, save
+
+if TYPE_CHECKING:
+    from onnxprune.pruning.inspect import LayerChannels
+    from onnxprune.pruning.plan import Plan
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
 
@@ -91,7 +96,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _plot_channels(layers, plan, path: str) -> None:
+def _plot_channels(layers: list[LayerChannels], plan: Plan, path: str) -> None:
     """`prune --plot`: the layers' output channels before and after, with what the plan removed."""
     from onnxprune.plots import plot_channels
 

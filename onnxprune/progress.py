@@ -10,6 +10,7 @@ from a cache finish at once and would promise too much.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Self, TextIO
 
@@ -113,11 +114,13 @@ def _is_terminal(stream: TextIO) -> bool:
 
 
 def _rich_progress(stream: TextIO):
-    """rich's live progress display on `stream`: spinner, label, bar, count, rate, elapsed, ETA."""
+    """rich's live progress display on `stream`: spinner, label, bar, count, rate, elapsed, ETA. What the
+    run prints to stderr meanwhile shows above it, and to stdout too when that is the terminal."""
     from rich.console import Console
     from rich.progress import BarColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
     from rich.progress import Progress as Live
 
     return Live(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                 TextColumn("{task.fields[count]}"), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
-                TextColumn("{task.fields[eta]}"), console=Console(file=stream), refresh_per_second=8)
+                TextColumn("{task.fields[eta]}"), console=Console(file=stream), refresh_per_second=8,
+                redirect_stdout=_is_terminal(sys.stdout))  # output bound for a pipe stays there

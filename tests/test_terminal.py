@@ -56,8 +56,9 @@ def test_progress_off_a_terminal_is_plain_lines() -> None:
     assert lines[0].endswith("0/10 layers  0:00 elapsed, ? layers/s, ETA ?")
 
 
-def test_progress_on_a_terminal_is_rich_with_a_setup_phase() -> None:
+def test_progress_on_a_terminal_is_rich_with_a_setup_phase(monkeypatch) -> None:
     """On a terminal rich draws the bars: a setup line first, then one bar per stage with rate and ETA."""
+    monkeypatch.setenv("COLUMNS", "100")  # rich reads the width from it (a fake terminal has none)
     stream = Terminal()
     with ProgressBar(stream, label="prune", unit="layers") as bar:
         _report_two_stages(bar)
