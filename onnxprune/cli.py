@@ -135,6 +135,7 @@ def _parser_prune(p: argparse.ArgumentParser) -> None:
                         "faster, but the slim model differs from the sparse one)")
     p.add_argument("-o", "--output", required=True, help="where to write the pruned model")
     p.add_argument("--plan-out", help="write the plan (channels removed per group) as JSON")
+    p.add_argument("--plot", metavar="PNG", help="draw each layer's output channels before and after (matplotlib)")
     p.add_argument("--no-verify", action="store_true", help="skip the sparse-vs-slim output check")
     p.add_argument("--providers", help="onnxruntime providers, e.g. CUDA,CPU (default CPU)")
 

@@ -7,11 +7,16 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from onnxprune.errors import OnnxPruneError
 from onnxprune.graph.load import load, parse_input_shapes, read_proto
 from onnxprune.graph.model import Model
 from onnxprune.graph.save import data_path, save
+
+if TYPE_CHECKING:
+    from onnxprune.pruning.inspect import LayerChannels
+    from onnxprune.pruning.plan import Plan
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
 
@@ -39,9 +44,10 @@ def _check_output(args: argparse.Namespace, *outputs: str | Path | None) -> None
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Show per-layer MACs and params, the channel groups, and why a group cannot be pruned."""
     from onnxprune.pruning.inspect import format_report, inspect_model
+    from onnxprune.tables import terminal_width
 
     report = inspect_model(_load(args), attention=args.attention)
-    print(json.dumps(report.to_dict(), indent=1) if args.json else format_report(report))
+    print(json.dumps(report.to_dict(), indent=1) if args.json else format_report(report, terminal_width(sys.stdout)))
     return EXIT_OK
 
 
@@ -54,10 +60,16 @@ def cmd_prune(args: argparse.Namespace) -> int:
     channels removed are those the re-solved layers can best make up for (--criterion greedy)."""
     from onnxprune.graph.runtime import parse_providers
     from onnxprune.progress import ProgressBar
+    from onnxprune.pruning.channels import find_groups
+    from onnxprune.pruning.inspect import channels_after, layer_axes
     from onnxprune.pruning.plan import read_spec
     from onnxprune.pruning.prune import PruneOptions, prune
 
-    _check_output(args, args.output, data_path(args.output), args.plan_out)
+    _check_output(args, args.output, data_path(args.output), args.plan_out, args.plot)
+    if args.plot:
+        from onnxprune.plots import require_matplotlib
+
+        require_matplotlib()
     options = PruneOptions(
         ratio=args.ratio, spec=read_spec(args.spec) if args.spec else None,
         sensitivity=_read_sensitivity(args.sens) if args.sens else None, criterion=args.criterion,
@@ -66,8 +78,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
         reconstruct=args.reconstruct, allocation=args.allocation, norms=args.norms,
     )
     options.check()
-    with ProgressBar(sys.stderr, label="reconstruct", unit="layers") as bar:
-        result = prune(_load(args), options, progress=bar.update)
+    model = _load(args)
+    groups = find_groups(model, options.attention)
+    layers = layer_axes(model) if args.plot else None  # read now: the model is gone before the output is written
+    with ProgressBar(sys.stderr, label="prune", unit="layers") as bar:
+        result = prune(model, options, progress=bar.update, groups=groups)
+    del model
     _free_memory()  # the loaded model (a reference cycle) goes before the output is serialized
     save(result.model, args.output)
     if args.plan_out:
@@ -75,7 +91,19 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
         write_text(args.plan_out, result.plan.to_json())
     _print_prune_summary(result, args.output, result.reconstruction)
+    if args.plot:
+        _plot_channels(channels_after(layers, groups, result.plan), result.plan, args.plot)
     return EXIT_OK
+
+
+def _plot_channels(layers: list[LayerChannels], plan: Plan, path: str) -> None:
+    """`prune --plot`: the layers' output channels before and after, with what the plan removed."""
+    from onnxprune.plots import plot_channels
+
+    pruned = sum(layer.after < layer.before for layer in layers)
+    plot_channels(layers, path, f"Output channels per layer: {pruned} of {len(layers)} layers pruned, "
+                                f"{plan.macs_ratio:.1%} of MACs removed")
+    print(f"wrote {path}", file=sys.stderr)
 
 
 def _read_sensitivity(path: str):
@@ -87,12 +115,13 @@ def _read_sensitivity(path: str):
 def _print_prune_summary(result, output: str, reconstruction=None) -> None:
     """What `prune` (or `transform`: no reconstruction) did, on stderr."""
     from onnxprune.pruning.inspect import human
+    from onnxprune.tables import Column, render, terminal_width
 
     plan = result.plan
     rows = [("MACs", plan.macs_before, plan.macs_after), ("params", plan.params_before, plan.params_after)]
-    print(f"{'':8} {'before':>10} {'after':>10} {'ratio':>7}", file=sys.stderr)
-    for name, before, after in rows:
-        print(f"{name:8} {human(before):>10} {human(after):>10} {after / max(before, 1):>7.3f}", file=sys.stderr)
+    cells = [[name, human(before), human(after), f"{after / max(before, 1):.3f}"] for name, before, after in rows]
+    print(render([Column("", left=True), Column("before"), Column("after"), Column("ratio")], cells,
+                 terminal_width(sys.stderr)), file=sys.stderr)
     print(f"pruned {len(plan.groups)} groups, {plan.macs_ratio:.1%} of MACs removed -> {output}", file=sys.stderr)
     if reconstruction is not None:
         print(reconstruction.summary(), file=sys.stderr)
@@ -219,8 +248,6 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     evaluate with onnxruntime: top-1 when --data has `labels`, else the label-free fidelity to the
     unpruned model's outputs, or your own --eval function. Finished entries are cached as they come, so
     the same command resumes after an interruption. Use the table with `prune --sens SENS.json`."""
-    import importlib.util
-
     from onnxprune.analysis.analyze import AnalyzeOptions, analyze, default_cache_dir
     from onnxprune.analysis.table import (
         DEFAULT_RATIOS,
@@ -231,10 +258,13 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     )
     from onnxprune.graph.runtime import parse_providers
     from onnxprune.progress import ProgressBar
+    from onnxprune.tables import terminal_width
 
     _check_output(args, *(table_paths(args.output) if args.output else []), args.plot)
-    if args.plot and importlib.util.find_spec("matplotlib") is None:
-        raise OnnxPruneError("--plot needs matplotlib: pip install 'onnxprune[plots]'")
+    if args.plot:
+        from onnxprune.plots import require_matplotlib
+
+        require_matplotlib()
     options = AnalyzeOptions(
         data=args.data, eval=args.eval, ratios=parse_ratios(args.ratios) if args.ratios is not None else list(DEFAULT_RATIOS),
         criterion=args.criterion, workers=args.workers, ray=args.ray, cache_dir=args.cache or default_cache_dir(),
@@ -244,12 +274,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     options.check()
     model = _load(args)
 
-    def warn(text: str) -> None:
-        print(f"\nwarning: {text}" if bar.drawn else f"warning: {text}", file=sys.stderr)
+    def warn(text: str) -> None:  # above the bar on a terminal (rich redirects the output), a line of its own else
+        print(f"warning: {text}", file=sys.stderr)
 
     with ProgressBar(sys.stderr) as bar:
         result = analyze(model, options, progress=bar.update, warn=warn)
-    print(format_table(result.table))
+    print(format_table(result.table, terminal_width(sys.stdout)))
     if args.output:
         written = result.table.save(args.output)
         print(f"wrote {' and '.join(map(str, written))}", file=sys.stderr)
@@ -272,10 +302,11 @@ def cmd_iterate(args: argparse.Namespace) -> int:
     from onnxprune.loop.config import build_adapter, load_config
     from onnxprune.loop.iterate import run
     from onnxprune.loop.result import format_table
+    from onnxprune.tables import terminal_width
 
     config = load_config(args.config)
     result = run(config, build_adapter(config.adapter), args.workdir)
-    print(format_table(result))
+    print(format_table(result, terminal_width(sys.stdout)))
     return EXIT_OK
 
 

@@ -1,10 +1,18 @@
-"""Progress of a long run, and a text bar with ETA for a terminal (or sparse lines for a log file)."""
+"""Progress of a long run: the `Progress` the library reports, and the bar the command line draws of it.
+
+On a terminal the bar is rich's: a spinner while the run sets up (loading, the baseline, starting
+workers: before the first entry), then per stage a bar with the count, the rate, the time elapsed and
+the ETA, redrawn in place, with anything printed meanwhile shown above it. Anywhere else (a log file, a
+pipe, CI) it writes plain lines and no control codes: one when a stage starts and one every 10%, so logs
+stay short and can be grepped. Rate and ETA count only the entries computed in this run: entries taken
+from a cache finish at once and would promise too much.
+"""
 
 from __future__ import annotations
 
-import time
+import sys
 from dataclasses import dataclass
-from typing import TextIO
+from typing import Self, TextIO
 
 
 @dataclass
@@ -20,9 +28,18 @@ class Progress:
     @property
     def eta(self) -> float | None:
         """Seconds left at the rate of the entries computed so far (None before the first one)."""
+        if self.done >= self.total:
+            return 0.0
         if not self.evaluated:
             return None
         return (self.total - self.done) * self.elapsed / self.evaluated
+
+    def rate(self, unit: str) -> str:
+        """'2.5 entries/s', or '12.0 s/layer' when slower than one a second ('?' before the first one)."""
+        if not self.evaluated or self.elapsed <= 0:
+            return f"? {unit}/s"
+        per_second = self.evaluated / self.elapsed
+        return f"{per_second:.1f} {unit}/s" if per_second >= 1 else f"{1 / per_second:.1f} s/{unit.rstrip('s')}"
 
 
 def clock(seconds: float | None) -> str:
@@ -34,51 +51,76 @@ def clock(seconds: float | None) -> str:
 
 
 class ProgressBar:
-    """Redraws one line on a terminal; elsewhere prints a line every 10% so logs stay short."""
+    """The command line's view of `Progress` reports on `stream` (use it as a context manager)."""
 
-    def __init__(self, stream: TextIO, label: str = "analyze", width: int = 28, unit: str = "entries"):
-        self.stream = stream
-        self.label = label
-        self.unit = unit
-        self.width = width
-        self.tty = stream.isatty()
-        self.last_draw = 0.0
-        self.last_tenth = -1
-        self.drawn = False
+    def __init__(self, stream: TextIO, label: str = "analyze", unit: str = "entries", width: int = 28):
+        self.stream, self.label, self.unit, self.width = stream, label, unit, width
+        self.tty = _is_terminal(stream)
         self.stage: str | None = None
+        self.last_tenth = -1
+        self.live = None  # rich's Progress on a terminal, while it runs
+        self.setup = self.task = None
+
+    def __enter__(self) -> Self:
+        if self.tty:
+            self.live = _rich_progress(self.stream)
+            self.live.start()
+            self.setup = self.live.add_task(f"{self.label}: setting up", total=None, count="", rate="", eta="")
+        return self
 
     def update(self, p: Progress) -> None:
-        if p.stage != self.stage:  # a new part of the run starts on its own line
-            if self.tty and self.drawn:
-                self.stream.write("\n")
-            self.stage, self.last_tenth, self.drawn, self.last_draw = p.stage, -1, False, 0.0
-        finished = p.done >= p.total
-        now = time.monotonic()
-        if self.tty:
-            if finished or now - self.last_draw >= 0.1:
-                self.stream.write("\r" + self.line(p))
-                self.stream.flush()
-                self.drawn, self.last_draw = True, now
+        """Show a report: a new stage starts its own bar (or line)."""
+        new = p.stage != self.stage or (self.task is None and self.live is not None)
+        self.stage = p.stage
+        if self.live is not None:
+            self._draw(p, new)
             return
         tenth = p.done * 10 // max(p.total, 1)
-        if tenth != self.last_tenth:
+        if new or tenth != self.last_tenth:
             self.last_tenth = tenth
             self.stream.write(self.line(p) + "\n")
             self.stream.flush()
 
+    def _draw(self, p: Progress, new: bool) -> None:
+        if self.setup is not None:  # the setup phase ends with the first report
+            self.live.update(self.setup, total=1, completed=1, description=f"{self.label}: set up")
+            self.setup = None
+        if new:
+            self.task = self.live.add_task(p.stage or self.label, total=p.total, count="", rate="", eta="")
+        self.live.update(self.task, total=p.total, completed=p.done, count=f"{p.done}/{p.total} {self.unit}",
+                         rate=p.rate(self.unit), eta=f"ETA {clock(p.eta)}")
+
     def line(self, p: Progress) -> str:
+        """The plain line of a report (off a terminal)."""
         fill = self.width * p.done // max(p.total, 1)
         bar = "#" * fill + "." * (self.width - fill)
         return (f"{p.stage or self.label} [{bar}] {p.done}/{p.total} {self.unit}  {clock(p.elapsed)} elapsed, "
-                f"ETA {clock(p.eta if p.done < p.total else 0)}")
-
-    def close(self) -> None:
-        if self.tty and self.drawn:
-            self.stream.write("\n")
-            self.stream.flush()
-
-    def __enter__(self):
-        return self
+                f"{p.rate(self.unit)}, ETA {clock(p.eta)}")
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
+        if self.live is None:
+            return
+        if self.setup is not None:  # no report came (an error, or nothing to do): no setup line stays
+            self.live.remove_task(self.setup)
+        self.live.stop()
+        self.live = None
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # a closed or a fake stream
+        return False
+
+
+def _rich_progress(stream: TextIO):
+    """rich's live progress display on `stream`: spinner, label, bar, count, rate, elapsed, ETA. What the
+    run prints to stderr meanwhile shows above it, and to stdout too when that is the terminal."""
+    from rich.console import Console
+    from rich.progress import BarColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress as Live
+
+    return Live(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                TextColumn("{task.fields[count]}"), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+                TextColumn("{task.fields[eta]}"), console=Console(file=stream), refresh_per_second=8,
+                redirect_stdout=_is_terminal(sys.stdout))  # output bound for a pipe stays there

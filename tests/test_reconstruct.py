@@ -309,21 +309,3 @@ def test_greedy_cost_is_the_least_squares_residual(dtype: type, rtol: float) -> 
     reader.remove(np.array([0]))
     np.testing.assert_allclose(reader.costs(np.array([1, 2])), [residual([4, 5, 6]) - first,
                                                                 residual([2, 3, 6]) - first], rtol=rtol)
-
-
-def test_progress_bar_starts_a_new_line_for_each_stage() -> None:
-    """On a terminal the bar redraws one line; a new stage (choose channels, then reconstruct) gets its own."""
-    import io as text_io
-
-    from onnxprune.progress import Progress, ProgressBar
-
-    class Terminal(text_io.StringIO):
-        def isatty(self) -> bool:
-            return True
-
-    stream = Terminal()
-    bar = ProgressBar(stream, label="prune", unit="layers")
-    bar.update(Progress(1, 1, 1, 0.5, "choose channels"))
-    bar.update(Progress(1, 2, 1, 0.5, "reconstruct"))
-    lines = stream.getvalue().split("\n")
-    assert lines[0].startswith("\rchoose channels [") and lines[1].startswith("\rreconstruct [")

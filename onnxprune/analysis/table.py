@@ -21,10 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from onnxprune.atomic import write_bytes, write_text
+from onnxprune.atomic import write_text
 from onnxprune.data import read_json
 from onnxprune.errors import OnnxPruneError, OptionError
+from onnxprune.plots import new_figure, save_png
 from onnxprune.pruning.channels import Group
+from onnxprune.tables import Column, display_id, render
 
 TABLE_VERSION = 1
 DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -212,50 +214,34 @@ def _ratio_keys(table: SensitivityTable) -> list[str]:
     return sorted({k for row in table.groups.values() for k in row}, key=float)
 
 
-def format_table(table: SensitivityTable, width: int = 40) -> str:
-    """The per-group summary printed at the end of `analyze`."""
+def format_table(table: SensitivityTable, width: int | None = None) -> str:
+    """The per-group summary printed at the end of `analyze` (`width`: the terminal's; None: not one)."""
     keys = _ratio_keys(table)
-    head = f"{'group':<{width}} {'ch':>5} {'MACs':>6} {'<=1%':>5} " + " ".join(f"{k:>6}" for k in keys)
-    title = (f"metric: {table.metric}, baseline {table.baseline:.4f}; columns: the metric with that ratio of the "
-             "group's channels zeroed")
-    lines = [title, head]
+    columns = [Column("group", left=True, id=True), Column("ch"), Column("MACs"), Column("<=1%"),
+               *(Column(k) for k in keys)]
+    rows = []
     for gid, row in table.groups.items():
         share = table.macs_share.get(gid)
-        cells = " ".join(f"{'nan' if row.get(k) is None else format(row[k], '.4f'):>6}" if k in row else f"{'':>6}"
-                         for k in keys)
-        name = display_id(gid, width)
-        lines.append(f"{name:<{width}} {table.channels.get(gid, ''):>5} "
-                     f"{'' if share is None else format(share, '.1%'):>6} {table.tolerated(gid):>5.2f} {cells}")
-    return "\n".join(lines)
-
-
-def display_id(gid: str, width: int = 40) -> str:
-    """A group id cut to `width` characters from the left ("…" first), the same in the table and the plot
-    (the end of an exported node name is the part that tells layers apart)."""
-    return gid if len(gid) <= width else "…" + gid[-(width - 1):]
+        cells = ["" if k not in row else "nan" if row[k] is None else f"{row[k]:.4f}" for k in keys]
+        rows.append([gid, str(table.channels.get(gid, "")), "" if share is None else f"{share:.1%}",
+                     f"{table.tolerated(gid):.2f}", *cells])
+    title = (f"metric: {table.metric}, baseline {table.baseline:.4f}; columns: the metric with that ratio of the "
+             "group's channels zeroed")
+    return title + "\n" + render(columns, rows, width)
 
 
 def plot_table(table: SensitivityTable, path: str | Path, highlight: int = 5) -> None:
     """Metric-vs-ratio curves per group (as Distiller draws them) as a PNG; the most sensitive in color."""
     fig, legend = sensitivity_figure(table, highlight)
-    buffer = io.BytesIO()  # the legend sits right of the plot, whatever the ids' length or the groups' count
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight", bbox_extra_artists=[legend])
-    fig.clf()
-    write_bytes(path, buffer.getvalue())
+    save_png(fig, path, [legend])  # the legend sits right of the plot, whatever the ids' length or the groups' count
 
 
 def sensitivity_figure(table: SensitivityTable, highlight: int = 5):
-    """The figure of `plot_table` and its legend (outside the axes, ids cut as in `format_table`)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise OnnxPruneError("--plot needs matplotlib: pip install 'onnxprune[plots]'") from None
+    """The figure of `plot_table` and its legend (outside the axes, ids cut as `format_table` cuts them off a
+    terminal: `tables.display_id`)."""
     ranked = sorted(table.groups, key=table.sensitivity, reverse=True)
     marked = ranked[:highlight]
-    fig = Figure(figsize=(9, 5.5))
+    fig = new_figure(9, 5.5)
     ax = fig.subplots()
     for gid in ranked[highlight:] + marked:  # the marked ones on top, and in rank order in the legend
         row = table.groups[gid]

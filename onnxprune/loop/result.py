@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from onnxprune.pruning.inspect import human
+from onnxprune.tables import Column, render
 
 
 @dataclass
@@ -48,23 +49,20 @@ class RunResult:
         return asdict(self)
 
 
-def format_table(result: RunResult) -> str:
-    """The per-round report as text."""
-
-    head = (f"{'round':>5} {'asked':>6} {'MACs':>9} {'removed':>8} {'params':>9} {'before':>8} {'after':>8} "
-            f"{'trial':>5} {'time':>7}  result")
-    base = (f"{'base':>5} {'':>6} {human(result.baseline_macs):>9} {'':>8} {human(result.baseline_params):>9} "
-            f"{'':>8} {num(result.baseline_metric):>8}")
-    lines = [head, base]
+def format_table(result: RunResult, width: int | None = None) -> str:
+    """The per-round report as text (`width`: the terminal's; None when the output is not one)."""
+    columns = [Column(h) for h in ("round", "asked", "MACs", "removed", "params", "before", "after", "trial", "time")]
+    rows = [["base", "", human(result.baseline_macs), "", human(result.baseline_params), "",
+             num(result.baseline_metric), "", "", ""]]
     for r in result.rounds:
         verdict = "accepted" if r.accepted else "rejected"
         if r.backoff:
             verdict += f" (smaller step {r.backoff})"
-        lines.append(f"{r.round:>5} {r.ratio_asked:>6.1%} {human(r.macs):>9} {r.macs_removed:>8.1%} "
-                     f"{human(r.params):>9} {num(r.metric_before):>8} {num(r.metric_after):>8} "
-                     f"{r.best_trial:>5} {r.seconds:>6.1f}s  {verdict}")
-    lines.append(f"{'final':>5} {result.target:>6.1%} {human(result.macs):>9} {result.macs_removed:>8.1%} "
-                 f"{human(result.params):>9} {'':>8} {num(result.metric):>8}")
+        rows.append([str(r.round), f"{r.ratio_asked:.1%}", human(r.macs), f"{r.macs_removed:.1%}", human(r.params),
+                     num(r.metric_before), num(r.metric_after), str(r.best_trial), f"{r.seconds:.1f}s", verdict])
+    rows.append(["final", f"{result.target:.1%}", human(result.macs), f"{result.macs_removed:.1%}",
+                 human(result.params), "", num(result.metric), "", "", ""])
+    lines = [render([*columns, Column("result", left=True, wrap=True)], rows, width)]
     lines.append(f"dense model: {result.dense}" + (f" (encrypted: {result.encrypted})" if result.encrypted else ""))
     if result.stopped:
         lines.append(f"stopped early: {result.stopped}")

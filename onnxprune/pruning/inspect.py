@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxprune.graph.model import Model
 from onnxprune.pruning.channels import Group, find_groups
 from onnxprune.pruning.cost import layer_costs, totals
+from onnxprune.pruning.plan import Plan
 from onnxprune.rules import CONTRACT, IN, OUT, entry_for
+from onnxprune.tables import Column, render
 
 
 @dataclass
@@ -73,20 +76,9 @@ def inspect_model(model: Model, groups: list[Group] | None = None, attention: st
             owner.setdefault((m.tensor, m.axis), g)
     rows = []
     costs = {c.node: c for c in layer_costs(model)}
-    for node in model.graph.nodes:
-        name = node.name or node.outputs[0].name
-        cost = costs.get(name)
-        if cost is None:
-            continue
-        out = node.outputs[0]
-        shape = model.shapes.get(out.name)
-        channels = group = None
-        rule = entry_for(node)
-        if rule is not None and rule.out_axis is not None and shape:
-            axis = rule.out_axis % len(shape)
-            channels = shape[axis]
-            group = owner.get((out.name, axis))
-        rows.append(LayerRow(name, node.op, channels, cost.macs, cost.params, group.id if group else None,
+    for layer in _layers(model, costs):
+        cost, group = costs[layer.node], owner.get((layer.tensor, layer.axis))
+        rows.append(LayerRow(layer.node, layer.op, layer.channels, cost.macs, cost.params, group.id if group else None,
                              bool(group and group.prunable), group.reason if group else None))
     macs, params = totals(list(costs.values()))
     report = Report(str(model.path or "model"), macs, params, rows, groups, group_macs(model, groups))
@@ -95,6 +87,61 @@ def inspect_model(model: Model, groups: list[Group] | None = None, attention: st
     report.shrinkable_macs = sum(shares[c.node] * c.macs for c in weighted) / max(sum(c.macs for c in weighted), 1)
     report.shrinkable_params = sum(shares[c.node] * c.params for c in weighted) / max(sum(c.params for c in weighted), 1)
     return report
+
+
+@dataclass
+class LayerAxis:
+    """A layer (a node with MACs or params) and its output channel axis (`channels` None: none known)."""
+
+    node: str
+    op: str
+    tensor: str
+    axis: int | None
+    channels: int | None
+
+
+@dataclass
+class LayerChannels:
+    """A layer's output channels before pruning and after (`prune --plot` draws them)."""
+
+    node: str
+    op: str
+    before: int
+    after: int
+
+
+def _layers(model: Model, costs: dict) -> list[LayerAxis]:
+    """The layers of `costs` in graph order, each with its output channel axis when its rule names one."""
+    layers = []
+    for node in model.graph.nodes:
+        name = node.name or node.outputs[0].name
+        if name not in costs:
+            continue
+        out = node.outputs[0]
+        shape, rule = model.shapes.get(out.name), entry_for(node)
+        axis = rule.out_axis % len(shape) if rule is not None and rule.out_axis is not None and shape else None
+        layers.append(LayerAxis(name, node.op, out.name, axis, None if axis is None else shape[axis]))
+    return layers
+
+
+def layer_axes(model: Model) -> list[LayerAxis]:
+    """The layers with an output channel axis, in graph order: read them before pruning, count them after
+    with `channels_after` (the model itself need not be kept)."""
+    return [a for a in _layers(model, {c.node: c for c in layer_costs(model)}) if a.channels is not None]
+
+
+def channels_after(layers: list[LayerAxis], groups: list[Group], plan: Plan) -> list[LayerChannels]:
+    """Each layer's output channels before and after `plan` (a `Plan` made from `groups`): a channel is
+    gone from a layer's output where a removed group channel sits on its axis."""
+    gone: dict[tuple[str, int], int] = {}
+    for g in groups:
+        part = plan.groups.get(g.id)
+        if part is None or not len(part.removed):
+            continue
+        removed = np.asarray(part.removed)
+        for m in g.members:
+            gone[(m.tensor, m.axis)] = gone.get((m.tensor, m.axis), 0) + int(np.isin(m.channel, removed).sum())
+    return [LayerChannels(a.node, a.op, a.channels, a.channels - gone.get((a.tensor, a.axis), 0)) for a in layers]
 
 
 def _shrinkable(model: Model, groups: list[Group]) -> dict[str, float]:
@@ -137,24 +184,24 @@ def human(n: float) -> str:
     return str(int(n))
 
 
-def format_report(report: Report, width: int = 48) -> str:
-    """The human-readable `inspect` output: a layer table, a group table, totals."""
-    lines = [f"{'layer':<{width}} {'op':<14} {'ch':>6} {'MACs':>9} {'params':>9}  output channels"]
+def format_report(report: Report, width: int | None = None) -> str:
+    """The human-readable `inspect` output: a layer table, a group table, totals (`width`: the terminal's;
+    None when the output is not one)."""
+    layers = []
     for row in report.layers:
         status = ""
         if row.group is not None:
             status = ("prunable" if row.prunable else f"fixed: {row.reason}")
             if row.group != row.node:
                 status += f" (group {row.group})"
-        ch = "" if row.channels is None else str(row.channels)
-        lines.append(f"{_cut(row.node, width):<{width}} {row.op:<14} {ch:>6} {human(row.macs):>9} "
-                     f"{human(row.params):>9}  {status}")
-    lines.append("")
-    lines.append(f"{'group':<{width}} {'channels':>8} {'MACs %':>7}  status")
-    for g in report.groups:
-        share = report.group_macs.get(g.id, 0) / max(report.macs, 1)
-        lines.append(f"{_cut(g.id, width):<{width}} {g.channels:>8} {share:>7.1%}  "
-                     f"{'prunable' if g.prunable else g.reason}")
+        layers.append([row.node, row.op, "" if row.channels is None else str(row.channels), human(row.macs),
+                       human(row.params), status])
+    groups = [[g.id, str(g.channels), f"{report.group_macs.get(g.id, 0) / max(report.macs, 1):.1%}",
+               "prunable" if g.prunable else g.reason or ""] for g in report.groups]
+    lines = [render([Column("layer", left=True, id=True), Column("op", left=True), Column("ch"), Column("MACs"),
+                     Column("params"), Column("output channels", left=True, wrap=True)], layers, width), ""]
+    lines.append(render([Column("group", left=True, id=True), Column("channels"), Column("MACs %"),
+                         Column("status", left=True, wrap=True)], groups, width))
     lines.append("(MACs %: the layers a group slices; a layer between two groups counts for both, so the column "
                  "sums past 100%)")
     prunable = sum(g.prunable for g in report.groups)
@@ -167,7 +214,3 @@ def format_report(report: Report, width: int = 48) -> str:
     for reason, share in report.blocked():
         lines.append(f"  blocked, {'<0.1%' if share < 0.001 else f'{share:.1%}'} of MACs: {reason}")
     return "\n".join(lines)
-
-
-def _cut(text: str, width: int) -> str:
-    return text if len(text) <= width else "…" + text[-(width - 1):]
