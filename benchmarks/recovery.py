@@ -6,7 +6,7 @@ inputs, with real unlabeled calibration inputs. For each target ratio of MACs re
 
 - uniform L1:            PruneOptions(ratio=r)
 - sensitivity:           PruneOptions(ratio=r, sensitivity=table), the table from `analyze` on the
-                         calibration inputs (fidelity, no labels)
+                         calibration inputs (fidelity, no labels; the recognizer's on its first 64 lines)
 - act only:              PruneOptions(ratio=r, data=calib, criterion="act", reconstruct=False)
 - reconstruction:        PruneOptions(ratio=r, data=calib, criterion="l1", reconstruct=True)
 - act + recon.:          PruneOptions(ratio=r, data=calib, criterion="act", reconstruct=True)
@@ -133,11 +133,15 @@ def run_variant(task: Task, options: dict, calib_npz: str | None, baseline: floa
 
 
 def sensitivity_table(task: Task, calib_npz: Path, kind: str) -> tuple[SensitivityTable, float]:
-    """The `analyze` table on the calibration inputs (cached under benchmarks/out/recovery/cache); kind
-    "reconstructed" is `analyze --reconstruct`, "reconstructed agreement" adds `--metric agreement`."""
+    """The `analyze` table on the calibration inputs, or the first `task.analysis_samples` of them (cached
+    under benchmarks/out/recovery/cache); kind "reconstructed" is `analyze --reconstruct`, "reconstructed
+    agreement" adds `--metric agreement`."""
     from onnxprune.analysis.analyze import AnalyzeOptions, analyze
 
     start = time.perf_counter()
+    if task.analysis_samples is not None:
+        calib_npz = calib_npz.with_name(f"{calib_npz.stem}_first{task.analysis_samples}.npz")
+        np.savez(calib_npz, **{k: v[:task.analysis_samples] for k, v in task.calib.items()})
     options = AnalyzeOptions(data=str(calib_npz), ratios=TABLE_RATIOS, cache_dir=WORK / "cache",
                              reconstruct=kind.startswith("reconstructed"),
                              metric="agreement" if kind.endswith("agreement") else None)

@@ -32,6 +32,7 @@ class Task:
     metric: str  # what evaluate returns
     evaluate: Callable[[onnx.ModelProto], float]  # the metric on held-out inputs; higher is better
     extra: dict[str, float] = field(default_factory=dict)  # secondary metrics of the last evaluate call
+    analysis_samples: int | None = None  # `analyze` on the first this many calibration samples (None: all)
 
 
 def from_wheel(package: str, member: str) -> Path:

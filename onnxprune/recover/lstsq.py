@@ -2,9 +2,13 @@
 --reconstruct` share: which feature rows to sample, and ridge-regularized solves.
 
 Rows: a conv contributes one row per output position; positions are drawn at random, spread evenly over
-the samples, about `ROWS_PER_UNKNOWN` rows per unknown: neighbouring positions are strongly correlated,
-so positions from many samples beat all positions of a few, and A'A stays small whatever the feature
-map size.
+the samples: neighbouring positions are strongly correlated, so positions from many samples beat all
+positions of a few, and A'A stays small whatever the feature map size. How many: at least
+`ROWS_PER_UNKNOWN` per unknown, and more while the sums stay cheap — up to `FLOPS_PER_LAYER` multiply-adds
+for A'A (rows x unknowns^2). Few rows per unknown over-fit the calibration rows: on PP-OCRv4's recognizer
+with 64 lines, 16x the rows of its small layers (1x1 convs and projections of 120-480 features) kept 85%
+of the exact strings at 50% of MACs removed instead of 81%; the big layers, where rows cost the most, stay
+at `ROWS_PER_UNKNOWN`.
 """
 
 from __future__ import annotations
@@ -19,13 +23,15 @@ from onnxprune.rules import LinearView
 STABLE_RIDGE = 1e-4  # the ridge used where no held-out choice is made (choice of channels, tables)
 SINGLE = 1024  # layers with more features per group keep their sums in float32 and solve by float32 Cholesky
 ROWS_PER_UNKNOWN = 4
+FLOPS_PER_LAYER = 1 << 32  # rows x unknowns^2 for A'A: 65536 rows up to 256 unknowns, then fewer
 MIN_ROWS, MAX_ROWS = 4096, 65536
 
 
 def sample_rows(view: LinearView, x: np.ndarray, samples: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(sample, output position) of the rows to take from a batch `x` of a layer's input: about
-    `ROWS_PER_UNKNOWN` rows per unknown over all `samples`, spread evenly over the samples."""
-    wanted = min(max(ROWS_PER_UNKNOWN * (view.features + 1), MIN_ROWS), MAX_ROWS)
+    """(sample, output position) of the rows to take from a batch `x` of a layer's input: as many
+    rows over all `samples` as the module says, spread evenly over the samples."""
+    unknowns = view.features + 1
+    wanted = min(max(ROWS_PER_UNKNOWN * unknowns, FLOPS_PER_LAYER // unknowns**2, MIN_ROWS), MAX_ROWS)
     positions = view.positions(x)
     per_sample = max(1, min(positions, math.ceil(wanted / samples)))
     n = len(x)
