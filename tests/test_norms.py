@@ -31,6 +31,9 @@ CASES = [
     ("rmsnorm_fused", "embed/MatMul", "g2", "RMSNormalization"),
     ("bert_block_dynamo", "node_MatMul_2", "norm2.weight", "fused LayerNormalization, opset 18"),
     ("convnextv2_dynamo", "node_conv2d", "block.norm.weight", "channels-first LayerNorm, opset 18"),
+    ("vit_block", "/vit/vit/embeddings/patch_embeddings/projection/Conv", "vit.vit.embeddings.cls_token",
+     "class token (Expand, Concat) into LayerNormalization"),
+    ("vit_block_dynamo", "node_conv2d", "vit.vit.embeddings.cls_token", "class token, opset 18"),
 ]
 
 
@@ -61,6 +64,28 @@ def test_the_channels_through_a_normalization_prune_exactly(fixture: str, group:
     before = {i.name: int(np.prod(i.dims)) for i in proto.graph.initializer}
     assert sum(params.values()) < sum(before.values())
     assert scale not in params or params[scale] < before[scale]  # sliced (or rescaled into a new constant)
+
+
+@pytest.mark.parametrize("attention", ["dims", "heads"])
+def test_the_class_token_is_part_of_the_hidden_group(attention: str) -> None:
+    """ViT prepends its class token (a constant [1, 1, hidden]) by Expand and Concat on the sequence axis:
+    its hidden channels are produced there, so sparse zeroes the removed ones and slim slices them, and
+    LayerNorm reads exact zeros (before: "removed channels would be unknown, not 0, where
+    LayerNormalization ... reads them", and ViT's hidden group was refused)."""
+    name, group, token = "vit_block", "/vit/vit/embeddings/patch_embeddings/projection/Conv", "vit.vit.embeddings.cls_token"
+    proto = onnx.load(fixture_path(name))
+    model = from_proto(proto)
+    groups = find_groups(model, attention)
+    plan = make_plan(model, PruneOptions(spec={group: 0.5}, round_to=1, attention=attention), groups)
+    removed = plan.groups[group].removed
+    sparse_model, slim_model = sparse(model, groups, plan), slim(model, groups, plan)
+    tokens = {i.name: numpy_helper.to_array(i) for i in sparse_model.graph.initializer if i.name == token}
+    original = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer if i.name == token}
+    assert np.all(tokens[token][..., removed] == 0) and np.all(original[token][..., removed] != 0)
+    assert [list(i.dims) for i in slim_model.graph.initializer if i.name == token] == [[1, 1, 16]]
+    for batch in (1, 3):
+        x = {"input": random_batch([1, 3, 16, 16], batch, seed=batch)}
+        assert relative_difference(run_model(sparse_model, x), run_model(slim_model, x)) <= TOLERANCE
 
 
 def test_inspect_shows_the_hidden_dimension_prunable() -> None:

@@ -674,6 +674,27 @@ class LlamaBlock(nn.Module):
         return self.head(hidden)
 
 
+class ViTBlock(nn.Module):
+    """A ViT image classifier from a `transformers` config (patch-embedding Conv, the class token
+    prepended by Expand and Concat along the sequence axis, position embeddings, one pre-norm encoder
+    layer, LayerNorm, head on the class token). Random weights with noise on every parameter (the class
+    token starts as zeros). The class token's hidden channels are the hidden group's, like the patches'."""
+
+    def __init__(self, hidden: int = 32, classes: int = 8) -> None:
+        super().__init__()
+        from transformers import ViTConfig, ViTForImageClassification
+
+        config = ViTConfig(hidden_size=hidden, num_hidden_layers=1, num_attention_heads=4,
+                           intermediate_size=2 * hidden, image_size=16, patch_size=4, num_channels=3,
+                           num_labels=classes)
+        config._attn_implementation = "sdpa"
+        self.vit = ViTForImageClassification(config)
+        add_noise(self, 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vit(pixel_values=x).logits
+
+
 # --------------------------------------------------------------------------------------------------
 # bert_block / convnextv2 (normalizations over the channel axis)
 
@@ -912,6 +933,14 @@ FIXTURES: dict[str, FixtureSpec] = {
             "(Pow-ReduceMean-Add-Sqrt-Div), grouped-query attention (4 query, 2 key/value heads; repeat_kv "
             "as Unsqueeze-Expand-Reshape with a Shape->Where target), rotary embeddings (rotate-half Slices, "
             "Neg, Concat), exported scaled-dot-product attention with its IsNaN/Where guard, SwiGLU MLP.",
+        ),
+        FixtureSpec(
+            "vit_block",
+            ViTBlock,
+            (1, 3, 16, 16),
+            "ViT classifier from a transformers config: patch Conv, class token prepended by Expand (to a "
+            "Shape->Where target) and Concat on the sequence axis, position embeddings, pre-norm encoder layer "
+            "(LayerNormalization, scaled-dot-product attention, GELU MLP), LayerNorm, head on the class token.",
         ),
         FixtureSpec(
             "bert_block",

@@ -268,6 +268,13 @@ def variants() -> list[tuple[str, str, str, Callable[[], onnx.ModelProto | None]
             lambda: export_dynamo(build_model("bert_block"), FIXTURES["bert_block"].input_shape),
         ),
         (
+            "vit_block_dynamo",
+            "vit_block",
+            (f"vit_block exported with dynamo=True at opset {DYNAMO_OPSET} (the class token's Expand to a shape "
+             "computed from the batch, decomposed scaled-dot-product attention)."),
+            lambda: export_dynamo(build_model("vit_block"), FIXTURES["vit_block"].input_shape),
+        ),
+        (
             "convnextv2_dynamo",
             "convnextv2",
             (
