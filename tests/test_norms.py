@@ -202,3 +202,22 @@ def test_norms_option_is_checked() -> None:
 
     with pytest.raises(OptionError, match="norms"):
         PruneOptions(ratio=0.5, norms="fast").check()
+
+
+@pytest.mark.parametrize("fixture,depthwise", [("convnextv2", "/block/dwconv/Conv"),
+                                               ("convnextv2_dynamo", "node_conv2d_1"),
+                                               ("mobilenet_se", "/block1/depthwise/depthwise.0/Conv")])
+def test_a_depthwise_conv_shrinks_on_both_sides(fixture: str, depthwise: str) -> None:
+    """A depthwise conv's weight [C, 1, k, k] has no input-channel axis: its input channels are its output
+    channels, one group, so that group shrinks the whole layer (it counted half, and ConvNeXt-V2's share
+    stayed at 0.86 with every group prunable). What is left is the stem's 3 image channels and the head's
+    classes: a model's input and output."""
+    from onnxprune.pruning.inspect import _shrinkable, inspect_model
+
+    model = onnxprune.load(fixture_path(fixture))
+    groups = find_groups(model)
+    shares = _shrinkable(model, groups)
+    assert shares[depthwise] == 1.0
+    assert sorted(v for v in shares.values() if v < 1) == [0.5, 0.5]  # the stem's input, the head's output
+    if fixture.startswith("convnextv2"):
+        assert inspect_model(model, groups).shrinkable_macs >= 0.90
