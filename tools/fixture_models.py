@@ -971,11 +971,12 @@ class RecurrentNet(nn.Module):
     a two-layer LSTM or GRU (batch first), the last step through a Linear head. Every parameter gets
     noise so no two gate blocks are equal."""
 
-    def __init__(self, cell: type[nn.Module] = nn.LSTM, features: int = 8, width: int = 24, hidden: int = 32):
+    def __init__(self, cell: type[nn.Module] = nn.LSTM, features: int = 8, width: int = 24, hidden: int = 32,
+                 bidirectional: bool = False):
         super().__init__()
         self.proj = nn.Linear(features, width)
-        self.rnn = cell(width, hidden, num_layers=2, batch_first=True)
-        self.head = nn.Linear(hidden, 4)
+        self.rnn = cell(width, hidden, num_layers=2, batch_first=True, bidirectional=bidirectional)
+        self.head = nn.Linear(hidden * (2 if bidirectional else 1), 4)
         with torch.no_grad():
             for parameter in self.parameters():
                 parameter.add_(0.1 * torch.randn_like(parameter))
@@ -991,6 +992,9 @@ RECURRENT = [
                 "-> Linear; exported with constant folding (W, R, B as initializers).", fold_constants=True),
     FixtureSpec("gru", lambda: RecurrentNet(nn.GRU), (1, 6, 8),
                 "As lstm with a 2-layer GRU.", fold_constants=True),
+    FixtureSpec("lstm_bidirectional", lambda: RecurrentNet(nn.LSTM, bidirectional=True), (1, 6, 8),
+                "As lstm, bidirectional: Y [T, 2, B, H] transposed and reshaped to [B, T, 2H] (the directions' "
+                "hidden units side by side), the second layer reading both.", fold_constants=True),
 ]
 FIXTURES.update((spec.name, spec) for spec in RECURRENT)
 
