@@ -151,7 +151,7 @@ PARTS = ("attention", "ffn", "hidden", "other")  # heads (or head dims), FFN wid
 LAYER_OPS = ("MatMul", "Gemm", "Conv")
 
 
-def _axes(module: str, heads_after: set[str]) -> tuple[str, str]:
+def _axes(module: str, pooled: set[str]) -> tuple[str, str]:
     """(output, input) axis of a layer by its module's name: which dimension each is. "fixed": image
     channels, mel bins, classes, vocabulary; "other": a pooler's, a projector's, Whisper's first conv's."""
     last = module.rsplit(".", 1)[-1]
@@ -162,7 +162,7 @@ def _axes(module: str, heads_after: set[str]) -> tuple[str, str]:
     if last in ("fc2", "down_proj") or module.endswith(("output.dense", "mlp.c_proj")):
         return "hidden", "ffn"
     if last in ("classifier", "lm_head"):
-        return "fixed", "other" if heads_after else "hidden"
+        return "fixed", "other" if pooled else "hidden"  # BERT's pooler, Whisper's projector come before it
     if module.endswith(("pooler.dense", "projector")):
         return "other", "hidden"
     if last == "conv1":
@@ -179,9 +179,9 @@ def _dims(module: torch.nn.Module) -> tuple[int, int]:
     return int(w.shape[0]), int(w.shape[1]) * groups
 
 
-def _layers(model, torch_model: torch.nn.Module) -> dict[str, tuple[str, str | None]]:
-    """ONNX layer (TorchScript names follow module paths) -> (module, None) for a layer with a weight, or
-    (attention module, None) for a product of two activations; only layers with MACs."""
+def _layers(model, torch_model: torch.nn.Module) -> dict[str, tuple[str, bool]]:
+    """ONNX layer (TorchScript names follow module paths) -> (module, True) for a layer with a weight, or
+    (the module it sits in, False) for a product of two activations; only layers with MACs."""
     from onnxprune.pruning.cost import layer_costs
 
     modules = set(_dims_of(torch_model))
