@@ -306,6 +306,20 @@ def variants() -> list[tuple[str, str, str, Callable[[], onnx.ModelProto | None]
             lambda: export_dynamo(build_model("bert_block"), FIXTURES["bert_block"].input_shape, dynamic=(1,)),
         ),
         (
+            "llama_block_seq",
+            "llama_block",
+            ("llama_block with a dynamic sequence length (input and output [batch, seq, ...]): rotary positions, "
+             "repeat_kv's Expand target and the causal mask computed from the length at run time."),
+            lambda: export_torchscript(build_model("llama_block"), FIXTURES["llama_block"].input_shape, dynamic=(1,),
+                                       dynamic_out=(1,)),
+        ),
+        (
+            "llama_block_seq_dynamo",
+            "llama_block",
+            f"llama_block_seq exported with dynamo=True at opset {DYNAMO_OPSET} (symbolic sequence length).",
+            lambda: export_dynamo(build_model("llama_block"), FIXTURES["llama_block"].input_shape, dynamic=(1,)),
+        ),
+        (
             "convnextv2_dynamo",
             "convnextv2",
             (
