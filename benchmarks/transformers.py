@@ -41,6 +41,8 @@ SEQ = 8
 def _config(name: str):
     import transformers as tf
 
+    if name == "convnextv2":  # no attention: its channels run through channels-first LayerNorms and GRN
+        return tf.ConvNextV2Config(num_channels=3, hidden_sizes=[16, 32], depths=[1, 1], num_stages=2, image_size=32)
     if name == "bert":
         return tf.BertConfig(**SMALL, vocab_size=100, max_position_embeddings=32)
     if name == "vit":
@@ -66,12 +68,14 @@ class _Wrapped(torch.nn.Module):
         import transformers as tf
 
         config = _config(name)
-        config._attn_implementation = "sdpa"
+        if name != "convnextv2":
+            config._attn_implementation = "sdpa"
         self.name = name
         config.num_labels = 5  # encoders exported with their task head, as deployed: the hidden size is internal
-        if name in ("bert", "vit", "whisper"):
+        if name in ("bert", "vit", "whisper", "convnextv2"):
             head = {"bert": "BertForSequenceClassification", "vit": "ViTForImageClassification",
-                    "whisper": "WhisperForAudioClassification"}[name]
+                    "whisper": "WhisperForAudioClassification",
+                    "convnextv2": "ConvNextV2ForImageClassification"}[name]
             self.model = getattr(tf, head)(config)
         else:
             self.model = tf.AutoModelForCausalLM.from_config(config)
@@ -81,7 +85,7 @@ class _Wrapped(torch.nn.Module):
         self.model.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.name == "vit":
+        if self.name in ("vit", "convnextv2"):
             return self.model(pixel_values=x).logits
         if self.name == "whisper":
             return self.model(input_features=x).logits
@@ -94,6 +98,8 @@ class _Wrapped(torch.nn.Module):
 def example_input(name: str) -> torch.Tensor:
     if name == "vit":
         return torch.randn(1, 3, 16, 16)
+    if name == "convnextv2":
+        return torch.randn(1, 3, 32, 32)
     if name == "whisper":
         return torch.randn(1, 8, 2 * SEQ)
     return torch.randint(0, 100, (1, SEQ))
@@ -339,7 +345,7 @@ def _dims_of(torch_model: torch.nn.Module) -> dict[str, tuple[int, int]]:
             and m.weight.dim() >= 2 and not isinstance(m, torch.nn.Embedding)}
 
 
-MODELS = ["bert", "vit", "whisper", "gpt2", "phi", "llama", "qwen2"]
+MODELS = ["bert", "vit", "whisper", "gpt2", "phi", "llama", "qwen2", "convnextv2"]
 
 
 def main(argv: list[str]) -> None:
@@ -359,7 +365,7 @@ def main(argv: list[str]) -> None:
               f"{d.get('share', 0):>7.2f} / {h.get('share', 0):<6.2f} {r.get('macs_removed', 0):>7.1%}  {r['status']}")
         for reason in h.get("reasons", [])[:3]:
             print(f"    {reason[:150]}")
-    parts = [compare_parts(n) for n in names]
+    parts = [compare_parts(n) for n in names if n != "convnextv2"]  # the parts are attention's, FFN's, hidden
     print_parts(parts)
     print(json.dumps({"benchmark": "transformers", "models": rows, "parts": parts}, default=float))
 
