@@ -221,3 +221,28 @@ def test_a_depthwise_conv_shrinks_on_both_sides(fixture: str, depthwise: str) ->
     assert sorted(v for v in shares.values() if v < 1) == [0.5, 0.5]  # the stem's input, the head's output
     if fixture.startswith("convnextv2"):
         assert inspect_model(model, groups).shrinkable_macs >= 0.90
+
+
+def test_a_constant_tiled_into_the_hidden_group_is_zeroed_and_sliced() -> None:
+    """Tile of a constant (a learned token repeated over the sequence) added to the hidden states before
+    a LayerNorm: the constant produces its channels, so the hidden group takes its slices (it was refused:
+    its removed channels were nonzero where the LayerNorm reads them)."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((6, 16)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal((1, 1, 16)).astype(np.float32), "token"),
+             numpy_helper.from_array(np.array([1, 5, 1], dtype=np.int64), "repeats"),
+             numpy_helper.from_array((1 + 0.3 * rng.standard_normal(16)).astype(np.float32), "g"),
+             numpy_helper.from_array(rng.standard_normal((16, 4)).astype(np.float32), "w2")]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+             helper.make_node("Tile", ["token", "repeats"], ["t"], name="tile"),
+             helper.make_node("Add", ["h", "t"], ["s"], name="add"),
+             helper.make_node("LayerNormalization", ["s", "g"], ["n"], name="norm", axis=-1, epsilon=1e-5),
+             helper.make_node("MatMul", ["n", "w2"], ["y"], name="fc2")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 5, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 5, 4])], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    group = {g.id: g for g in find_groups(from_proto(proto))}["fc1"]
+    assert group.prunable, group.reason
+    assert ("token", "out") in {(m.tensor, m.role) for m in group.members}
+    _, slim_model = _check(proto, PruneOptions(spec={"fc1": 0.5}, round_to=1), [1, 5, 6], "x")
+    assert [list(i.dims) for i in slim_model.graph.initializer if i.name == "token"] == [[1, 1, 8]]
