@@ -16,8 +16,27 @@ MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())
 FIXTURE_NAMES = [entry["name"] for entry in MANIFEST]
 
 
+SHAPES = {entry["name"]: entry["input_shape"] for entry in MANIFEST}
+DYNAMIC = {entry["name"]: entry.get("dynamic_axes", []) for entry in MANIFEST}  # besides the batch: a sequence
+
+
 def fixture_path(name: str) -> Path:
     return FIXTURES / f"{name}.onnx"
+
+
+def load_fixture(name: str):
+    """The fixture loaded as `onnxprune.load` does, its dynamic sequence length given from the manifest."""
+    import onnxprune
+
+    return onnxprune.load(fixture_path(name), {"input": tuple(SHAPES[name])} if DYNAMIC.get(name) else None)
+
+
+def input_shapes(name: str) -> list[list[int]]:
+    """The input shapes a fixture is checked at: its own, and with a dynamic sequence length a longer one
+    (the slim model must not have the length it was pruned at baked in)."""
+    shape = SHAPES[name]
+    longer = [d + 5 if a in DYNAMIC.get(name, []) else d for a, d in enumerate(shape)]
+    return [shape] + ([longer] if longer != shape else [])
 
 
 def quantized(model: onnx.ModelProto | str | Path) -> bool:

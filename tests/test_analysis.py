@@ -22,7 +22,7 @@ from onnxprune.pruning.inspect import inspect_model
 from onnxprune.pruning.plan import Planner, candidate_groups
 from onnxprune.pruning.prune import PruneOptions, prune
 from onnxprune.pruning.surgery import sparse_values
-from tests.conftest import FIXTURE_NAMES, FIXTURES, MANIFEST, fixture_path, quantized
+from tests.conftest import FIXTURE_NAMES, FIXTURES, MANIFEST, fixture_path, load_fixture, quantized
 
 SHAPES = {entry["name"]: entry["input_shape"] for entry in MANIFEST}
 DIGITS = fixture_path("digits_cnn")
@@ -46,7 +46,7 @@ def naive_metric(metric, model_proto) -> float:
 @pytest.mark.parametrize("name", [n for n in FIXTURE_NAMES if n != "digits_cnn"])
 def test_table_equals_the_sparse_model_on_every_fixture(tmp_path, name: str) -> None:
     """Every group of every fixture: the table's fidelity at 0.5 is the sparse model's, computed naively."""
-    model = onnxprune.load(fixture_path(name))
+    model = load_fixture(name)
     groups = find_groups(model)
     if not candidate_groups(model, groups, []):
         pytest.skip("no prunable groups")

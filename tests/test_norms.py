@@ -31,6 +31,9 @@ CASES = [
     ("rmsnorm_fused", "embed/MatMul", "g2", "RMSNormalization"),
     ("bert_block_dynamo", "node_MatMul_2", "norm2.weight", "fused LayerNormalization, opset 18"),
     ("convnextv2_dynamo", "node_conv2d", "block.norm.weight", "channels-first LayerNorm, opset 18"),
+    ("vit_block", "/vit/vit/embeddings/patch_embeddings/projection/Conv", "vit.vit.embeddings.cls_token",
+     "class token (Expand, Concat) into LayerNormalization"),
+    ("vit_block_dynamo", "node_conv2d", "vit.vit.embeddings.cls_token", "class token, opset 18"),
 ]
 
 
@@ -61,6 +64,28 @@ def test_the_channels_through_a_normalization_prune_exactly(fixture: str, group:
     before = {i.name: int(np.prod(i.dims)) for i in proto.graph.initializer}
     assert sum(params.values()) < sum(before.values())
     assert scale not in params or params[scale] < before[scale]  # sliced (or rescaled into a new constant)
+
+
+@pytest.mark.parametrize("attention", ["dims", "heads"])
+def test_the_class_token_is_part_of_the_hidden_group(attention: str) -> None:
+    """ViT prepends its class token (a constant [1, 1, hidden]) by Expand and Concat on the sequence axis:
+    its hidden channels are produced there, so sparse zeroes the removed ones and slim slices them, and
+    LayerNorm reads exact zeros (before: "removed channels would be unknown, not 0, where
+    LayerNormalization ... reads them", and ViT's hidden group was refused)."""
+    name, group, token = "vit_block", "/vit/vit/embeddings/patch_embeddings/projection/Conv", "vit.vit.embeddings.cls_token"
+    proto = onnx.load(fixture_path(name))
+    model = from_proto(proto)
+    groups = find_groups(model, attention)
+    plan = make_plan(model, PruneOptions(spec={group: 0.5}, round_to=1, attention=attention), groups)
+    removed = plan.groups[group].removed
+    sparse_model, slim_model = sparse(model, groups, plan), slim(model, groups, plan)
+    tokens = {i.name: numpy_helper.to_array(i) for i in sparse_model.graph.initializer if i.name == token}
+    original = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer if i.name == token}
+    assert np.all(tokens[token][..., removed] == 0) and np.all(original[token][..., removed] != 0)
+    assert [list(i.dims) for i in slim_model.graph.initializer if i.name == token] == [[1, 1, 16]]
+    for batch in (1, 3):
+        x = {"input": random_batch([1, 3, 16, 16], batch, seed=batch)}
+        assert relative_difference(run_model(sparse_model, x), run_model(slim_model, x)) <= TOLERANCE
 
 
 def test_inspect_shows_the_hidden_dimension_prunable() -> None:
@@ -177,3 +202,47 @@ def test_norms_option_is_checked() -> None:
 
     with pytest.raises(OptionError, match="norms"):
         PruneOptions(ratio=0.5, norms="fast").check()
+
+
+@pytest.mark.parametrize("fixture,depthwise", [("convnextv2", "/block/dwconv/Conv"),
+                                               ("convnextv2_dynamo", "node_conv2d_1"),
+                                               ("mobilenet_se", "/block1/depthwise/depthwise.0/Conv")])
+def test_a_depthwise_conv_shrinks_on_both_sides(fixture: str, depthwise: str) -> None:
+    """A depthwise conv's weight [C, 1, k, k] has no input-channel axis: its input channels are its output
+    channels, one group, so that group shrinks the whole layer (it counted half, and ConvNeXt-V2's share
+    stayed at 0.86 with every group prunable). What is left is the stem's 3 image channels and the head's
+    classes: a model's input and output."""
+    from onnxprune.pruning.inspect import _shrinkable, inspect_model
+
+    model = onnxprune.load(fixture_path(fixture))
+    groups = find_groups(model)
+    shares = _shrinkable(model, groups)
+    assert shares[depthwise] == 1.0
+    assert sorted(v for v in shares.values() if v < 1) == [0.5, 0.5]  # the stem's input, the head's output
+    if fixture.startswith("convnextv2"):
+        assert inspect_model(model, groups).shrinkable_macs >= 0.90
+
+
+def test_a_constant_tiled_into_the_hidden_group_is_zeroed_and_sliced() -> None:
+    """Tile of a constant (a learned token repeated over the sequence) added to the hidden states before
+    a LayerNorm: the constant produces its channels, so the hidden group takes its slices (it was refused:
+    its removed channels were nonzero where the LayerNorm reads them)."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((6, 16)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal((1, 1, 16)).astype(np.float32), "token"),
+             numpy_helper.from_array(np.array([1, 5, 1], dtype=np.int64), "repeats"),
+             numpy_helper.from_array((1 + 0.3 * rng.standard_normal(16)).astype(np.float32), "g"),
+             numpy_helper.from_array(rng.standard_normal((16, 4)).astype(np.float32), "w2")]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+             helper.make_node("Tile", ["token", "repeats"], ["t"], name="tile"),
+             helper.make_node("Add", ["h", "t"], ["s"], name="add"),
+             helper.make_node("LayerNormalization", ["s", "g"], ["n"], name="norm", axis=-1, epsilon=1e-5),
+             helper.make_node("MatMul", ["n", "w2"], ["y"], name="fc2")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 5, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 5, 4])], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    group = {g.id: g for g in find_groups(from_proto(proto))}["fc1"]
+    assert group.prunable, group.reason
+    assert ("token", "out") in {(m.tensor, m.role) for m in group.members}
+    _, slim_model = _check(proto, PruneOptions(spec={"fc1": 0.5}, round_to=1), [1, 5, 6], "x")
+    assert [list(i.dims) for i in slim_model.graph.initializer if i.name == "token"] == [[1, 1, 8]]

@@ -17,6 +17,7 @@ from tests.conftest import (
     FIXTURES,
     MANIFEST,
     fixture_path,
+    load_fixture,
     random_batch,
     relative_difference,
     run_model,
@@ -32,14 +33,14 @@ def _calibration(name: str, samples: int = 48, seed: int = 7) -> dict[str, np.nd
 @pytest.mark.parametrize("name", FIXTURE_NAMES)
 def test_sparse_equals_slim_after_reconstruction(name: str) -> None:
     options = PruneOptions(ratio=0.4, data=_calibration(name))  # the default with data: greedy choice
-    slim_result = prune(onnxprune.load(fixture_path(name)), options)
-    sparse_result = prune(onnxprune.load(fixture_path(name)), PruneOptions(**{**options.__dict__, "mode": "sparse"}))
+    slim_result = prune(load_fixture(name), options)
+    sparse_result = prune(load_fixture(name), PruneOptions(**{**options.__dict__, "mode": "sparse"}))
     assert slim_result.plan.groups == sparse_result.plan.groups
     x = {"input": random_batch(SHAPES[name], 3, seed=11)}
     assert relative_difference(run_model(sparse_result.model, x), run_model(slim_result.model, x)) <= 1e-4
     fitted = sparse_result.reconstruction
     if any(f.how == "solved" for f in fitted.layers):  # reconstruction changed weights: compare not vacuous
-        plain = prune(onnxprune.load(fixture_path(name)), PruneOptions(ratio=0.4, data=_calibration(name),
+        plain = prune(load_fixture(name), PruneOptions(ratio=0.4, data=_calibration(name),
                                                                       criterion="greedy", reconstruct=False, mode="sparse"))
         assert relative_difference(run_model(plain.model, x), run_model(sparse_result.model, x)) > 1e-4
 

@@ -674,6 +674,27 @@ class LlamaBlock(nn.Module):
         return self.head(hidden)
 
 
+class ViTBlock(nn.Module):
+    """A ViT image classifier from a `transformers` config (patch-embedding Conv, the class token
+    prepended by Expand and Concat along the sequence axis, position embeddings, one pre-norm encoder
+    layer, LayerNorm, head on the class token). Random weights with noise on every parameter (the class
+    token starts as zeros). The class token's hidden channels are the hidden group's, like the patches'."""
+
+    def __init__(self, hidden: int = 32, classes: int = 8) -> None:
+        super().__init__()
+        from transformers import ViTConfig, ViTForImageClassification
+
+        config = ViTConfig(hidden_size=hidden, num_hidden_layers=1, num_attention_heads=4,
+                           intermediate_size=2 * hidden, image_size=16, patch_size=4, num_channels=3,
+                           num_labels=classes)
+        config._attn_implementation = "sdpa"
+        self.vit = ViTForImageClassification(config)
+        add_noise(self, 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vit(pixel_values=x).logits
+
+
 # --------------------------------------------------------------------------------------------------
 # bert_block / convnextv2 (normalizations over the channel axis)
 
@@ -914,6 +935,14 @@ FIXTURES: dict[str, FixtureSpec] = {
             "Neg, Concat), exported scaled-dot-product attention with its IsNaN/Where guard, SwiGLU MLP.",
         ),
         FixtureSpec(
+            "vit_block",
+            ViTBlock,
+            (1, 3, 16, 16),
+            "ViT classifier from a transformers config: patch Conv, class token prepended by Expand (to a "
+            "Shape->Where target) and Concat on the sequence axis, position embeddings, pre-norm encoder layer "
+            "(LayerNormalization, scaled-dot-product attention, GELU MLP), LayerNorm, head on the class token.",
+        ),
+        FixtureSpec(
             "bert_block",
             BertLikeNet,
             (1, 8, 12),
@@ -942,11 +971,12 @@ class RecurrentNet(nn.Module):
     a two-layer LSTM or GRU (batch first), the last step through a Linear head. Every parameter gets
     noise so no two gate blocks are equal."""
 
-    def __init__(self, cell: type[nn.Module] = nn.LSTM, features: int = 8, width: int = 24, hidden: int = 32):
+    def __init__(self, cell: type[nn.Module] = nn.LSTM, features: int = 8, width: int = 24, hidden: int = 32,
+                 bidirectional: bool = False):
         super().__init__()
         self.proj = nn.Linear(features, width)
-        self.rnn = cell(width, hidden, num_layers=2, batch_first=True)
-        self.head = nn.Linear(hidden, 4)
+        self.rnn = cell(width, hidden, num_layers=2, batch_first=True, bidirectional=bidirectional)
+        self.head = nn.Linear(hidden * (2 if bidirectional else 1), 4)
         with torch.no_grad():
             for parameter in self.parameters():
                 parameter.add_(0.1 * torch.randn_like(parameter))
@@ -962,6 +992,9 @@ RECURRENT = [
                 "-> Linear; exported with constant folding (W, R, B as initializers).", fold_constants=True),
     FixtureSpec("gru", lambda: RecurrentNet(nn.GRU), (1, 6, 8),
                 "As lstm with a 2-layer GRU.", fold_constants=True),
+    FixtureSpec("lstm_bidirectional", lambda: RecurrentNet(nn.LSTM, bidirectional=True), (1, 6, 8),
+                "As lstm, bidirectional: Y [T, 2, B, H] transposed and reshaped to [B, T, 2H] (the directions' "
+                "hidden units side by side), the second layer reading both.", fold_constants=True),
 ]
 FIXTURES.update((spec.name, spec) for spec in RECURRENT)
 

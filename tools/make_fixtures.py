@@ -58,10 +58,12 @@ def quiet_exporters() -> None:
 
 
 def export_torchscript(
-    model: torch.nn.Module, input_shape: tuple[int, ...], opset: int = OPSET, fold_constants: bool = False
+    model: torch.nn.Module, input_shape: tuple[int, ...], opset: int = OPSET, fold_constants: bool = False,
+    dynamic: tuple[int, ...] = (), dynamic_out: tuple[int, ...] = (),
 ) -> onnx.ModelProto:
     """Export with the TorchScript exporter, which keeps BatchNormalization nodes and names
-    initializers after module parameters when constant folding is off."""
+    initializers after module parameters when constant folding is off. `dynamic` / `dynamic_out`: axes
+    besides the batch that stay dynamic (a sequence length) on the input and on the output."""
     buffer = io.BytesIO()
     torch.onnx.export(
         model,
@@ -72,13 +74,16 @@ def export_torchscript(
         opset_version=opset,
         input_names=["input"],
         output_names=["output"],
-        dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+        dynamic_axes={"input": {0: "batch", **{a: "seq" for a in dynamic}},
+                      "output": {0: "batch", **{a: "seq" for a in dynamic_out}}},
     )
     return onnx.load_from_string(buffer.getvalue())
 
 
-def export_dynamo(model: torch.nn.Module, input_shape: tuple[int, ...]) -> onnx.ModelProto | None:
-    """Export with the torch.export-based exporter (folds BN into Conv); None if onnxscript is missing."""
+def export_dynamo(model: torch.nn.Module, input_shape: tuple[int, ...], dynamic: tuple[int, ...] = ()
+                  ) -> onnx.ModelProto | None:
+    """Export with the torch.export-based exporter (folds BN into Conv); None if onnxscript is missing.
+    `dynamic`: axes besides the batch that stay dynamic (a sequence length)."""
     if importlib.util.find_spec("onnxscript") is None:  # the dynamo exporter needs it
         return None
     program = torch.onnx.export(
@@ -88,7 +93,7 @@ def export_dynamo(model: torch.nn.Module, input_shape: tuple[int, ...]) -> onnx.
         opset_version=DYNAMO_OPSET,
         input_names=["input"],
         output_names=["output"],
-        dynamic_shapes=({0: torch.export.Dim("batch")},),
+        dynamic_shapes=({0: torch.export.Dim("batch"), **{a: torch.export.Dim("seq", min=2, max=64) for a in dynamic}},),
         verbose=False,
     )
     model = program.model_proto
@@ -146,18 +151,31 @@ def check_against_torch(
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     generator = torch.Generator().manual_seed(1)
     worst = 0.0
-    for batch in (1, 3):
-        x = torch.randn((batch, *input_shape[1:]), generator=generator)
+    for batch, shape in sequence_lengths(model, input_shape):
+        x = torch.randn((batch, *shape[1:]), generator=generator)
         with torch.no_grad():
             expected = torch_model(x).numpy()
         (actual,) = session.run(None, {"input": x.numpy()})
         if actual.shape != expected.shape:
-            raise AssertionError(f"shape {actual.shape} != {expected.shape} at batch {batch}")
+            raise AssertionError(f"shape {actual.shape} != {expected.shape} at input {list(x.shape)}")
         error = float(np.abs(actual - expected).max() / max(np.abs(expected).max(), 1e-12))
         if error > tolerance:
-            raise AssertionError(f"relative error {error:.2e} > {tolerance} at batch {batch}")
+            raise AssertionError(f"relative error {error:.2e} > {tolerance} at input {list(x.shape)}")
         worst = max(worst, error)
     return worst
+
+
+def dynamic_axes(model: onnx.ModelProto) -> list[int]:
+    """The input's dynamic axes besides the batch (a sequence length)."""
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    return [a for a, d in enumerate(dims) if a and not d.dim_value]
+
+
+def sequence_lengths(model: onnx.ModelProto, input_shape: tuple[int, ...]) -> list[tuple[int, tuple[int, ...]]]:
+    """(batch, input shape) to check: batch 1 and 3, and with a dynamic sequence axis also a longer one."""
+    runs = [(1, tuple(input_shape)), (3, tuple(input_shape))]
+    longer = tuple(d + 5 if a in dynamic_axes(model) else d for a, d in enumerate(input_shape))
+    return runs + ([(2, longer)] if longer != tuple(input_shape) else [])
 
 
 def write_if_changed(path: Path, data: bytes) -> str:
@@ -268,6 +286,40 @@ def variants() -> list[tuple[str, str, str, Callable[[], onnx.ModelProto | None]
             lambda: export_dynamo(build_model("bert_block"), FIXTURES["bert_block"].input_shape),
         ),
         (
+            "vit_block_dynamo",
+            "vit_block",
+            (f"vit_block exported with dynamo=True at opset {DYNAMO_OPSET} (the class token's Expand to a shape "
+             "computed from the batch, decomposed scaled-dot-product attention)."),
+            lambda: export_dynamo(build_model("vit_block"), FIXTURES["vit_block"].input_shape),
+        ),
+        (
+            "bert_block_seq",
+            "bert_block",
+            ("bert_block with a dynamic sequence length (input [batch, seq, 12]): head reshapes and the mean over "
+             "tokens computed from Shape at run time; checked at two lengths."),
+            lambda: export_torchscript(build_model("bert_block"), FIXTURES["bert_block"].input_shape, dynamic=(1,)),
+        ),
+        (
+            "bert_block_seq_dynamo",
+            "bert_block",
+            f"bert_block_seq exported with dynamo=True at opset {DYNAMO_OPSET} (symbolic sequence length).",
+            lambda: export_dynamo(build_model("bert_block"), FIXTURES["bert_block"].input_shape, dynamic=(1,)),
+        ),
+        (
+            "llama_block_seq",
+            "llama_block",
+            ("llama_block with a dynamic sequence length (input and output [batch, seq, ...]): rotary positions, "
+             "repeat_kv's Expand target and the causal mask computed from the length at run time."),
+            lambda: export_torchscript(build_model("llama_block"), FIXTURES["llama_block"].input_shape, dynamic=(1,),
+                                       dynamic_out=(1,)),
+        ),
+        (
+            "llama_block_seq_dynamo",
+            "llama_block",
+            f"llama_block_seq exported with dynamo=True at opset {DYNAMO_OPSET} (symbolic sequence length).",
+            lambda: export_dynamo(build_model("llama_block"), FIXTURES["llama_block"].input_shape, dynamic=(1,)),
+        ),
+        (
             "convnextv2_dynamo",
             "convnextv2",
             (
@@ -331,6 +383,7 @@ def main() -> int:
                 "input_shape": list(input_shape),
                 "output_shape": output_shape,
                 "description": description,
+                **({"dynamic_axes": dynamic_axes(model)} if dynamic_axes(model) else {}),
             }
         )
 

@@ -146,9 +146,17 @@ def channels_after(layers: list[LayerAxis], groups: list[Group], plan: Plan) -> 
 
 def _shrinkable(model: Model, groups: list[Group]) -> dict[str, float]:
     """Per layer with a weight: half for its output channels and half for its input channels, when a
-    prunable group shrinks that axis of the weight (1: both, 0.5: one, 0: neither). Layers without a
-    weight (attention's products of two activations) are not in it: they shrink with the layers around."""
-    roles = {(m.tensor, m.role) for g in groups if g.prunable for m in g.members}
+    prunable group shrinks that axis of the weight (1: both, 0.5: one, 0: neither). A depthwise conv's
+    weight has no input-channel axis (it is [C, 1, k, k]): its input channels are its output channels, in
+    the same group as the weight's rows, so that group shrinks both sides. Layers without a weight
+    (attention's products of two activations) are not in it: they shrink with the layers around."""
+    prunable = [g for g in groups if g.prunable]
+    roles = {(m.tensor, m.role) for g in prunable for m in g.members}
+    producing = {}  # weight -> the names of the tensors in the prunable group its output channels are in
+    for g in prunable:
+        for m in g.members:
+            if m.role == OUT:
+                producing.setdefault(m.tensor, set()).update(x.tensor for x in g.members)
     shares = {}
     for node in model.graph.nodes:
         rule = entry_for(node)
@@ -157,7 +165,8 @@ def _shrinkable(model: Model, groups: list[Group]) -> dict[str, float]:
         weight = node.inputs[rule.weight_input]
         if isinstance(weight, gs.Constant):
             w = weight.name
-            shares[node.name or node.outputs[0].name] = 0.5 * ((w, OUT) in roles) + 0.5 * ((w, IN) in roles)
+            inputs = (w, IN) in roles or node.inputs[0].name in producing.get(w, ())  # depthwise
+            shares[node.name or node.outputs[0].name] = 0.5 * ((w, OUT) in roles) + 0.5 * inputs
     return shares
 
 

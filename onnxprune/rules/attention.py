@@ -21,7 +21,19 @@ from collections import deque
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxprune.rules.base import Bundle, Context, Port, Removed, Stop, Tie, norm_axis, shapes_or_stop, tie
+from onnxprune.rules.base import (
+    OUT,
+    Bundle,
+    Context,
+    Port,
+    Removed,
+    Stop,
+    Tie,
+    norm_axis,
+    shapes_or_stop,
+    tie,
+    weight_role,
+)
 
 REACH = 14  # nodes between an attention MatMul and the Reshapes that split or merge its heads
 
@@ -90,8 +102,8 @@ def expand(node: gs.Node, port: Port, axis: int, ctx: Context) -> list[Bundle] |
         return Stop(f"Expand '{node.name}' shape depends on data")
     ties = [tie(y, y_axis, size)]
     a = y_axis - (len(sy) - len(sx))
-    if a >= 0 and sx[a] == size:
-        ties.append(tie(x, a, size))
+    if a >= 0 and sx[a] == size:  # a constant input (ViT's class token) produces its channels: zeroed
+        ties.append(tie(x, a, size, weight_role(x, OUT)))
     return [Bundle(size, ties)]
 
 
@@ -121,4 +133,4 @@ def tile(node: gs.Node, port: Port, axis: int, ctx: Context) -> list[Bundle] | S
     if c == 0 or n % c:
         return Stop(f"Tile '{node.name}' has unknown repeats")
     outs = np.arange(n)
-    return [Bundle(c, [tie(x, axis, c), Tie(y, axis, np.stack([outs % c, outs], 1))])]
+    return [Bundle(c, [tie(x, axis, c, weight_role(x, OUT)), Tie(y, axis, np.stack([outs % c, outs], 1))])]
