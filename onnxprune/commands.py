@@ -239,7 +239,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         data=args.data, eval=args.eval, ratios=parse_ratios(args.ratios) if args.ratios is not None else list(DEFAULT_RATIOS),
         criterion=args.criterion, workers=args.workers, ray=args.ray, cache_dir=args.cache or default_cache_dir(),
         force=args.force, val=args.val, providers=parse_providers(args.providers), attention=args.attention,
-        round_to=args.round_to, reconstruct=args.reconstruct, metric=args.metric,
+        round_to=args.round_to, reconstruct=args.reconstruct, metric=args.metric, exact=args.exact,
+        samples=args.samples, budget=args.budget, **({} if args.cover is None else {"cover": args.cover}),
     )
     options.check()
     model = _load(args)
@@ -256,8 +257,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if args.plot:
         plot_table(result.table, args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)
-    print(f"{result.evaluated} entries evaluated, {result.cached} from the cache ({result.cache_path})",
-          file=sys.stderr)
+    print(f"{result.evaluated} entries evaluated, {result.cached} from the cache ({result.cache_path}); "
+          f"cost {result.cost:.1f} evaluations of the unpruned model", file=sys.stderr)
     return EXIT_OK
 
 

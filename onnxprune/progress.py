@@ -16,6 +16,7 @@ class Progress:
     evaluated: int = 0
     elapsed: float = 0.0
     stage: str | None = None  # which part of a run with several (shown instead of the bar's label)
+    cost: float | None = None  # what ran so far, in the run's own unit (analysis: evaluations of the model)
 
     @property
     def eta(self) -> float | None:
@@ -67,10 +68,14 @@ class ProgressBar:
             self.stream.flush()
 
     def line(self, p: Progress) -> str:
+        if not p.total and not p.done:  # a setup step: no count yet, only what runs and for how long
+            return f"{p.stage or self.label} ...  {clock(p.elapsed)} elapsed"
         fill = self.width * p.done // max(p.total, 1)
         bar = "#" * fill + "." * (self.width - fill)
-        return (f"{p.stage or self.label} [{bar}] {p.done}/{p.total} {self.unit}  {clock(p.elapsed)} elapsed, "
-                f"ETA {clock(p.eta if p.done < p.total else 0)}")
+        rate = f", {p.evaluated / p.elapsed * 60:.1f}/min" if p.evaluated and p.elapsed > 0 else ""
+        cost = f", cost {p.cost:.1f}" if p.cost else ""
+        return (f"{p.stage or self.label} [{bar}] {p.done}/{p.total} {self.unit}  {clock(p.elapsed)} elapsed{rate}"
+                f"{cost}, ETA {clock(p.eta if p.done < p.total else 0)}")
 
     def close(self) -> None:
         if self.tty and self.drawn:
