@@ -16,7 +16,8 @@ the table, so the rows are measured in rounds:
    at which an unfinished row stopped; if the allocation at `decided` removes `cover` of the MACs, done;
 3. otherwise the cap becomes T(cover) on the table as measured (rows stopping where they stop: more
    cells can only lower it), and the rows that stopped below it go on; after that round the allocation
-   at `decided` removes at least `cover` (or every row is complete).
+   at `decided` removes at least `cover` (or every row is complete). Where the rows as measured cannot
+   remove `cover` at all, the cap doubles and the round repeats.
 
 The cells left out are recorded as "not measured, worse than" the metric where their row stopped
 (`SensitivityTable.worse_than`), which allocation reads as "never past the last measured ratio"; the
@@ -129,7 +130,7 @@ def run_rounds(rows: Callable[[], dict[str, Row]], targets: list[Group], keys: l
         raised = cover_threshold(table(), targets, planner, cover)
         if raised <= cap:  # cannot happen with exact arithmetic; never loop
             return Outcome(cap)
-        cap = raised
+        cap = raised if math.isfinite(raised) else 2 * cap
 
 
 def _skipped(rows: dict[str, Row], targets: list[Group], keys: list[str], baseline: float,
