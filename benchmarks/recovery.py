@@ -138,7 +138,7 @@ def sensitivity_table(task: Task, calib_npz: Path, kind: str) -> tuple[Sensitivi
     from onnxprune.analysis.analyze import AnalyzeOptions, analyze
 
     start = time.perf_counter()
-    options = AnalyzeOptions(data=str(calib_npz), ratios=TABLE_RATIOS, cache_dir=WORK / "cache",
+    options = AnalyzeOptions(data=str(calib_npz), ratios=TABLE_RATIOS, cache_dir=WORK / "cache", exact=True,
                              reconstruct=kind.startswith("reconstructed"),
                              metric="agreement" if kind.endswith("agreement") else None)
     table = analyze(onnxprune.load(task.model_path, task.input_shapes), options).table
