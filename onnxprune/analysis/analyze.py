@@ -263,15 +263,19 @@ def _targets(model: Model, groups: list[Group], wanted: list[str] | None) -> lis
 
 
 def _data(model: Model, options: AnalyzeOptions, note: Callable[[str], None]) -> Dataset:
-    """The analysis data: the file (its first `samples`), nothing for an eval that brings its own, or random."""
+    """The analysis data: the file (its first `samples`; adaptive: in a seeded random order, so that the
+    first batches an entry stops after are a fair sample even of a file sorted by class), nothing for an
+    eval that brings its own, or random."""
     if options.data is not None:
         data = load_data(options.data, model_specs(model), options.batch, user_eval=options.eval is not None)
-        if options.samples is None or options.samples >= data.samples:
+        n = min(options.samples or data.samples, data.samples)
+        if n == data.samples and (options.exact or options.eval is not None):
             return data
-        n = options.samples
-        arrays = {name: a[:n] if np.ndim(a) and len(a) == data.samples else a for name, a in data.arrays().items()}
-        return check_data(arrays, model_specs(model), f"{options.data} (first {n})", options.batch,
-                          user_eval=options.eval is not None)
+        order = np.arange(n) if options.exact or options.eval is not None else np.random.default_rng(0).permutation(n)
+        arrays = {name: a[:n][order] if np.ndim(a) and len(a) == data.samples else a
+                  for name, a in data.arrays().items()}
+        where = options.data if n == data.samples else f"{options.data} (first {n})"
+        return check_data(arrays, model_specs(model), where, options.batch, user_eval=options.eval is not None)
     if options.eval is not None:  # the function brings its own data; keep the dataset only for the key
         return replace(random_data(model_specs(model), 1, 1), source="from --eval")
     count = options.samples or RANDOM_SAMPLES
