@@ -21,7 +21,7 @@ Goals (the issue): adaptive ResNet-50 <= 40 evaluations; the detector's adaptive
     python benchmarks/analysis_cost.py [--models resnet50,yolov8n] [--samples 64]
 
 Full tables are cached in benchmarks/out/analysis_cost/ (with their cost and time beside them), so a run
-again reuses them; `--fresh` starts over. Prints a table, then one JSON line.
+again reuses them; `--fresh` starts over; `--reuse` reuses the last adaptive table too (only replans). Prints a table, then one JSON line.
 """
 
 from __future__ import annotations
@@ -129,13 +129,15 @@ def plans(model: tuple[Path, dict | None], tables: dict[str, dict], held_out: di
 
 def fidelity(model: tuple[Path, dict | None], pruned, held_out: dict) -> float:
     """1 - the mean relative distance of the pruned model's outputs to the unpruned one's, on `held_out`."""
+    import onnx
+
     import onnxprune
     from onnxprune.analysis.metrics import relative_distance
     from onnxprune.graph.model import with_weights
     from onnxprune.graph.runtime import session
 
     def outputs(model) -> list[np.ndarray]:
-        sess = session(with_weights(model))
+        sess = session(model if isinstance(model, onnx.ModelProto) else with_weights(model))
         n = len(next(iter(held_out.values())))
         parts = [sess.run(None, {k: v[i:i + 16] for k, v in held_out.items()}) for i in range(0, n, 16)]
         return [np.concatenate(p) for p in zip(*parts)]
@@ -145,14 +147,19 @@ def fidelity(model: tuple[Path, dict | None], pruned, held_out: dict) -> float:
     return float(1 - np.mean(relative_distance(outputs(pruned), reference, n)))
 
 
-def bench(name: str, samples: int, fresh: bool, cover: float | None) -> dict:
+def bench(name: str, samples: int, fresh: bool, cover: float | None, reuse: bool) -> dict:
     path, shapes, data, held_out = MODELS[name](samples)
     model = (path, shapes)
     WORK.mkdir(parents=True, exist_ok=True)
     data_path = WORK / f"{name}_{samples}.npz"
     np.savez(data_path, **data)
     full = full_table(name, model, data_path, fresh)
-    adaptive = analyze_once(model, data_path, False, cover)
+    saved = WORK / f"{name}_adaptive.json"
+    if reuse and saved.exists():
+        adaptive = json.loads(saved.read_text())
+    else:
+        adaptive = analyze_once(model, data_path, False, cover)
+        saved.write_text(json.dumps(adaptive))
     compared = plans(model, {"full": full["table"], "adaptive": adaptive["table"]}, held_out)
     return {"model": name, "groups": len(full["table"]["groups"]), "full": _summary(full),
             "adaptive": _summary(adaptive), "plans": compared}
@@ -204,9 +211,10 @@ def main() -> int:
     parser.add_argument("--models", default="resnet50,yolov8n")
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--fresh", action="store_true", help="recompute the full tables")
+    parser.add_argument("--reuse", action="store_true", help="reuse the last adaptive table too (only replan)")
     parser.add_argument("--cover", type=float, help="analyze --cover for the adaptive table (default: its default)")
     args = parser.parse_args()
-    results = [bench(name, args.samples, args.fresh, args.cover) for name in args.models.split(",")]
+    results = [bench(name, args.samples, args.fresh, args.cover, args.reuse) for name in args.models.split(",")]
     report(results)
     print(json.dumps({"benchmark": "analysis_cost", "samples": args.samples, "cover": args.cover,
                       "results": [{**r, "plans": {str(t): p for t, p in r["plans"].items()}} for r in results],
