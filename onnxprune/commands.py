@@ -217,8 +217,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     For every prunable group and ratio, zero that fraction of the group's least important channels and
     evaluate with onnxruntime: top-1 when --data has `labels`, else the label-free fidelity to the
-    unpruned model's outputs, or your own --eval function. Finished entries are cached as they come, so
-    the same command resumes after an interruption. Use the table with `prune --sens SENS.json`."""
+    unpruned model's outputs, or your own --eval function. By default each group's ratios are measured
+    only as far as `prune --sens` can use them (plans up to --cover of MACs are the full table's) and each
+    entry on as few samples as its metric needs; --exact measures everything. Finished entries are cached
+    as they come, so the same command resumes after an interruption. Use the table with `prune --sens`."""
     import importlib.util
 
     from onnxprune.analysis.analyze import AnalyzeOptions, analyze, default_cache_dir
