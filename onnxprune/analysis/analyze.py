@@ -211,7 +211,7 @@ def analyze(model: Model, options: AnalyzeOptions, progress: Callable[[Progress]
     else:
         outcome = adaptive_run(run, planner, targets, _keys(options), options.cover)
     table = _table(planner, targets, _keys(options), cache, chosen, metric, data, options, outcome)
-    for text in _check_flat(table) + skipped_note(run, outcome):
+    for text in (_check_flat(table) if run.complete else []) + skipped_note(run, outcome):
         note(text)
     return AnalysisResult(table, run.evaluated, len(plans) - len(todo), warnings, cache.path, run.spent)
 
