@@ -54,7 +54,7 @@ def main() -> int:
     def accuracy(proto) -> float:
         return float(np.mean(session(proto).run(None, {"input": x_test})[0].argmax(1) == y_test))
 
-    tables = {name: analyze(onnxprune.load(MODEL), AnalyzeOptions(data=str(data))).table
+    tables = {name: analyze(onnxprune.load(MODEL), AnalyzeOptions(data=str(data), exact=True)).table
               for name, data in (("top1", TRAIN), ("fidelity", unlabeled))}
     base = onnxprune.load(MODEL)
     rows = {"unpruned": {t: accuracy(onnxprune.graph.model.with_weights(base)) for t in TARGETS}}

@@ -142,7 +142,7 @@ def sensitivity_table(task: Task, calib_npz: Path, kind: str) -> tuple[Sensitivi
     if task.analysis_samples is not None:
         calib_npz = calib_npz.with_name(f"{calib_npz.stem}_first{task.analysis_samples}.npz")
         np.savez(calib_npz, **{k: v[:task.analysis_samples] for k, v in task.calib.items()})
-    options = AnalyzeOptions(data=str(calib_npz), ratios=TABLE_RATIOS, cache_dir=WORK / "cache",
+    options = AnalyzeOptions(data=str(calib_npz), ratios=TABLE_RATIOS, cache_dir=WORK / "cache", exact=True,
                              reconstruct=kind.startswith("reconstructed"),
                              metric="agreement" if kind.endswith("agreement") else None)
     table = analyze(onnxprune.load(task.model_path, task.input_shapes), options).table

@@ -53,6 +53,15 @@ def _parser_analyze(p: argparse.ArgumentParser) -> None:
                    "you prune with reconstruction")
     p.add_argument("--round-to", type=int, metavar="N", help="keep channel counts a multiple of N, as prune "
                    "--round-to N will (default: as prune does by default)")
+    p.add_argument("--exact", action="store_true", help="measure every ratio of every group on every sample "
+                   "(default: adaptive, each row only as far as `prune --sens` can use it, each entry on as few "
+                   "samples as its metric needs)")
+    p.add_argument("--cover", type=float, metavar="F", help="adaptive: make the plans up to this share of MACs "
+                   "removed the full table's (default 0.6)")
+    p.add_argument("--samples", type=int, metavar="N", help="analyze on N samples: the first N of --data, or N "
+                   "random inputs without it (default 64)")
+    p.add_argument("--budget", type=float, metavar="MINUTES", help="stop measuring after this long and say what "
+                   "was left out (plans go no further than the last measured ratio of a row)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--workers", type=int, default=1, metavar="N", help="run entries in N local processes")
     where.add_argument("--ray", metavar="ADDRESS", help="run entries as Ray tasks (auto, ray://host:port, local)")

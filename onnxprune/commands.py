@@ -246,8 +246,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     For every prunable group and ratio, zero that fraction of the group's least important channels and
     evaluate with onnxruntime: top-1 when --data has `labels`, else the label-free fidelity to the
-    unpruned model's outputs, or your own --eval function. Finished entries are cached as they come, so
-    the same command resumes after an interruption. Use the table with `prune --sens SENS.json`."""
+    unpruned model's outputs, or your own --eval function. By default each group's ratios are measured
+    only as far as `prune --sens` can use them (plans up to --cover of MACs are the full table's) and each
+    entry on as few samples as its metric needs; --exact measures everything. Finished entries are cached
+    as they come, so the same command resumes after an interruption. Use the table with `prune --sens`."""
     from onnxprune.analysis.analyze import AnalyzeOptions, analyze, default_cache_dir
     from onnxprune.analysis.table import (
         DEFAULT_RATIOS,
@@ -269,7 +271,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         data=args.data, eval=args.eval, ratios=parse_ratios(args.ratios) if args.ratios is not None else list(DEFAULT_RATIOS),
         criterion=args.criterion, workers=args.workers, ray=args.ray, cache_dir=args.cache or default_cache_dir(),
         force=args.force, val=args.val, providers=parse_providers(args.providers), attention=args.attention,
-        round_to=args.round_to, reconstruct=args.reconstruct, metric=args.metric,
+        round_to=args.round_to, reconstruct=args.reconstruct, metric=args.metric, exact=args.exact,
+        samples=args.samples, budget=args.budget, **({} if args.cover is None else {"cover": args.cover}),
     )
     options.check()
     model = _load(args)
@@ -286,8 +289,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if args.plot:
         plot_table(result.table, args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)
-    print(f"{result.evaluated} entries evaluated, {result.cached} from the cache ({result.cache_path})",
-          file=sys.stderr)
+    print(f"{result.evaluated} entries evaluated, {result.cached} from the cache ({result.cache_path}); "
+          f"cost {result.cost:.1f} evaluations of the unpruned model", file=sys.stderr)
     return EXIT_OK
 
 

@@ -24,6 +24,12 @@ class Progress:
     evaluated: int = 0
     elapsed: float = 0.0
     stage: str | None = None  # which part of a run with several (shown instead of the bar's label)
+    cost: float | None = None  # what ran so far, in the run's own unit (analysis: evaluations of the model)
+
+    @property
+    def setup(self) -> bool:
+        """A step before the first entry (loading, the baseline): nothing to count yet."""
+        return not self.total and not self.done
 
     @property
     def eta(self) -> float | None:
@@ -82,7 +88,10 @@ class ProgressBar:
             self.stream.flush()
 
     def _draw(self, p: Progress, new: bool) -> None:
-        if self.setup is not None:  # the setup phase ends with the first report
+        if p.setup and self.setup is not None:  # a step of the setup: the spinner says which
+            self.live.update(self.setup, description=f"{self.label}: {p.stage or 'setting up'}")
+            return
+        if self.setup is not None:  # the setup phase ends with the first counted report
             self.live.update(self.setup, total=1, completed=1, description=f"{self.label}: set up")
             self.setup = None
         if new:
@@ -92,10 +101,13 @@ class ProgressBar:
 
     def line(self, p: Progress) -> str:
         """The plain line of a report (off a terminal)."""
+        if p.setup:  # no count yet, only what runs and for how long
+            return f"{p.stage or self.label} ...  {clock(p.elapsed)} elapsed"
         fill = self.width * p.done // max(p.total, 1)
         bar = "#" * fill + "." * (self.width - fill)
+        cost = f", cost {p.cost:.1f}" if p.cost else ""
         return (f"{p.stage or self.label} [{bar}] {p.done}/{p.total} {self.unit}  {clock(p.elapsed)} elapsed, "
-                f"{p.rate(self.unit)}, ETA {clock(p.eta)}")
+                f"{p.rate(self.unit)}{cost}, ETA {clock(p.eta)}")
 
     def __exit__(self, *exc: object) -> None:
         if self.live is None:

@@ -148,7 +148,7 @@ def test_what_you_analyze_is_what_you_get(tmp_path, name: str, ratios: list[floa
     """Pruning only one group at one ratio (slim) and evaluating gives the table's number."""
     model = onnxprune.load(fixture_path(name))
     data_path = DIGITS_TEST if name == "digits_cnn" else random_npz(tmp_path, name, samples=8)
-    result = analyze(model, AnalyzeOptions(data=str(data_path), ratios=ratios))
+    result = analyze(model, AnalyzeOptions(data=str(data_path), ratios=ratios, exact=True))
     data = load_data(data_path, model_specs(model))
     metric = Top1(data) if data.labels is not None else Fidelity(data)
     if isinstance(metric, Fidelity):
@@ -185,7 +185,7 @@ def test_metrics_by_hand() -> None:
 
 def test_top1_tracks_accuracy_on_digits() -> None:
     """The digits table is top-1 on the test split; pruning the least sensitive group hurts least."""
-    result = analyze(onnxprune.load(DIGITS), AnalyzeOptions(data=str(DIGITS_TEST), ratios=[0.5, 0.9]))
+    result = analyze(onnxprune.load(DIGITS), AnalyzeOptions(data=str(DIGITS_TEST), ratios=[0.5, 0.9], exact=True))
     table = result.table
     assert table.metric == "top1" and table.baseline > 0.97
     assert table.data == {"source": str(DIGITS_TEST), "samples": 450}

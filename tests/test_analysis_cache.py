@@ -46,7 +46,7 @@ def _entries(cache_dir: Path) -> int:
 
 def _analyze_cmd(cache_dir: Path, out: Path) -> list[str]:
     return [sys.executable, "-m", "onnxprune", "analyze", str(DIGITS), "--data", str(DIGITS_TEST),
-            "--eval", "tests.test_analysis_cache:slow_top1", "--cache", str(cache_dir), "-o", str(out)]
+            "--eval", "tests.test_analysis_cache:slow_top1", "--cache", str(cache_dir), "-o", str(out), "--exact"]
 
 
 def test_sigkill_and_resume(tmp_path) -> None:
@@ -77,13 +77,13 @@ def test_sigkill_and_resume(tmp_path) -> None:
     assert cached == finished[1] and 1 <= evaluated <= 27 - finished[1]
     assert log.read_text().count("call") - before == evaluated  # only what was left; no baseline again
     resumed = json.loads(out.read_text())
-    fresh = analyze(onnxprune.load(DIGITS), AnalyzeOptions(data=str(DIGITS_TEST)))
+    fresh = analyze(onnxprune.load(DIGITS), AnalyzeOptions(data=str(DIGITS_TEST), exact=True))
     assert resumed["groups"] == fresh.table.groups  # user top-1 == built-in top-1, entry by entry
     assert resumed["baseline"] == fresh.table.baseline
 
 
 def _run(cache_dir: Path, data: Path = DIGITS_TEST, model: Path = DIGITS, **kwargs):
-    options = AnalyzeOptions(data=str(data), ratios=[0.2, 0.6], cache_dir=cache_dir, **kwargs)
+    options = AnalyzeOptions(data=str(data), ratios=[0.2, 0.6], cache_dir=cache_dir, exact=True, **kwargs)
     return analyze(onnxprune.load(model), options)
 
 
@@ -91,7 +91,7 @@ def test_resume_only_computes_new_entries(tmp_path) -> None:
     first = _run(tmp_path)
     assert (first.evaluated, first.cached) == (6, 0)
     more = analyze(onnxprune.load(DIGITS), AnalyzeOptions(data=str(DIGITS_TEST), ratios=[0.2, 0.4, 0.6],
-                                                           cache_dir=tmp_path))
+                                                           cache_dir=tmp_path, exact=True))
     assert (more.evaluated, more.cached) == (3, 6)
     again = _run(tmp_path)
     assert (again.evaluated, again.cached) == (0, 6)
@@ -148,7 +148,7 @@ def test_damaged_or_foreign_cache_is_rebuilt(tmp_path, damage: str) -> None:
         path.write_text(json.dumps(data))
     warnings: list[str] = []
     again = analyze(onnxprune.load(DIGITS), AnalyzeOptions(data=str(DIGITS_TEST), ratios=[0.2, 0.6],
-                                                            cache_dir=tmp_path), warn=warnings.append)
+                                                            cache_dir=tmp_path, exact=True), warn=warnings.append)
     assert again.evaluated == 6 and again.cached == 0
     assert any("unusable" in w and "starting over" in w for w in warnings), warnings
     assert again.table.groups == first.table.groups

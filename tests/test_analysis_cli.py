@@ -49,7 +49,7 @@ def misnamed_eval(run, data) -> float:
 def test_analyze_writes_the_contract(tmp_path, capsys) -> None:
     out, png = tmp_path / "sens.json", tmp_path / "sens.png"
     args = ["analyze", DIGITS, "--data", str(DIGITS_TEST), "--ratios", "0.3,0.6", "--cache", str(tmp_path / "c"),
-            "-o", str(out), "--plot", str(png)]
+            "-o", str(out), "--plot", str(png), "--exact"]
     assert main(args) == 0
     captured = capsys.readouterr()
     table = json.loads(out.read_text())
@@ -72,7 +72,7 @@ def test_analyze_writes_the_contract(tmp_path, capsys) -> None:
 
 
 def test_user_eval_equals_builtin_top1(tmp_path, capsys) -> None:
-    base = ["analyze", DIGITS, "--data", str(DIGITS_TEST), "--ratios", "0.5", "--cache", str(tmp_path)]
+    base = ["analyze", DIGITS, "--data", str(DIGITS_TEST), "--ratios", "0.5", "--cache", str(tmp_path), "--exact"]
     assert main([*base, "-o", str(tmp_path / "builtin.json")]) == 0
     assert main([*base, "--eval", "tests.test_analysis_cli:top1_eval", "-o", str(tmp_path / "user.json")]) == 0
     builtin, user = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("builtin", "user"))

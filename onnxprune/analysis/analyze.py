@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -25,12 +26,20 @@ from pathlib import Path
 
 import numpy as np
 
+from onnxprune.analysis.adaptive import (
+    DEFAULT_COVER,
+    FLOOR_SHARE,
+    Outcome,
+    bounds,
+    decided,
+    removed_at,
+)
 from onnxprune.analysis.cache import AnalysisCache, cache_key, removal_digest
-from onnxprune.analysis.entries import Work, entries
+from onnxprune.analysis.entries import entries
 from onnxprune.analysis.evaluator import DEFAULT_PREFIX_BUDGET, Evaluator, Payload
-from onnxprune.analysis.executors import make_executor, require_ray, split_jobs
+from onnxprune.analysis.executors import require_ray
 from onnxprune.analysis.metrics import (
-    RELATIVE,
+    PER_SAMPLE,
     Agreement,
     Fidelity,
     Metric,
@@ -39,11 +48,14 @@ from onnxprune.analysis.metrics import (
     eval_source_digest,
     load_eval,
 )
+from onnxprune.analysis.run import Clock, EntryRun, adaptive_run, macs_shares, measured_rows, skipped_note
+from onnxprune.analysis.sequential import MIN_SAMPLES, RELATIVE_PRECISION, Z
 from onnxprune.analysis.table import DEFAULT_RATIOS, SensitivityTable, check_analysis, ratio_key
 from onnxprune.data import (
     DEFAULT_BATCH,
     RANDOM_SAMPLES,
     Dataset,
+    check_data,
     count_samples,
     load_data,
     model_specs,
@@ -60,6 +72,7 @@ from onnxprune.recover.resolve import resolved_readers
 from onnxprune.recover.scores import data_criterion
 from onnxprune.rules import fused_rounding
 
+SEQUENTIAL_BATCH = 16
 FLAT = 1e-9  # a metric that moves less than this is "flat"
 MIN_VAL_FRACTION = 0.5  # the Vitis guideline: analyze on at least half of the validation set
 
@@ -86,11 +99,20 @@ class AnalyzeOptions:
     force: bool = False  # ignore what the cache holds
     val: str | None = None  # the full validation set, only counted for the guideline check
     providers: list[str] | None = None
-    batch_size: int = DEFAULT_BATCH
+    batch_size: int | None = None  # None: DEFAULT_BATCH, adaptive SEQUENTIAL_BATCH (early stops check each batch)
     groups: list[str] | None = None  # analyze only these group ids (default: every prunable group)
     round_to: int | None = None  # kept channel counts as `prune --round-to` makes them (None: its default)
     attention: str = "dims"  # how attention MatMuls are grouped, as in `prune --attention`
     prefix_budget: int = DEFAULT_PREFIX_BUDGET
+    exact: bool = False  # every cell on every sample (today's full table) instead of `adaptive`
+    cover: float = DEFAULT_COVER  # adaptive: the plans up to this share of MACs removed are the full table's
+    samples: int | None = None  # analyze on this many samples (random inputs: default 64; data: its first N)
+    budget: float | None = None  # minutes; what is not measured by then is left out, and said so
+
+    @property
+    def batch(self) -> int:
+        """The batch size used: early stopping looks at each batch, so adaptive runs take smaller ones."""
+        return self.batch_size or (DEFAULT_BATCH if self.exact else SEQUENTIAL_BATCH)
 
     @property
     def chosen_criterion(self) -> str:
@@ -104,8 +126,14 @@ class AnalyzeOptions:
             raise OptionError("give {workers} or {ray}, not both")
         if self.round_to is not None and self.round_to < 1:
             raise OptionError(f"{{round_to}} {self.round_to} must be >= 1")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise OnnxPruneError(f"batch size {self.batch_size} must be >= 1")
+        if not 0 < self.cover < 1:
+            raise OptionError(f"{{cover}} {self.cover} is not in (0, 1)")
+        if self.samples is not None and self.samples < 1:
+            raise OptionError(f"{{samples}} {self.samples} must be >= 1")
+        if self.budget is not None and not self.budget > 0:
+            raise OptionError(f"{{budget}} {self.budget} must be > 0 minutes")
         if self.metric not in (None, "fidelity", "agreement"):
             raise OptionError(f"{{metric}} {self.metric!r}: choose fidelity or agreement (or give labels, or {{eval}})")
         if self.metric is not None and self.eval is not None:
@@ -126,23 +154,27 @@ class AnalysisResult:
     cached: int  # entries taken from the cache
     warnings: list[str]
     cache_path: Path | None = None
+    cost: float = 0.0  # what ran, in evaluations of the unpruned model on the whole data
 
 
 def analyze(model: Model, options: AnalyzeOptions, progress: Callable[[Progress], None] | None = None,
             warn: Callable[[str], None] | None = None) -> AnalysisResult:
-    """Build the sensitivity table of every prunable group (or `options.groups`) at every ratio.
+    """Build the sensitivity table of every prunable group (or `options.groups`) at every ratio (adaptive:
+    as far as allocation can use it, see `adaptive`).
 
-    `progress` is called as entries finish; `warn` with each warning as it arises (they are also in
-    the result).
+    `progress` is called through the setup (with its stage) and as entries finish; `warn` with each
+    warning as it arises (they are also in the result).
     """
     options.check()
     warnings: list[str] = []
+    clock = Clock(time.monotonic(), progress)
 
     def note(text: str) -> None:
         warnings.append(text)
         if warn is not None:
             warn(text)
 
+    clock.stage("finding channel groups")
     groups = find_groups(model, options.attention)
     targets = _targets(model, groups, options.groups)
     data = _data(model, options, note)
@@ -156,29 +188,46 @@ def analyze(model: Model, options: AnalyzeOptions, progress: Callable[[Progress]
     if problem:
         note(problem)
 
+    clock.stage(f"choosing channels ({options.chosen_criterion})")
     batches = calibration_batches(model, options.data) \
         if options.reconstruct or options.chosen_criterion in DATA_CRITERIA else None
     planner, plans = _plans(model, groups, targets, options, batches, progress)
     chosen = {(gid, k): removal_digest(plan.groups[gid].removed if gid in plan.groups else [])
               for (gid, k), plan in plans.items()}
     todo = [(g, k) for g in targets for k in _keys(options) if not cache.has(g.id, k, chosen[(g.id, k)])]
-    payload = Payload(key, proto, metric, options.providers, 0, options.prefix_budget, not fused_rounding(model.graph))
-    evaluator = None
-    if cache.baseline is None or (todo and isinstance(metric, RELATIVE)):
-        evaluator = Evaluator(payload)
-        baseline = evaluator.baseline()  # also records a fidelity metric's reference outputs
-        if cache.baseline is None:
-            cache.set_baseline(baseline)
+    payload = Payload(key, proto, metric, options.providers, 0, options.prefix_budget,
+                      not fused_rounding(model.graph), macs_shares(model), cache.baseline)
+    evaluator = _baseline(payload, cache, bool(todo), clock)
+    spent = evaluator.meter.spent if evaluator is not None else 0.0
     resolved = None
     if options.reconstruct and todo:
         resolved = resolved_readers(model, groups, _removals(todo, plans), batches, options.providers,
                                     progress=progress)
-    work = entries(model, groups, plans, todo, resolved)
-    evaluated = _run(work, payload, evaluator, options, cache, chosen, len(plans) - len(todo), len(plans), progress)
-    table = _table(planner, targets, _keys(options), cache, metric, data, options)
-    for text in _check_flat(table):
+    run = EntryRun(payload, evaluator, options.workers, options.ray, options.budget, cache, chosen, clock,
+                   len(plans) - len(todo), len(plans), spent, lambda some: entries(model, groups, plans, some, resolved))
+    outcome = None
+    if options.exact:
+        run.measure(todo, None)
+    else:
+        outcome = adaptive_run(run, planner, targets, _keys(options), options.cover)
+    table = _table(planner, targets, _keys(options), cache, chosen, metric, data, options, outcome)
+    for text in (_check_flat(table) if run.complete else []) + skipped_note(run, outcome):
         note(text)
-    return AnalysisResult(table, evaluated, len(plans) - len(todo), warnings, cache.path)
+    return AnalysisResult(table, run.evaluated, len(plans) - len(todo), warnings, cache.path, run.spent)
+
+
+def _baseline(payload: Payload, cache: AnalysisCache, todo: bool, clock: Clock) -> Evaluator | None:
+    """Evaluate the unpruned model if the cache lacks it, or if entries to compute compare with its outputs
+    or per-sample values (every built-in metric); the evaluator that did, if any."""
+    evaluator = None
+    if cache.baseline is None or (todo and isinstance(payload.metric, PER_SAMPLE)):
+        clock.stage("evaluating the unpruned model")
+        evaluator = Evaluator(payload)
+        baseline = evaluator.baseline()  # also records what fidelity, agreement and early stops compare with
+        if cache.baseline is None:
+            cache.set_baseline(baseline)
+    payload.baseline = cache.baseline
+    return evaluator
 
 
 def _keys(options: AnalyzeOptions) -> list[str]:
@@ -206,28 +255,6 @@ def _removals(todo: list[tuple[Group, str]], plans: dict[tuple[str, str], Plan])
     return removals
 
 
-def _run(work: Work, payload: Payload, evaluator: Evaluator | None, options: AnalyzeOptions, cache: AnalysisCache,
-         chosen: dict, done: int, total: int, progress: Callable[[Progress], None] | None) -> int:
-    """Evaluate the work's jobs into the cache (entries that change nothing get the baseline); returns how
-    many entries were evaluated."""
-    for gid, ratio in work.unchanged:
-        cache.put(gid, ratio, cache.baseline, chosen[(gid, ratio)])
-        done += 1
-    start, evaluated = time.monotonic(), 0
-    if progress is not None:
-        progress(Progress(done, total))
-    if work.jobs:
-        executor = make_executor(options.workers, options.ray, evaluator)
-        for gid, ratio, value in executor.run(payload, split_jobs(work.jobs, options.workers)):
-            for same in [ratio, *work.same.get((gid, ratio), [])]:
-                cache.put(gid, same, value, chosen[(gid, same)])
-                done += 1
-            evaluated += 1
-            if progress is not None:
-                progress(Progress(done, total, evaluated, time.monotonic() - start))
-    return evaluated
-
-
 def _targets(model: Model, groups: list[Group], wanted: list[str] | None) -> list[Group]:
     prunable = candidate_groups(model, groups, [])
     if wanted is None and not prunable:
@@ -236,13 +263,25 @@ def _targets(model: Model, groups: list[Group], wanted: list[str] | None) -> lis
 
 
 def _data(model: Model, options: AnalyzeOptions, note: Callable[[str], None]) -> Dataset:
+    """The analysis data: the file (its first `samples`; adaptive: in a seeded random order, so that the
+    first batches an entry stops after are a fair sample even of a file sorted by class), nothing for an
+    eval that brings its own, or random."""
     if options.data is not None:
-        return load_data(options.data, model_specs(model), options.batch_size, user_eval=options.eval is not None)
+        data = load_data(options.data, model_specs(model), options.batch, user_eval=options.eval is not None)
+        n = min(options.samples or data.samples, data.samples)
+        if n == data.samples and (options.exact or options.eval is not None):
+            return data
+        order = np.arange(n) if options.exact or options.eval is not None else np.random.default_rng(0).permutation(n)
+        arrays = {name: a[:n][order] if np.ndim(a) and len(a) == data.samples else a
+                  for name, a in data.arrays().items()}
+        where = options.data if n == data.samples else f"{options.data} (first {n})"
+        return check_data(arrays, model_specs(model), where, options.batch, user_eval=options.eval is not None)
     if options.eval is not None:  # the function brings its own data; keep the dataset only for the key
         return replace(random_data(model_specs(model), 1, 1), source="from --eval")
-    note(f"no --data: analyzing on {RANDOM_SAMPLES} random inputs with the label-free fidelity metric; "
+    count = options.samples or RANDOM_SAMPLES
+    note(f"no --data: analyzing on {count} random inputs with the label-free fidelity metric; "
          "real data gives a table you can trust")
-    return random_data(model_specs(model), RANDOM_SAMPLES, options.batch_size)
+    return random_data(model_specs(model), count, options.batch)
 
 
 def _metric(data: Dataset, options: AnalyzeOptions) -> Metric:
@@ -266,22 +305,30 @@ def _settings(model: Model, data: Dataset, metric: Metric, options: AnalyzeOptio
         "providers": list(options.providers or ["CPUExecutionProvider"]),
         "batch_size": data.batch_size,
         "data": data.source if options.data is None else Path(data.source).name,
+        **({} if options.exact else {"estimate": ["sequential", RELATIVE_PRECISION, Z, MIN_SAMPLES, FLOOR_SHARE]}),
     }
 
 
 # --- the table and its checks ----------------------------------------------------------------------------
 
 
-def _table(planner: Planner, targets: list[Group], keys: list[str], cache: AnalysisCache,
-           metric: Metric, data: Dataset, options: AnalyzeOptions) -> SensitivityTable:
-    rows = {g.id: {k: cache.get(g.id, k) for k in keys} for g in targets}
+def _table(planner: Planner, targets: list[Group], keys: list[str], cache: AnalysisCache, chosen: dict,
+           metric: Metric, data: Dataset, options: AnalyzeOptions, outcome: Outcome | None) -> SensitivityTable:
+    """The table of what the cache holds; adaptive: with the cells left out and how far its plans are decided."""
+    rows = {gid: row for gid, row in measured_rows(cache, targets, keys, chosen).items() if row}
     shares = {}
     for g in targets:
         macs, _ = planner.cost({g.id: list(range(g.channels))})
         shares[g.id] = 1 - macs / planner.macs_before if planner.macs_before else 0.0
-    return SensitivityTable(metric.name, float(cache.baseline), rows, {g.id: g.channels for g in targets}, shares,
-                            options.chosen_criterion, {"source": data.source, "samples": _samples(data, metric)},
-                            options.reconstruct)
+    baseline = float(cache.baseline)
+    table = SensitivityTable(metric.name, baseline, rows, {g.id: g.channels for g in targets if g.id in rows},
+                             {g: v for g, v in shares.items() if g in rows}, options.chosen_criterion,
+                             {"source": data.source, "samples": _samples(data, metric)}, options.reconstruct)
+    if outcome is not None:
+        table.worse_than = bounds(rows, keys, baseline, outcome.cap)
+        limit = decided({g.id: rows.get(g.id, {}) for g in targets}, keys, baseline)
+        table.decided_macs = 1.0 if not math.isfinite(limit) else removed_at(table, targets, planner, limit * (1 - 1e-9))
+    return table
 
 
 def _samples(data: Dataset, metric: Metric) -> int | None:

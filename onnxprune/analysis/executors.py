@@ -72,6 +72,9 @@ class ProcessPool:
                     continue
                 if message[0] == "error":
                     _raise_remote(message[1], message[2])
+                if message[0] == "stopped":  # a job stopped early: its other entries will not come
+                    expected -= message[1]
+                    continue
                 expected -= 1
                 yield message[1]
         finally:
@@ -90,10 +93,14 @@ def _pool_worker(payload: Payload, tasks, results) -> None:
     evaluator = Evaluator(payload)
     while (job := tasks.get()) is not None:
         try:
+            sent = 0
             for result in evaluator.run(job):
                 if parent is not None and not parent.is_alive():
                     return
                 results.put(("result", result))
+                sent += 1
+            if sent < len(job.entries):
+                results.put(("stopped", len(job.entries) - sent))
         except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it
             results.put(("error", _kind(exc), _describe(exc)))
             return

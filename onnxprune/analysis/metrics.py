@@ -55,24 +55,37 @@ class Top1:
     """Fraction of samples whose arg-max over axis 1 of the first output equals `labels`."""
 
     data: Dataset
+    reference: list[np.ndarray] = field(default_factory=list)  # per batch: the unpruned model's per-sample top-1
     name: str = "top1"
+    discrete: bool = True  # per-sample values count decisions (see `sequential`)
+
+    def record(self, run: Runner) -> float:
+        """Keep the unpruned model's per-sample hits (what an early-stopped entry is compared with, sample
+        by sample); returns its top-1."""
+        self.reference = [self.per_sample(run, k, feeds) for k, feeds in self.data.batches()]
+        return float(np.mean(np.concatenate(self.reference)))
 
     def __call__(self, run: Runner) -> float:
+        return float(np.mean(np.concatenate([self.per_sample(run, k, feeds) for k, feeds in self.data.batches()])))
+
+    def per_sample(self, run: Runner, k: int, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Each sample's share of correct predictions (1 or 0; per pixel for segmentation maps)."""
         labels = self.data.labels
-        correct = 0
-        for k, feeds in self.data.batches():
-            scores = next(iter(run(feeds, key=k).values()))
-            start = k * self.data.batch_size
-            want = labels[start:start + len(scores)]
-            if scores.ndim < 2 or scores.shape[:1] + scores.shape[2:] != want.shape:
-                raise OnnxPruneError(f"top-1 needs the first output to be scores [N, classes, ...] matching labels "
-                                     f"{list(want.shape)}; it is {list(scores.shape)} (use --eval for other tasks)")
-            if want.size and (want.min() < 0 or want.max() >= scores.shape[1]):
-                raise OnnxPruneError(f"labels run from {want.min()} to {want.max()}, but the model scores "
-                                     f"{scores.shape[1]} classes (0 to {scores.shape[1] - 1}); top-1 would be "
-                                     "meaningless")
-            correct += int(np.count_nonzero(scores.argmax(axis=1) == want))
-        return correct / labels.size
+        scores = next(iter(run(feeds, key=k).values()))
+        start = k * self.data.batch_size
+        want = labels[start:start + len(scores)]
+        if scores.ndim < 2 or scores.shape[:1] + scores.shape[2:] != want.shape:
+            raise OnnxPruneError(f"top-1 needs the first output to be scores [N, classes, ...] matching labels "
+                                 f"{list(want.shape)}; it is {list(scores.shape)} (use --eval for other tasks)")
+        if want.size and (want.min() < 0 or want.max() >= scores.shape[1]):
+            raise OnnxPruneError(f"labels run from {want.min()} to {want.max()}, but the model scores "
+                                 f"{scores.shape[1]} classes (0 to {scores.shape[1] - 1}); top-1 would be "
+                                 "meaningless")
+        hits = scores.argmax(axis=1) == want
+        return hits.reshape(len(hits), -1).mean(axis=1)
+
+    def paired(self, k: int) -> np.ndarray:
+        return self.reference[k]
 
 
 @dataclass
@@ -82,18 +95,22 @@ class Fidelity:
     data: Dataset
     reference: list[list[np.ndarray]] = field(default_factory=list)  # per batch, per output
     name: str = "fidelity"
+    discrete: bool = False
 
     def record(self, run: Runner) -> None:
         """Take the reference outputs from the unpruned model."""
         self.reference = [list(run(feeds, key=k).values()) for k, feeds in self.data.batches()]
 
     def __call__(self, run: Runner) -> float:
-        total = 0.0
-        for k, feeds in self.data.batches():
-            outputs = list(run(feeds, key=k).values())
-            n = len(next(iter(feeds.values())))
-            total += float(np.sum(relative_distance(outputs, self.reference[k], n)))
-        return 1.0 - total / self.data.samples
+        return float(np.mean(np.concatenate([self.per_sample(run, k, feeds) for k, feeds in self.data.batches()])))
+
+    def per_sample(self, run: Runner, k: int, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
+        """1 - each sample's relative distance to the reference."""
+        outputs = list(run(feeds, key=k).values())
+        return 1.0 - relative_distance(outputs, self.reference[k], len(next(iter(feeds.values()))))
+
+    def paired(self, k: int) -> np.ndarray:
+        return np.ones(len(self.reference[k][0]))
 
 
 @dataclass
@@ -103,17 +120,22 @@ class Agreement:
     data: Dataset
     reference: list[np.ndarray] = field(default_factory=list)  # per batch: the unpruned predictions
     name: str = "agreement"
+    discrete: bool = True  # per-sample values count decisions (see `sequential`)
 
     def record(self, run: Runner) -> None:
         self.reference = [predictions(next(iter(run(feeds, key=k).values()))) for k, feeds in self.data.batches()]
 
     def __call__(self, run: Runner) -> float:
-        same = total = 0
-        for k, feeds in self.data.batches():
-            ours = predictions(next(iter(run(feeds, key=k).values())))
-            same += int(np.count_nonzero(ours == self.reference[k]))
-            total += ours.size
-        return same / max(total, 1)
+        return float(np.mean(np.concatenate([self.per_sample(run, k, feeds) for k, feeds in self.data.batches()])))
+
+    def per_sample(self, run: Runner, k: int, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Each sample's share of the unpruned predictions kept (every sample has as many positions)."""
+        ours = predictions(next(iter(run(feeds, key=k).values())))
+        same = ours == self.reference[k]
+        return same.reshape(len(same), -1).mean(axis=1)
+
+    def paired(self, k: int) -> np.ndarray:
+        return np.ones(len(self.reference[k]))
 
 
 def predictions(scores: np.ndarray) -> np.ndarray:
@@ -160,6 +182,7 @@ class UserEval:
 
 Metric = Top1 | Fidelity | Agreement | UserEval
 RELATIVE = (Fidelity, Agreement)  # measured against the unpruned model's outputs: baseline 1 by definition
+PER_SAMPLE = (Top1, Fidelity, Agreement)  # a mean over samples: an entry can stop early (`sequential`)
 
 
 def load_eval(spec: str) -> Callable:

@@ -8,6 +8,10 @@ of `iterate`) allocates by one. `prune --sens` reads it back: `sensitivity_ratio
 knob — a threshold on the metric loss — that the planner bisects until the MACs land on the target.
 
 A metric of `null` means the pruned model produced no finite metric (NaN outputs): the worst possible.
+An adaptive table (`analysis.adaptive`) leaves out the cells past the ratio where a group's loss passed
+everything allocation uses; `worse_than` names them with the metric they are known to be worse than, and
+allocation never gives such a group more than its last measured ratio. `decided_macs` says up to what
+share of MACs removed its plans are the ones the full table makes.
 """
 
 from __future__ import annotations
@@ -79,6 +83,8 @@ class SensitivityTable:
     criterion: str = "l1"
     data: dict = field(default_factory=dict)  # where the numbers come from: source, samples
     reconstruct: bool = False  # each entry measured with the layers reading the group re-solved
+    worse_than: dict[str, dict[str, float | None]] = field(default_factory=dict)  # cells not measured: below this
+    decided_macs: float | None = None  # adaptive: plans up to this share of MACs removed are the full table's
 
     def mismatch(self, criterion: str, reconstruct: bool) -> str | None:
         """Why this table measured other models than a prune with `criterion` and `reconstruct` makes
@@ -94,11 +100,13 @@ class SensitivityTable:
         return None
 
     def curve(self, gid: str) -> list[tuple[float, float]]:
-        """(ratio, metric loss) sorted by ratio; a non-finite metric is an infinite loss."""
+        """(ratio, metric loss) sorted by ratio; a non-finite metric is an infinite loss, and so is a cell
+        not measured (`worse_than`): allocation never goes past the last measured ratio of a row."""
         points = []
         for key, value in self.groups[gid].items():
             loss = math.inf if value is None else self.baseline - value
             points.append((float(key), loss))
+        points += [(float(key), math.inf) for key in self.worse_than.get(gid, {})]
         return sorted(points)
 
     def tolerated(self, gid: str, loss: float = TOLERATED_LOSS) -> float:
@@ -111,9 +119,17 @@ class SensitivityTable:
         return best
 
     def sensitivity(self, gid: str) -> float:
-        """Mean loss over the ratios: how much this group hurts when pruned (the plot marks the largest)."""
-        losses = [min(lost, 1e30) for _, lost in self.curve(gid)]
+        """Mean loss over the ratios: how much this group hurts when pruned (the plot marks the largest);
+        a cell not measured counts with the loss it is known to exceed."""
+        bounds = [math.inf if v is None else self.baseline - v for v in self.worse_than.get(gid, {}).values()]
+        measured = [lost for ratio, lost in self.curve(gid) if ratio_key(ratio) in self.groups[gid]]
+        losses = [min(lost, 1e30) for lost in measured + bounds]
         return sum(losses) / len(losses) if losses else 0.0
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether cells were left out (`analysis.adaptive`)."""
+        return self.decided_macs is not None or any(self.worse_than.values())
 
     def to_dict(self) -> dict:
         return {
@@ -124,6 +140,7 @@ class SensitivityTable:
             "reconstruct": self.reconstruct,
             "data": self.data,
             "groups": self.groups,
+            **({"worse_than": self.worse_than, "decided_macs": self.decided_macs} if self.adaptive else {}),
             "group_info": {gid: {"channels": self.channels.get(gid), "macs_share": self.macs_share.get(gid),
                                  "max_ratio_within_1pct": self.tolerated(gid)} for gid in self.groups},
         }
@@ -169,8 +186,31 @@ class SensitivityTable:
                     if isinstance(v, dict) and isinstance(v.get("channels"), int)}
         shares = {g: float(v["macs_share"]) for g, v in info.items()
                   if isinstance(v, dict) and is_number(v.get("macs_share"))}
+        decided = data.get("decided_macs")
         return SensitivityTable(metric, float(baseline), checked, channels, shares,
-                                str(data.get("criterion", "l1")), data.get("data") or {}, data.get("reconstruct") is True)
+                                str(data.get("criterion", "l1")), data.get("data") or {}, data.get("reconstruct") is True,
+                                _bounds(data.get("worse_than"), checked, where), float(decided) if is_number(decided) else None)
+
+
+def _bounds(data: object, groups: dict[str, dict[str, float | None]], where: str) -> dict[str, dict[str, float | None]]:
+    """The `worse_than` cells of a table file: for groups of the table, at ratios it did not measure."""
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise OnnxPruneError(f"{where}: 'worse_than' is not {{group: {{ratio: metric}}}}")
+    bounds: dict[str, dict[str, float | None]] = {}
+    for gid, row in data.items():
+        if gid not in groups or not isinstance(row, dict):
+            raise OnnxPruneError(f"{where}: 'worse_than' names group {gid!r}, which has no row")
+        for key, value in row.items():
+            try:
+                ratio = ratio_key(float(key))
+            except ValueError:
+                raise OnnxPruneError(f"{where}: 'worse_than' of {gid!r}: ratio {key!r} is not a number") from None
+            if ratio in groups[gid] or not 0 < float(ratio) < 1 or not (value is None or is_number(value)):
+                raise OnnxPruneError(f"{where}: 'worse_than' of {gid!r} at {key}: not an unmeasured ratio with a metric")
+            bounds.setdefault(gid, {})[ratio] = None if value is None else float(value)
+    return bounds
 
 
 def is_number(value: object) -> bool:
@@ -201,8 +241,10 @@ def table_csv(table: SensitivityTable) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["group", "channels", "macs_share", "max_ratio_within_1pct", "baseline", *keys])
     for gid, row in table.groups.items():
+        bounds = table.worse_than.get(gid, {})
         writer.writerow([gid, table.channels.get(gid, ""), _fmt(table.macs_share.get(gid)), table.tolerated(gid),
-                         table.baseline, *[_fmt(row.get(k)) for k in keys]])
+                         table.baseline, *[_fmt(row.get(k)) if k not in bounds else "<" + _fmt(bounds[k])
+                                           for k in keys]])
     return out.getvalue()
 
 
@@ -211,7 +253,18 @@ def _fmt(value: float | None) -> str:
 
 
 def _ratio_keys(table: SensitivityTable) -> list[str]:
-    return sorted({k for row in table.groups.values() for k in row}, key=float)
+    rows = [*table.groups.values(), *table.worse_than.values()]
+    return sorted({k for row in rows for k in row}, key=float)
+
+
+def _cell(table: SensitivityTable, gid: str, key: str) -> str:
+    """A cell of `format_table`: the metric, `nan`, `<0.41` where not measured, blank where not asked."""
+    row, bounds = table.groups[gid], table.worse_than.get(gid, {})
+    if key in bounds:
+        return "<nan" if bounds[key] is None else f"<{bounds[key]:.3f}"
+    if key not in row:
+        return ""
+    return "nan" if row[key] is None else f"{row[key]:.4f}"
 
 
 def format_table(table: SensitivityTable, width: int | None = None) -> str:
@@ -220,13 +273,15 @@ def format_table(table: SensitivityTable, width: int | None = None) -> str:
     columns = [Column("group", left=True, id=True), Column("ch"), Column("MACs"), Column("<=1%"),
                *(Column(k) for k in keys)]
     rows = []
-    for gid, row in table.groups.items():
+    for gid in table.groups:
         share = table.macs_share.get(gid)
-        cells = ["" if k not in row else "nan" if row[k] is None else f"{row[k]:.4f}" for k in keys]
         rows.append([gid, str(table.channels.get(gid, "")), "" if share is None else f"{share:.1%}",
-                     f"{table.tolerated(gid):.2f}", *cells])
+                     f"{table.tolerated(gid):.2f}", *(_cell(table, gid, k) for k in keys)])
     title = (f"metric: {table.metric}, baseline {table.baseline:.4f}; columns: the metric with that ratio of the "
              "group's channels zeroed")
+    if table.adaptive:
+        decided = "" if table.decided_macs is None else f"; its plans are the full table's up to {table.decided_macs:.0%} of MACs"
+        title += f"\n<m: not measured, worse than m (adaptive analysis{decided})"
     return title + "\n" + render(columns, rows, width)
 
 
@@ -275,6 +330,13 @@ def sensitivity_ratios(table: SensitivityTable, candidates: list[Group]) -> Call
     smoothly with the knob and `Planner.fit` can land them on a target. Groups the table does not name
     are left whole; a ratio is never larger than the largest the table measured.
     """
+    curves = allocation_curves(table, candidates)
+    top = max((loss for curve in curves.values() for _, loss in curve if math.isfinite(loss)), default=0.0)
+    return lambda knob: loss_ratios(curves, knob * top)
+
+
+def allocation_curves(table: SensitivityTable, candidates: list[Group]) -> dict[str, list[tuple[float, float]]]:
+    """Per group the table names: (ratio, loss) as allocation reads it (`_envelope`), checked against the model."""
     known = [g for g in candidates if g.id in table.groups]
     if candidates and not known:
         raise OnnxPruneError("the sensitivity table names none of this model's prunable groups "
@@ -284,14 +346,12 @@ def sensitivity_ratios(table: SensitivityTable, candidates: list[Group]) -> Call
         if channels is not None and channels != g.channels:
             raise OnnxPruneError(f"sensitivity table: group {g.id!r} has {channels} channels there but "
                                  f"{g.channels} in this model (was it made for another model?)")
-    curves = {g.id: _envelope(table.curve(g.id)) for g in known}
-    top = max((loss for curve in curves.values() for _, loss in curve if math.isfinite(loss)), default=0.0)
+    return {g.id: _envelope(table.curve(g.id)) for g in known}
 
-    def ratios_at(knob: float) -> dict[str, float]:
-        threshold = knob * top
-        return {gid: _largest_ratio(curve, threshold) for gid, curve in curves.items()}
 
-    return ratios_at
+def loss_ratios(curves: dict[str, list[tuple[float, float]]], threshold: float) -> dict[str, float]:
+    """Per group, the largest ratio whose interpolated loss (on its `_envelope`) is <= `threshold`."""
+    return {gid: _largest_ratio(curve, threshold) for gid, curve in curves.items()}
 
 
 def _envelope(curve: list[tuple[float, float]]) -> list[tuple[float, float]]:

@@ -158,6 +158,11 @@ def make_plan(model: Model, options: PruneOptions, groups: list[Group] | None = 
     if options.sensitivity is not None:
         if (why := options.sensitivity.mismatch(options.chosen_criterion, options.reconstructs)) is not None:
             warnings.warn(why, stacklevel=2)
+        decided = options.sensitivity.decided_macs
+        if decided is not None and options.ratio > decided:
+            warnings.warn(f"the sensitivity table was measured adaptively and decides plans up to {decided:.0%} of "
+                          f"MACs; at {options.ratio:.0%} groups stop at their last measured ratio (analyze with "
+                          "--cover or --exact for more)", stacklevel=2)
         ratios_at = sensitivity_ratios(options.sensitivity, candidates)
     elif options.allocates_by_reconstruction:
         batches = calibration_batches(model, options.data) if batches is None else batches
