@@ -4,8 +4,8 @@ batches, the budget, `--samples`; and the plans `prune --sens` makes from such a
 from __future__ import annotations
 
 import json
-import re
 import math
+import re
 
 import numpy as np
 import pytest
