@@ -695,6 +695,27 @@ class ViTBlock(nn.Module):
         return self.vit(pixel_values=x).logits
 
 
+class SwinBlock(nn.Module):
+    """A Swin image classifier from a `transformers` config (issue 9: torchvision's swin_t pruned to a
+    model that did not run): patch Conv, windows cut by Reshape/Transpose with Pad, the shifted block's
+    roll as Slice+Concat and its mask, relative position bias by Gather, patch merging (four strided
+    Slices concatenated on the channel axis, LayerNorm, reduction Linear), pooling, head. Random weights
+    with noise on every parameter."""
+
+    def __init__(self, dim: int = 16, classes: int = 8) -> None:
+        super().__init__()
+        from transformers import SwinConfig, SwinForImageClassification
+
+        config = SwinConfig(image_size=32, patch_size=4, num_channels=3, embed_dim=dim, depths=[2, 1],
+                            num_heads=[2, 4], window_size=4, num_labels=classes)
+        config._attn_implementation = "sdpa"
+        self.swin = SwinForImageClassification(config)
+        add_noise(self, 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.swin(pixel_values=x).logits
+
+
 # --------------------------------------------------------------------------------------------------
 # bert_block / convnextv2 (normalizations over the channel axis)
 
@@ -941,6 +962,15 @@ FIXTURES: dict[str, FixtureSpec] = {
             "ViT classifier from a transformers config: patch Conv, class token prepended by Expand (to a "
             "Shape->Where target) and Concat on the sequence axis, position embeddings, pre-norm encoder layer "
             "(LayerNormalization, scaled-dot-product attention, GELU MLP), LayerNorm, head on the class token.",
+        ),
+        FixtureSpec(
+            "swin_block",
+            SwinBlock,
+            (1, 3, 32, 32),
+            "Swin classifier from a transformers config (stages of 2 and 1 blocks, window 4): patch Conv, "
+            "window partition by Reshape/Transpose, the shifted block's roll as Slice+Concat with its mask, "
+            "relative position bias by Gather, patch merging (four strided Slices concatenated on the channel "
+            "axis, LayerNorm, reduction MatMul), pooling, head.",
         ),
         FixtureSpec(
             "bert_block",
