@@ -17,7 +17,7 @@ from tests.conftest import MANIFEST, fixture_path, random_batch, relative_differ
 
 SHAPES = {entry["name"]: entry["input_shape"] for entry in MANIFEST}
 TOLERANCE = 1e-4
-ATTENTION = ["transformer", "attention_guard", "llama_block", "llama_block_dynamo"]
+ATTENTION = ["transformer", "attention_guard", "llama_block", "llama_block_dynamo", "swin_block"]
 
 
 def _score_inputs(model) -> set[str]:

@@ -199,3 +199,21 @@ def test_reshape_targets_shared_by_groups_pruned_differently_get_their_own_copy(
     for shape in ((1, 8, 32), (3, 5, 32)):  # the analyzed shape, and another batch and sequence length
         x = {"input": RNG.standard_normal(shape).astype(np.float32)}
         assert relative_difference(run_model(sparse_model, x), run_model(slim_model, x)) <= 1e-5
+
+
+def test_torchvision_swin_refuses_the_hidden_groups_and_prunes_the_rest() -> None:
+    """swin_t as torchvision writes it (the issue's "Concat shape mismatch"): the hidden channels' count
+    is read at run time for the fused qkv view and its scale, so those groups are refused with that
+    reason; the rest prunes, verified, in both attention modes (heads: the fused view of (3, heads,
+    head_dim) is refused, not sliced wrong)."""
+    from tests.conftest import fixture_path
+
+    path = fixture_path("swin_torchvision")
+    model = onnxprune.load(path)
+    groups = find_groups(model)
+    hidden = [g for g in groups if any(m.tensor == "patch.weight" for m in g.members)]
+    assert len(hidden) == 1 and "read at run time" in hidden[0].reason
+    for attention in ("dims", "heads"):
+        result = prune(model, PruneOptions(ratio=0.2, attention=attention))
+        assert result.difference is not None and result.difference <= 1e-4
+        assert result.model.ByteSize() < path.stat().st_size  # channels were removed

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 # --------------------------------------------------------------------------------------------------
 # Shared building blocks
@@ -695,6 +696,110 @@ class ViTBlock(nn.Module):
         return self.vit(pixel_values=x).logits
 
 
+class SwinBlock(nn.Module):
+    """A Swin image classifier from a `transformers` config (issue 9: torchvision's swin_t pruned to a
+    model that did not run): patch Conv, windows cut by Reshape/Transpose with Pad, the shifted block's
+    roll as Slice+Concat and its mask, relative position bias by Gather, patch merging (four strided
+    Slices concatenated on the channel axis, LayerNorm, reduction Linear), pooling, head. Random weights
+    with noise on every parameter."""
+
+    def __init__(self, dim: int = 16, classes: int = 8) -> None:
+        super().__init__()
+        from transformers import SwinConfig, SwinForImageClassification
+
+        config = SwinConfig(image_size=32, patch_size=4, num_channels=3, embed_dim=dim, depths=[2, 1],
+                            num_heads=[2, 4], window_size=4, num_labels=classes)
+        config._attn_implementation = "sdpa"
+        self.swin = SwinForImageClassification(config)
+        add_noise(self, 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.swin(pixel_values=x).logits
+
+
+class WindowAttention(nn.Module):
+    """Shifted-window attention as torchvision writes it: channels last, padded to whole windows, rolled
+    by `shift`, one fused qkv Linear whose output is viewed as (3, heads, head_dim) with the channel
+    count read from the input's shape at run time (and the scale computed from it), a relative position
+    bias looked up from a table, a mask between the rolled regions, the view, roll and padding undone."""
+
+    def __init__(self, dim: int, heads: int, window: int, shift: int, size: int) -> None:
+        super().__init__()
+        self.heads, self.window, self.shift = heads, window, shift
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.table = nn.Parameter(torch.randn((2 * window - 1) ** 2, heads))
+        grid = torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")
+        pos = torch.stack(grid).flatten(1)
+        delta = (pos[:, :, None] - pos[:, None, :]) + window - 1
+        self.register_buffer("index", (delta[0] * (2 * window - 1) + delta[1]).flatten())
+        padded = -(-size // window) * window
+        region = torch.zeros(padded, padded)
+        if shift:
+            cuts = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
+            for k, (rows, cols) in enumerate((r, c) for r in cuts for c in cuts):
+                region[rows, cols] = k
+        region = self._windows(region[None, :, :, None]).squeeze(-1)
+        self.register_buffer("mask", (region[:, None, :] != region[:, :, None]).float() * -100.0)
+
+    def _windows(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, c = x.shape
+        n = self.window
+        return x.view(b, h // n, n, w // n, n, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, n * n, c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, c = x.shape
+        n = self.window
+        x = F.pad(x, (0, 0, 0, (n - w % n) % n, 0, (n - h % n) % n))
+        hp, wp = x.shape[1], x.shape[2]
+        if self.shift:
+            x = torch.roll(x, (-self.shift, -self.shift), (1, 2))
+        win = self._windows(x)
+        qkv = self.qkv(win).reshape(win.shape[0], n * n, 3, self.heads, c // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        bias = self.table[self.index].view(n * n, n * n, -1).permute(2, 0, 1)
+        attn = (q * (c // self.heads) ** -0.5) @ k.transpose(-2, -1) + bias
+        attn = attn.view(b, -1, self.heads, n * n, n * n) + self.mask[None, :, None]
+        out = attn.view(-1, self.heads, n * n, n * n).softmax(-1) @ v
+        out = self.proj(out.transpose(1, 2).reshape(-1, n * n, c))
+        out = out.view(b, hp // n, wp // n, n, n, c).permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, c)
+        if self.shift:
+            out = torch.roll(out, (self.shift, self.shift), (1, 2))
+        return out[:, :h, :w]
+
+
+class SwinTorchvisionLike(nn.Module):
+    """Swin laid out as torchvision's swin_t (issue 9 item 5: its pruned model did not run): patch Conv,
+    Permute to channels last, LayerNorm, two pre-norm blocks (plain, then shifted windows), patch merging
+    (pad to even, four strided slices concatenated on the channel axis, LayerNorm, Linear without bias)
+    to a 5x5 map that the next block pads to whole windows, LayerNorm, Permute back, average pool, head."""
+
+    def __init__(self, dim: int = 12, window: int = 4, classes: int = 8) -> None:
+        super().__init__()
+        self.patch, self.stem_norm = nn.Conv2d(3, dim, 4, 4), nn.LayerNorm(dim)
+        self.blocks = nn.ModuleList(
+            nn.ModuleList([nn.LayerNorm(d), WindowAttention(d, heads, window, shift, size), nn.LayerNorm(d),
+                           nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))])
+            for d, heads, shift, size in ((dim, 2, 0, 10), (dim, 2, 2, 10), (2 * dim, 4, 0, 5))
+        )
+        self.merge_norm, self.reduction = nn.LayerNorm(4 * dim), nn.Linear(4 * dim, 2 * dim, bias=False)
+        self.norm, self.head = nn.LayerNorm(2 * dim), nn.Linear(2 * dim, classes)
+        add_noise(self, 0.1)
+
+    def _merge(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.pad(x, (0, 0, 0, x.shape[2] % 2, 0, x.shape[1] % 2))
+        parts = [x[:, i::2, j::2] for j in (0, 1) for i in (0, 1)]
+        return self.reduction(self.merge_norm(torch.cat(parts, -1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem_norm(self.patch(x).permute(0, 2, 3, 1))
+        for k, (norm1, attn, norm2, mlp) in enumerate(self.blocks):
+            x = self._merge(x) if k == 2 else x
+            x = x + attn(norm1(x))
+            x = x + mlp(norm2(x))
+        x = self.norm(x).permute(0, 3, 1, 2)
+        return self.head(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
 # --------------------------------------------------------------------------------------------------
 # bert_block / convnextv2 (normalizations over the channel axis)
 
@@ -941,6 +1046,24 @@ FIXTURES: dict[str, FixtureSpec] = {
             "ViT classifier from a transformers config: patch Conv, class token prepended by Expand (to a "
             "Shape->Where target) and Concat on the sequence axis, position embeddings, pre-norm encoder layer "
             "(LayerNormalization, scaled-dot-product attention, GELU MLP), LayerNorm, head on the class token.",
+        ),
+        FixtureSpec(
+            "swin_block",
+            SwinBlock,
+            (1, 3, 32, 32),
+            "Swin classifier from a transformers config (stages of 2 and 1 blocks, window 4): patch Conv, "
+            "window partition by Reshape/Transpose, the shifted block's roll as Slice+Concat with its mask, "
+            "relative position bias by Gather, patch merging (four strided Slices concatenated on the channel "
+            "axis, LayerNorm, reduction MatMul), pooling, head.",
+        ),
+        FixtureSpec(
+            "swin_torchvision",
+            SwinTorchvisionLike,
+            (1, 3, 40, 40),
+            "Swin laid out as torchvision's swin_t: channels-last blocks with window padding (Pad from a Shape "
+            "computation), roll as Slice+Concat, fused qkv viewed with the channel count read at run time (the "
+            "scale computed from it: the hidden groups are refused), relative position bias by Gather, shift "
+            "mask, patch merging to an odd 5x5 map (Pad to even, strided Slices, Concat on channels), head.",
         ),
         FixtureSpec(
             "bert_block",
