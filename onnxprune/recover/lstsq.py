@@ -7,7 +7,7 @@ positions of a few, and A'A stays small whatever the feature map size. How many:
 `ROWS_PER_UNKNOWN` per unknown, and more while the sums stay cheap — up to `FLOPS_PER_LAYER` multiply-adds
 for A'A (rows x unknowns^2). Few rows per unknown over-fit the calibration rows: PP-OCRv4's recognizer
 (256 lines; its layers mostly 1x1 convs and projections of 120-480 features) kept 96% of its exact strings
-at 50% of MACs removed so, 91% with 4 rows per unknown; the big layers, where rows cost the most, stay
+at 50% of MACs removed with these rows, 91% with 4 per unknown; the big layers, where rows cost the most, stay
 at `ROWS_PER_UNKNOWN`.
 """
 
