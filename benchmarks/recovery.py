@@ -132,17 +132,13 @@ def run_variant(task: Task, options: dict, calib_npz: str | None, baseline: floa
     return Cell(metric, kept, removed, seconds, peak, extra=dict(task.extra) or None)
 
 
-def sensitivity_table(task: Task, calib_npz: Path, kind: str) -> tuple[SensitivityTable, float]:
-    """The `analyze` table on the calibration inputs, or the first `task.analysis_samples` of them (cached
-    under benchmarks/out/recovery/cache); kind "reconstructed" is `analyze --reconstruct`, "reconstructed
-    agreement" adds `--metric agreement`."""
+def sensitivity_table(task: Task, analysis_npz: Path, kind: str) -> tuple[SensitivityTable, float]:
+    """The `analyze` table on `analysis_npz` (cached under benchmarks/out/recovery/cache); kind
+    "reconstructed" is `analyze --reconstruct`, "reconstructed agreement" adds `--metric agreement`."""
     from onnxprune.analysis.analyze import AnalyzeOptions, analyze
 
     start = time.perf_counter()
-    if task.analysis_samples is not None:
-        calib_npz = calib_npz.with_name(f"{calib_npz.stem}_first{task.analysis_samples}.npz")
-        np.savez(calib_npz, **{k: v[:task.analysis_samples] for k, v in task.calib.items()})
-    options = AnalyzeOptions(data=str(calib_npz), ratios=TABLE_RATIOS, cache_dir=WORK / "cache", exact=True,
+    options = AnalyzeOptions(data=str(analysis_npz), ratios=TABLE_RATIOS, cache_dir=WORK / "cache", exact=True,
                              reconstruct=kind.startswith("reconstructed"),
                              metric="agreement" if kind.endswith("agreement") else None)
     table = analyze(onnxprune.load(task.model_path, task.input_shapes), options).table
@@ -156,6 +152,10 @@ def run_task(module: str, ratios: list[float], calib: int | None, variants: list
     calib_npz = WORK / f"{module}_calib{samples}.npz"
     WORK.mkdir(parents=True, exist_ok=True)
     np.savez(calib_npz, **task.calib)
+    analysis_npz = calib_npz  # analyze on all of it, or on the first `task.analysis_samples` samples
+    if task.analysis_samples is not None:
+        analysis_npz = calib_npz.with_name(f"{calib_npz.stem}_first{task.analysis_samples}.npz")
+        np.savez(analysis_npz, **{k: v[:task.analysis_samples] for k, v in task.calib.items()})
     baseline = task.evaluate(onnx.load(task.model_path))
     report = {"name": task.name, "kind": task.kind, "metric": task.metric, "baseline": baseline,
               "baseline_extra": dict(task.extra), "calib_samples": samples,
@@ -167,7 +167,7 @@ def run_task(module: str, ratios: list[float], calib: int | None, variants: list
     tables: dict[str, dict | str] = {}  # kind -> the table, or why it failed
     for kind in sorted({TABLE_OF[v] for v in variants if v in TABLE_OF}):
         try:
-            tables[kind], report[f"analysis_seconds_{kind}"] = sensitivity_table(task, calib_npz, kind)
+            tables[kind], report[f"analysis_seconds_{kind}"] = sensitivity_table(task, analysis_npz, kind)
         except Exception as exc:  # noqa: BLE001 - a failure is a result here
             tables[kind] = f"failed: {first_line(exc)}"
 

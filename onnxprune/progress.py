@@ -65,13 +65,13 @@ class ProgressBar:
         self.stage: str | None = None
         self.last_tenth = -1
         self.live = None  # rich's Progress on a terminal, while it runs
-        self.setup = self.task = None
+        self.setup_task = self.task = None  # rich's task ids: the setup spinner, the stage's bar
 
     def __enter__(self) -> Self:
         if self.tty:
             self.live = _rich_progress(self.stream)
             self.live.start()
-            self.setup = self.live.add_task(f"{self.label}: setting up", total=None, count="", rate="", eta="")
+            self.setup_task = self.live.add_task(f"{self.label}: setting up", total=None, count="", rate="", eta="")
         return self
 
     def update(self, p: Progress) -> None:
@@ -88,12 +88,12 @@ class ProgressBar:
             self.stream.flush()
 
     def _draw(self, p: Progress, new: bool) -> None:
-        if p.setup and self.setup is not None:  # a step of the setup: the spinner says which
-            self.live.update(self.setup, description=f"{self.label}: {p.stage or 'setting up'}")
+        if p.setup and self.setup_task is not None:  # a step of the setup: the spinner says which
+            self.live.update(self.setup_task, description=f"{self.label}: {p.stage or 'setting up'}")
             return
-        if self.setup is not None:  # the setup phase ends with the first counted report
-            self.live.update(self.setup, total=1, completed=1, description=f"{self.label}: set up")
-            self.setup = None
+        if self.setup_task is not None:  # the setup phase ends with the first counted report
+            self.live.update(self.setup_task, total=1, completed=1, description=f"{self.label}: set up")
+            self.setup_task = None
         if new:
             self.task = self.live.add_task(p.stage or self.label, total=p.total, count="", rate="", eta="")
         self.live.update(self.task, total=p.total, completed=p.done, count=f"{p.done}/{p.total} {self.unit}",
@@ -112,8 +112,8 @@ class ProgressBar:
     def __exit__(self, *exc: object) -> None:
         if self.live is None:
             return
-        if self.setup is not None:  # no report came (an error, or nothing to do): no setup line stays
-            self.live.remove_task(self.setup)
+        if self.setup_task is not None:  # no report came (an error, or nothing to do): no setup line stays
+            self.live.remove_task(self.setup_task)
         self.live.stop()
         self.live = None
 
