@@ -15,6 +15,7 @@ from onnxprune.pruning.channels import find_groups
 from onnxprune.pruning.inspect import inspect_model
 from onnxprune.pruning.prune import PruneOptions, make_plan, prune
 from onnxprune.pruning.surgery import slim, sparse
+from onnxprune.recover.resolve import resolved_readers
 from tests.conftest import fixture_path, random_batch, relative_difference, run_model
 from tools.quantized_fixtures import quantize
 
@@ -193,6 +194,21 @@ def test_reconstruction_keeps_qdq_weights_on_their_grid() -> None:
         how = model.derived.get(name)
         if how is not None and how.quant is not None:
             assert np.array_equal(how.representable(weights[name].values), weights[name].values), name
+
+
+def test_readers_resolved_for_analysis_stay_on_the_qdq_grid() -> None:
+    """`analyze --reconstruct` measures each entry with the readers re-solved: on a QDQ model their new
+    values are snapped to the grid as `prune --data` snaps them, so the table measures the model it makes."""
+    model = onnxprune.load(fixture_path("qdq_residual_per_channel"))
+    groups = [g for g in find_groups(model) if g.prunable]
+    removals = {g.id: {"0.5": np.arange(g.channels // 2)} for g in groups}
+    batches = [{"input": random_batch([1, 3, 32, 32], 16, seed=5)}]
+    resolved = resolved_readers(model, groups, removals, batches)
+    quantized = [(name, values) for entry in resolved.values() for name, values in entry.items()
+                 if (how := model.derived.get(name)) is not None and how.quant is not None]
+    assert quantized
+    for name, values in quantized:
+        assert np.array_equal(model.derived[name].representable(values), values), name
 
 
 def test_weights_quantized_as_activations_behind_a_transpose_are_lifted() -> None:

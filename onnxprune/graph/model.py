@@ -121,6 +121,12 @@ class Model:
         """Every weight of the graph by name."""
         return {name: t for name, t in self.graph.tensors().items() if isinstance(t, gs.Constant)}
 
+    def representable(self, name: str, values: np.ndarray) -> np.ndarray:
+        """The nearest values weight `name` can hold: new values for a weight dequantized at load time
+        (QDQ) go back onto its grid, so the model computes what its written-back integers will."""
+        how = self.derived.get(name)
+        return how.representable(values) if how is not None else values
+
 
 def to_proto(graph: gs.Graph, like: onnx.ModelProto, consume: bool = False) -> onnx.ModelProto:
     """Export a (changed) graph to a ModelProto that keeps the original's opsets and metadata.

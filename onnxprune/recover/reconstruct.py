@@ -183,9 +183,9 @@ def reconstruct(model: Model, groups: list[Group], plan: Plan, batches: Batches,
             pruned.advance(layer.position)
             edits.keep_original(layer.view.weight, layer.view.intercept)
             result.layers.append(_solve(layer, *_collect(layer, reference, pruned, edits.originals, rng)))
-            for tensor in (layer.view.weight, layer.view.intercept):  # a QDQ weight stays on its grid
-                if tensor is not None and tensor.name in model.derived:
-                    tensor.values = model.derived[tensor.name].representable(tensor.values)
+            for tensor in (layer.view.weight, layer.view.intercept):
+                if tensor is not None:
+                    tensor.values = model.representable(tensor.name, tensor.values)
             result.changed.add(layer.view.weight.name)
             if layer.view.intercept is not None:
                 result.changed.add(layer.view.intercept.name)

@@ -45,7 +45,7 @@ def resolved_readers(model: Model, groups: list[Group], removals: Removals, batc
                      progress: Callable[[Progress], None] | None = None) -> Resolved:
     """For each (group, key) of `removals`: the re-solved weights (and intercepts) of the layers reading
     the group, as new values by tensor name. Rows of removed features keep their values (they multiply
-    zeros), as in `reconstruct`."""
+    zeros), and a QDQ weight's values stay on its grid, as in `reconstruct`."""
     readers = readers_of([g for g in groups if g.id in removals])
     resolved: Resolved = {}
     rng = np.random.default_rng(seed)
@@ -64,7 +64,9 @@ def resolved_readers(model: Model, groups: list[Group], removals: Removals, batc
             for key, gone in removals[group.id].items():
                 removed = np.flatnonzero(np.isin(channel, gone) & (channel >= 0))
                 if removed.size:
-                    resolved.setdefault((group.id, key), {}).update(_values(view, _obs_update(inverse, full, removed)))
+                    values = _values(view, _obs_update(inverse, full, removed))
+                    resolved.setdefault((group.id, key), {}).update(
+                        {name: model.representable(name, array) for name, array in values.items()})
     return resolved
 
 
