@@ -47,6 +47,19 @@ def batched_suffix(suffix: onnx.ModelProto, masks: list[str]) -> onnx.ModelProto
     return suffix
 
 
+def batched_axis(array: np.ndarray) -> bool:
+    """Whether a cut tensor carries the samples on axis 0 (a detector's anchors, made from shapes, do not)."""
+    return array.ndim > 0 and array.shape[0] == BATCH
+
+
+def stack(array: np.ndarray, k: int) -> np.ndarray:
+    """A cut tensor for k ratios at once: samples repeated k times; a shape computed in the prefix (an
+    int64 vector starting with the batch size, as a detector head's Reshape targets are) scaled to match."""
+    if array.dtype == np.int64 and array.ndim == 1 and len(array) > 1 and array[0] == BATCH:
+        return np.concatenate([[BATCH * k], array[1:]]).astype(np.int64)
+    return np.concatenate([array] * k) if batched_axis(array) else array
+
+
 def time_group(proto: onnx.ModelProto, job, feeds: dict, k: int, repeats: int, threads: int) -> dict:
     """Median seconds per entry: k runs of BATCH samples against one run of k x BATCH samples."""
     cut = split(proto, masks=job.points)
@@ -65,7 +78,7 @@ def time_group(proto: onnx.ModelProto, job, feeds: dict, k: int, repeats: int, t
         return [plain.run(outputs, {**cut_values, **m}) for m in masks]
 
     def together() -> list[np.ndarray]:
-        stacked = {n: np.concatenate([a] * len(masks)) for n, a in cut_values.items()}
+        stacked = {n: stack(a, len(masks)) for n, a in cut_values.items()}
         for name in cut.masks:
             stacked[name] = np.concatenate([np.repeat(m[name], BATCH, axis=0) for m in masks])
         return batched.run(outputs, stacked)
