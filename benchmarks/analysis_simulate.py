@@ -32,8 +32,8 @@ from onnxprune.pruning.channels import find_groups
 from onnxprune.pruning.importance import get_criterion
 from onnxprune.pruning.plan import Planner, candidate_groups
 
-BATCH = 16
-SPREAD_Z = 2.0
+BATCH = 8  # as the adaptive analysis batches (`analyze.SEQUENTIAL_BATCH`)
+SPREAD_Z = adaptive.REFINE_Z
 
 
 @dataclass
@@ -163,7 +163,7 @@ def replay(name: str, cover: float = adaptive.DEFAULT_COVER, shares: list[float]
 
     outcome = adaptive.run_rounds(rows, targets, keys, data.baseline, table, planner, cover, sim.measure)
     before = sim.spent
-    shares = adaptive.refine_shares(cover) if shares is None else shares
+    shares = list(adaptive.DEFAULT_PLANS) if shares is None else shares
     if shares:
         adaptive.refine(table, targets, keys, planner, shares, sim.spread, sim.advance)
     sim.refined = sim.spent - before
@@ -177,9 +177,9 @@ def replay(name: str, cover: float = adaptive.DEFAULT_COVER, shares: list[float]
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="resnet50")
-    parser.add_argument("--batch", type=int, default=16, help="samples per batch (and the fewest an entry sees)")
+    parser.add_argument("--batch", type=int, default=8, help="samples per batch (and the fewest an entry sees)")
     parser.add_argument("--shares", default="0.5", help="shares of MACs whose plans are refined (none: none)")
-    parser.add_argument("--z", type=float, default=2.0, help="the spread's z in refinement")
+    parser.add_argument("--z", type=float, default=adaptive.REFINE_Z, help="standard errors a cell is read off by")
     parser.add_argument("--first-cap", type=float, default=adaptive.FIRST_CAP)
     parser.add_argument("--plans", action="store_true", help="compare plans too (runs prune and the model)")
     args = parser.parse_args()
