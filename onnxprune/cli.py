@@ -58,6 +58,9 @@ def _parser_analyze(p: argparse.ArgumentParser) -> None:
                    "samples as its metric needs)")
     p.add_argument("--cover", type=float, metavar="F", help="adaptive: make the plans up to this share of MACs "
                    "removed the full table's (default 0.6)")
+    p.add_argument("--plans", metavar="F[,F...]", help="adaptive: the shares of MACs you will prune at; the plans "
+                   "there become the full table's (the cells that decide them are measured on every sample; "
+                   "default 0.5; none: no refinement)")
     p.add_argument("--samples", type=int, metavar="N", help="analyze on N samples: the first N of --data, or N "
                    "random inputs without it (default 64)")
     p.add_argument("--budget", type=float, metavar="MINUTES", help="stop measuring after this long and say what "

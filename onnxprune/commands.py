@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from onnxprune.errors import OnnxPruneError
+from onnxprune.errors import OnnxPruneError, OptionError
 from onnxprune.graph.load import load, parse_input_shapes, read_proto
 from onnxprune.graph.model import Model
 from onnxprune.graph.save import data_path, save
@@ -241,6 +241,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _shares(text: str | None) -> list[float] | None:
+    """`--plans 0.3,0.5` -> [0.3, 0.5]; `none` -> [] (no refinement); absent -> None (the default)."""
+    if text is None:
+        return None
+    if text.strip().lower() == "none":
+        return []
+    try:
+        return [float(item) for item in text.split(",")]
+    except ValueError:
+        raise OptionError(f"{{plans}} {text!r}: give shares of MACs such as 0.3,0.5, or none") from None
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     """Measure how the metric drops when each channel group is pruned at each ratio (sensitivity).
 
@@ -273,6 +285,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         force=args.force, val=args.val, providers=parse_providers(args.providers), attention=args.attention,
         round_to=args.round_to, reconstruct=args.reconstruct, metric=args.metric, exact=args.exact,
         samples=args.samples, budget=args.budget, **({} if args.cover is None else {"cover": args.cover}),
+        plans=_shares(args.plans),
     )
     options.check()
     model = _load(args)

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 
 import onnxprune
-from onnxprune.analysis.adaptive import bounds, decided, pending
+from onnxprune.analysis.adaptive import bounds, cover_threshold, decided, pending, undecided
 from onnxprune.analysis.analyze import AnalyzeOptions, analyze
-from onnxprune.analysis.sequential import StopRule
+from onnxprune.analysis.sequential import StopRule, Tally
 from onnxprune.analysis.table import SensitivityTable, sensitivity_ratios
 from onnxprune.cli import main
 from onnxprune.pruning.channels import find_groups
-from onnxprune.pruning.plan import candidate_groups
+from onnxprune.pruning.plan import Planner, candidate_groups
 from onnxprune.pruning.prune import PruneOptions, make_plan
 from tests.conftest import FIXTURES, fixture_path
 
@@ -62,13 +62,25 @@ def test_allocation_never_goes_past_the_last_measured_ratio() -> None:
 def test_stop_rule() -> None:
     rule = StopRule()
     steady = np.full(16, 0.2) + np.linspace(-1e-3, 1e-3, 16)
-    assert rule.settled(steady, 64)  # a tight estimate at the 16 samples it waits for
-    assert not rule.settled(steady[:8], 64)
+    assert rule.settled(Tally().add(steady[:8]), 64)  # a tight estimate at the 8 samples it waits for
+    assert not rule.settled(Tally().add(steady[:4]), 64)
     noisy = np.random.default_rng(0).uniform(0, 1, 16)
-    assert not rule.settled(noisy, 64)
-    assert rule.settled(noisy, 16)  # every sample seen: exact
-    assert not rule.settled(np.zeros(16), 450, discrete=True)  # no changed decision in 16 proves nothing
-    assert rule.settled(np.zeros(16), 450)  # a continuous metric that did not move at all
+    assert not rule.settled(Tally().add(noisy), 64)
+    assert rule.settled(Tally().add(noisy), 16)  # every sample seen: exact
+    assert not rule.settled(Tally().add(np.zeros(16)), 450, discrete=True)  # no changed decision in 16 proves nothing
+    assert rule.settled(Tally().add(np.zeros(16)), 450)  # a continuous metric that did not move at all
+
+
+def test_a_tally_goes_on_where_it_stopped() -> None:
+    """Two halves added one after the other are the whole: the half-width is that of numpy's sd, and 0
+    once every sample is seen."""
+    losses = np.random.default_rng(1).uniform(0, 0.3, 24)
+    tally = Tally().add(losses[:8]).add(losses[8:16])
+    assert tally.n == 16 and tally.mean == pytest.approx(np.mean(losses[:16]))
+    sd = np.std(losses[:16], ddof=1)
+    assert tally.half_width(24) == pytest.approx(2 * sd / 4 * np.sqrt(8 / 23))
+    assert tally.add(losses[16:]).half_width(24) == 0.0
+    assert Tally.from_list(tally.to_list()) == tally
 
 
 @pytest.mark.parametrize("metric", [None, "fidelity"])
@@ -96,6 +108,43 @@ def test_the_plans_are_the_full_tables_up_to_decided_macs(metric) -> None:
                  for t in (full.table, adaptive.table)]
         assert {g: list(p.removed) for g, p in plans[0].groups.items()} == \
                {g: list(p.removed) for g, p in plans[1].groups.items()}, target
+
+
+def test_undecided_cells_are_those_whose_spread_could_change_a_count() -> None:
+    """At the plan's threshold a count read off cells at either end of their intervals must agree; where
+    it cannot, the cells between the two extremes' crossings are named, and only estimated ones."""
+    model = onnxprune.load(DIGITS)
+    groups = candidate_groups(model, find_groups(model), [])
+    planner = Planner(model, find_groups(model), {g.id: np.arange(g.channels, dtype=float) for g in groups})
+    rows = {g.id: {k: 1.0 - 0.1 * (i + 1) * (j + 1) for i, k in enumerate(KEYS)} for j, g in enumerate(groups)}
+    table = SensitivityTable("fidelity", 1.0, rows, {g.id: g.channels for g in groups})
+    assert undecided(table, groups, planner, [0.3], lambda g, k: 0.0) == set()  # every cell exact
+    wide = undecided(table, groups, planner, [0.3], lambda g, k: 0.05)
+    assert wide and {k for _, k in wide} <= set(KEYS)
+    threshold = cover_threshold(table, groups, planner, 0.3)
+    for gid, key in wide:  # only cells up to the first one that lies above the threshold even when read low
+        losses = [1.0 - rows[gid][k] for k in KEYS]
+        assert all(loss - 0.05 <= threshold * 1.01 for loss in losses[:KEYS.index(key)])
+    only = undecided(table, groups, planner, [0.3], lambda g, k: 0.05 if g == groups[0].id else 0.0)
+    assert {g for g, _ in only} <= {groups[0].id}
+
+
+@pytest.mark.parametrize("metric", [None, "agreement"])
+def test_refined_plans_are_the_full_tables(metric) -> None:
+    """Early-stopped entries leave the digits CNN's plans one step off the full table's at some targets;
+    refining at 30% makes the plan there the full table's, whatever the rounds' sampling did."""
+    model = onnxprune.load(DIGITS)
+    full = analyze(model, AnalyzeOptions(data=str(DIGITS_TEST), metric=metric, exact=True))
+
+    def plan(table, target):
+        made = make_plan(onnxprune.load(DIGITS), PruneOptions(ratio=target, sensitivity=table, mode="sparse"))
+        return {g: list(p.removed) for g, p in made.groups.items()}
+
+    rough = analyze(model, AnalyzeOptions(data=str(DIGITS_TEST), metric=metric, plans=[]))
+    refined = analyze(model, AnalyzeOptions(data=str(DIGITS_TEST), metric=metric, plans=[0.3]))
+    assert any(plan(rough.table, t) != plan(full.table, t) for t in (0.1, 0.3, 0.4, 0.5))  # the test can fail
+    assert plan(refined.table, 0.3) == plan(full.table, 0.3)
+    assert rough.cost < refined.cost < full.cost
 
 
 def test_early_stopping_spends_less_than_the_whole_data() -> None:
@@ -136,3 +185,6 @@ def test_cli_adaptive_table_and_progress(tmp_path, capsys) -> None:
     assert main(["prune", DIGITS, "--ratio", "0.9", "--sens", str(out), "-o", str(tmp_path / "p.onnx")]) == 0
     assert "decides plans up to" in capsys.readouterr().err
     assert main(["analyze", DIGITS, "--cover", "1", "--cache", str(tmp_path / "c")]) == 2
+    assert main(["analyze", DIGITS, "--plans", "0.7", "--cache", str(tmp_path / "c")]) == 2  # past --cover 0.6
+    assert main(["analyze", DIGITS, "--plans", "half", "--cache", str(tmp_path / "c")]) == 2
+    assert "--plans" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -153,3 +154,28 @@ def test_damaged_or_foreign_cache_is_rebuilt(tmp_path, damage: str) -> None:
     assert any("unusable" in w and "starting over" in w for w in warnings), warnings
     assert again.table.groups == first.table.groups
     assert json.loads(path.read_text())["checksum"]  # rewritten, valid again
+
+
+def test_early_stopped_entries_keep_their_tally_and_resume_refined(tmp_path) -> None:
+    """An adaptive run stores each early-stopped entry's tally (where it may go on); the same command again
+    computes nothing and gives the same table; a malformed tally makes the file untrusted."""
+    model = onnxprune.load(DIGITS)
+    options = AnalyzeOptions(data=str(DIGITS_TEST), metric="agreement", plans=[0.3], cache_dir=tmp_path)
+    first = analyze(model, options)
+    path = next(tmp_path.glob("*.json"))
+    entries = [e for row in json.loads(path.read_text())["entries"].values() for e in row.values()]
+    tallies = [e[2] for e in entries if len(e) == 3]
+    assert tallies and all(1 <= t[0] < 450 and t[0] % 8 == 0 for t in tallies)  # whole batches, not all samples
+    assert any(len(e) == 2 for e in entries)  # refined to every sample, or the baseline: no tally
+    again = analyze(model, AnalyzeOptions(data=str(DIGITS_TEST), metric="agreement", plans=[0.3], cache_dir=tmp_path))
+    assert again.evaluated == 0 and again.table.groups == first.table.groups
+    data = json.loads(path.read_text())
+    gid, ratio = next((g, r) for g, row in data["entries"].items() for r, e in row.items() if len(e) == 3)
+    data["entries"][gid][ratio][2] = [0, 1.0, 1.0, 0]  # no samples
+    body = {"key": data["key"], "baseline": data["baseline"], "entries": data["entries"]}
+    data["checksum"] = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    path.write_text(json.dumps(data))
+    warnings: list[str] = []
+    analyze(model, AnalyzeOptions(data=str(DIGITS_TEST), metric="agreement", plans=[0.3], cache_dir=tmp_path),
+            warn=warnings.append)
+    assert any("unusable" in w for w in warnings), warnings

@@ -28,6 +28,7 @@ import numpy as np
 
 from onnxprune.analysis.adaptive import (
     DEFAULT_COVER,
+    DEFAULT_PLANS,
     FLOOR_SHARE,
     Outcome,
     bounds,
@@ -72,7 +73,7 @@ from onnxprune.recover.resolve import resolved_readers
 from onnxprune.recover.scores import data_criterion
 from onnxprune.rules import fused_rounding
 
-SEQUENTIAL_BATCH = 16
+SEQUENTIAL_BATCH = 8
 FLAT = 1e-9  # a metric that moves less than this is "flat"
 MIN_VAL_FRACTION = 0.5  # the Vitis guideline: analyze on at least half of the validation set
 
@@ -106,6 +107,7 @@ class AnalyzeOptions:
     prefix_budget: int = DEFAULT_PREFIX_BUDGET
     exact: bool = False  # every cell on every sample (today's full table) instead of `adaptive`
     cover: float = DEFAULT_COVER  # adaptive: the plans up to this share of MACs removed are the full table's
+    plans: list[float] | None = None  # adaptive: shares of MACs whose plans are made the full table's (None: 0.5)
     samples: int | None = None  # analyze on this many samples (random inputs: default 64; data: its first N)
     budget: float | None = None  # minutes; what is not measured by then is left out, and said so
 
@@ -130,6 +132,9 @@ class AnalyzeOptions:
             raise OnnxPruneError(f"batch size {self.batch_size} must be >= 1")
         if not 0 < self.cover < 1:
             raise OptionError(f"{{cover}} {self.cover} is not in (0, 1)")
+        for share in self.plans or []:
+            if not 0 < share <= self.cover:
+                raise OptionError(f"{{plans}} {share} is not in (0, {{cover}} = {self.cover}]")
         if self.samples is not None and self.samples < 1:
             raise OptionError(f"{{samples}} {self.samples} must be >= 1")
         if self.budget is not None and not self.budget > 0:
@@ -209,7 +214,9 @@ def analyze(model: Model, options: AnalyzeOptions, progress: Callable[[Progress]
     if options.exact:
         run.measure(todo, None)
     else:
-        outcome = adaptive_run(run, planner, targets, _keys(options), options.cover)
+        shares = sorted(set(options.plans if options.plans is not None else
+                            [s for s in DEFAULT_PLANS if s <= options.cover]))
+        outcome = adaptive_run(run, planner, targets, _keys(options), options.cover, shares)
     table = _table(planner, targets, _keys(options), cache, chosen, metric, data, options, outcome)
     for text in (_check_flat(table) if run.complete else []) + skipped_note(run, outcome):
         note(text)

@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from onnxprune.analysis.sequential import Tally
 from onnxprune.analysis.table import is_number
 from onnxprune.atomic import write_text
 from onnxprune.data import MAX_JSON_BYTES, read_bounded
@@ -41,7 +42,8 @@ def removal_digest(channels: list[int]) -> str:
 
 @dataclass
 class AnalysisCache:
-    """Finished entries {group: {ratio key: (metric, removal digest)}} and the baseline; `path` None keeps
+    """Finished entries {group: {ratio key: (metric, removal digest[, tally])}} and the baseline (a tally
+    when the entry stopped early, see `sequential.Tally`); `path` None keeps
     them in memory. A metric is None when the model produced no finite one."""
 
     key: str
@@ -79,10 +81,16 @@ class AnalysisCache:
     def get(self, gid: str, ratio: str) -> float | None:
         return self.entries[gid][ratio][0]
 
-    def put(self, gid: str, ratio: str, metric: float | None, channels: str) -> None:
-        """Record one entry and write the file."""
+    def tally(self, gid: str, ratio: str) -> Tally | None:
+        """What an early-stopped entry's samples said (None: it saw every sample, or was not run)."""
+        entry = self.entries[gid][ratio]
+        return Tally.from_list(entry[2]) if len(entry) > 2 else None
+
+    def put(self, gid: str, ratio: str, metric: float | None, channels: str, tally: Tally | None = None) -> None:
+        """Record one entry (with the tally it may go on from) and write the file."""
         finite = metric is not None and math.isfinite(metric)
-        self.entries.setdefault(gid, {})[ratio] = [metric if finite else None, channels]
+        self.entries.setdefault(gid, {})[ratio] = [metric if finite else None, channels] \
+            + ([tally.to_list()] if tally is not None and all(map(math.isfinite, tally.to_list())) else [])
         self.save()
 
     def set_baseline(self, metric: float) -> None:
@@ -95,6 +103,12 @@ class AnalysisCache:
         body = {"key": self.key, "baseline": self.baseline, "entries": self.entries}
         data = {"format": FORMAT, "version": VERSION, **body, "settings": self.settings, "checksum": _checksum(body)}
         write_text(self.path, json.dumps(data, indent=1) + "\n")
+
+
+def _is_tally(value: object) -> bool:
+    """[samples, sum, sum of squares, changed] as `Tally.to_list` writes it."""
+    return (isinstance(value, list) and len(value) == 4 and all(is_number(v) for v in value)
+            and float(value[0]).is_integer() and value[0] >= 1 and float(value[3]).is_integer())
 
 
 def _checksum(body: dict) -> str:
@@ -121,8 +135,8 @@ def _parse(text: bytes, key: str) -> AnalysisCache:
         raise ValueError("entries are not {group: {ratio: [metric, channels]}}")
     for row in entries.values():
         for value in row.values():
-            if not (isinstance(value, list) and len(value) == 2 and isinstance(value[1], str)
-                    and (value[0] is None or is_number(value[0]))):
-                raise ValueError("an entry is not [metric, channels]")
+            if not (isinstance(value, list) and len(value) in (2, 3) and isinstance(value[1], str)
+                    and (value[0] is None or is_number(value[0])) and (len(value) == 2 or _is_tally(value[2]))):
+                raise ValueError("an entry is not [metric, channels] or [metric, channels, tally]")
     return AnalysisCache(key, None, {}, baseline, entries)
 

@@ -25,7 +25,7 @@ import onnx
 import onnxruntime as ort
 
 from onnxprune.analysis.metrics import PER_SAMPLE, RELATIVE, Metric, feeds_digest
-from onnxprune.analysis.sequential import StopRule, estimate
+from onnxprune.analysis.sequential import StopRule, Tally, estimate
 from onnxprune.errors import OnnxPruneError
 from onnxprune.graph.runtime import session
 from onnxprune.graph.split import MaskPoint, Split, split
@@ -55,6 +55,7 @@ class Entry:
     ratio: str
     zeroed: list[np.ndarray] | None = None
     weights: dict[str, np.ndarray] | None = None
+    prior: Tally | None = None  # the samples already measured: go on after them
 
 
 @dataclass
@@ -67,6 +68,7 @@ class Job:
     weights: list[str] = field(default_factory=list)
     stop_below: float | None = None  # stop after an entry whose metric is below this (entries in ratio order)
     rule: StopRule | None = None  # stop each entry early (metrics with per-sample values only)
+    batches: int | None = None  # run each entry on this many more batches only (after its `prior`)
 
 
 @dataclass
@@ -79,6 +81,7 @@ class Result:
     value: float | None
     samples: int | None = None
     cost: float | None = None
+    tally: Tally | None = None  # the samples' losses so far, when the entry may go on later
 
 
 class Evaluator:
@@ -133,23 +136,26 @@ class Evaluator:
                     return self.session(cut.suffix(dtypes, weights))
 
                 runner = SplitRunner(cut, prefix, own_suffix, {}, self.outputs, suffix_share)
-            result = self._measure(job, entry.ratio, runner)
+            result = self._measure(job, entry, runner)
             yield result
             if job.stop_below is not None and (result.value is None or result.value < job.stop_below):
                 break
         self.previous = prefix.kept
 
-    def _measure(self, job: Job, ratio: str, runner: SplitRunner) -> Result:
-        """One entry's metric (estimated from the first batches where the job's rule allows), its samples
-        and its cost."""
+    def _measure(self, job: Job, entry: Entry, runner: SplitRunner) -> Result:
+        """One entry's metric (estimated from the first batches where the job's rule allows, or going on
+        by `job.batches` after `entry.prior`), its samples and its cost."""
         metric, before = self.payload.metric, self.meter.spent
-        if job.rule is not None and isinstance(metric, PER_SAMPLE) and self.payload.baseline is not None:
-            value, samples = estimate(metric, runner, self.payload.baseline, job.rule)
+        tally = None
+        if (job.rule is not None or job.batches is not None) and isinstance(metric, PER_SAMPLE) \
+                and self.payload.baseline is not None:
+            value, tally = estimate(metric, runner, self.payload.baseline, job.rule, entry.prior, job.batches)
+            samples = tally.n
         else:
             value, samples = metric(runner), self.meter.samples
         finite = value if value is not None and math.isfinite(value) else None
         cost = self.meter.spent - before if self.meter.samples else None
-        return Result(job.group, ratio, finite, samples, cost)
+        return Result(job.group, entry.ratio, finite, samples, cost, tally)
 
 
 @dataclass

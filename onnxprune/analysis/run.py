@@ -3,8 +3,10 @@ adaptive rounds or all at once; and the progress of the setup before them.
 
 `EntryRun.measure` hands jobs to an executor and writes each result to the cache as it comes; with a
 cap (adaptive rounds) each job stops after the entry that passed it, and each entry after as few batches
-as `sequential.StopRule` allows. Cost is counted in evaluations of the unpruned model on the whole data
-(`evaluator.Meter`), so it can be compared across machines; the budget in wall-clock minutes.
+as `sequential.StopRule` allows; `EntryRun.advance` takes chosen entries one batch further from where
+they stopped (their `Tally` is in the cache), for the refinement of `adaptive.refine`. Cost is counted in
+evaluations of the unpruned model on the whole data (`evaluator.Meter`), so it can be compared across
+machines; the budget in wall-clock minutes.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from onnxprune.analysis.adaptive import FLOOR_SHARE, Outcome, run_rounds
+from onnxprune.analysis.adaptive import FLOOR_SHARE, REFINE_Z, Outcome, refine, run_rounds
 from onnxprune.analysis.cache import AnalysisCache
 from onnxprune.analysis.entries import Work
-from onnxprune.analysis.evaluator import Evaluator, Payload
+from onnxprune.analysis.evaluator import Evaluator, Payload, Result
 from onnxprune.analysis.executors import make_executor, split_jobs
+from onnxprune.analysis.metrics import PER_SAMPLE
 from onnxprune.analysis.sequential import StopRule
 from onnxprune.analysis.table import SensitivityTable
 from onnxprune.graph.model import Model
@@ -77,11 +80,9 @@ class EntryRun:
                  for j in work.jobs for i, e in enumerate(j.entries)}
         executor = make_executor(self.workers, self.ray, self.evaluator)
         for result in executor.run(self.payload, split_jobs(work.jobs, self.workers)):
-            for same in [result.ratio, *work.same.get((result.group, result.ratio), [])]:
-                self.cache.put(result.group, same, result.value, self.chosen[(result.group, same)])
-                self.done += 1
+            self._put(result, work)
+            self.done += 1 + len(work.same.get((result.group, result.ratio), []))
             self.evaluated += 1
-            self.spent += result.cost or 0.0
             if cap is not None and (result.value is None or result.value < self.payload.baseline - cap):
                 self.total -= sum(later[(result.group, result.ratio)])  # the rest of the row is not needed
             self._report()
@@ -89,6 +90,37 @@ class EntryRun:
                 self.complete = False
                 return False
         return True
+
+    def advance(self, todo: list[tuple[Group, str]]) -> bool:
+        """Go on with each early-stopped entry of `todo` by one more batch (the refinement of `adaptive`).
+        False when the budget ran out."""
+        work = self.build(todo)
+        for job in work.jobs:
+            job.batches = 1
+            for entry in job.entries:
+                entry.prior = self.cache.tally(job.group, entry.ratio)
+        executor = make_executor(self.workers, self.ray, self.evaluator)
+        for result in executor.run(self.payload, split_jobs(work.jobs, self.workers)):
+            self._put(result, work)
+            self._report()
+            if self._past_budget():
+                self.complete = False
+                return False
+        return True
+
+    def spread(self, gid: str, ratio: str) -> float:
+        """A measured cell's loss is known to this much (`REFINE_Z` standard errors; 0 when it saw every
+        sample)."""
+        tally = self.cache.tally(gid, ratio)
+        metric = self.payload.metric
+        return 0.0 if tally is None else tally.half_width(metric.data.samples, metric.discrete, REFINE_Z)
+
+    def _put(self, result: Result, work: Work) -> None:
+        """Write a result to the cache, for its entry and those zeroing the same channels; count its cost."""
+        tally = result.tally if result.tally is not None and result.tally.n < self.payload.metric.data.samples else None
+        for same in [result.ratio, *work.same.get((result.group, result.ratio), [])]:
+            self.cache.put(result.group, same, result.value, self.chosen[(result.group, same)], tally)
+        self.spent += result.cost or 0.0
 
     def _report(self) -> None:
         if self.clock.progress is not None:
@@ -101,8 +133,10 @@ class EntryRun:
         return budget is not None and time.monotonic() - self.clock.start > budget * 60
 
 
-def adaptive_run(run: EntryRun, planner: Planner, targets: list[Group], keys: list[str], cover: float) -> Outcome:
-    """The rounds of `adaptive.run_rounds` over this run's cache."""
+def adaptive_run(run: EntryRun, planner: Planner, targets: list[Group], keys: list[str], cover: float,
+                 shares: list[float]) -> Outcome:
+    """The rounds of `adaptive.run_rounds` over this run's cache, then the refinement of the plans at
+    `shares` of MACs (`adaptive.refine`)."""
 
     def rows() -> dict[str, dict[str, float | None]]:
         return measured_rows(run.cache, targets, keys, run.chosen)
@@ -111,7 +145,10 @@ def adaptive_run(run: EntryRun, planner: Planner, targets: list[Group], keys: li
         return SensitivityTable("", float(run.cache.baseline), {g: r for g, r in rows().items() if r},
                                 {g.id: g.channels for g in targets})
 
-    return run_rounds(rows, targets, keys, float(run.cache.baseline), table, planner, cover, run.measure)
+    outcome = run_rounds(rows, targets, keys, float(run.cache.baseline), table, planner, cover, run.measure)
+    if outcome.complete and shares and isinstance(run.payload.metric, PER_SAMPLE):
+        outcome.complete = refine(table, targets, keys, planner, shares, run.spread, run.advance)
+    return outcome
 
 
 def measured_rows(cache: AnalysisCache, targets: list[Group], keys: list[str], chosen: dict) -> dict[str, dict]:

@@ -336,7 +336,7 @@ def sensitivity_ratios(table: SensitivityTable, candidates: list[Group]) -> Call
 
 
 def allocation_curves(table: SensitivityTable, candidates: list[Group]) -> dict[str, list[tuple[float, float]]]:
-    """Per group the table names: (ratio, loss) as allocation reads it (`_envelope`), checked against the model."""
+    """Per group the table names: (ratio, loss) as allocation reads it (`envelope`), checked against the model."""
     known = [g for g in candidates if g.id in table.groups]
     if candidates and not known:
         raise OnnxPruneError("the sensitivity table names none of this model's prunable groups "
@@ -346,15 +346,15 @@ def allocation_curves(table: SensitivityTable, candidates: list[Group]) -> dict[
         if channels is not None and channels != g.channels:
             raise OnnxPruneError(f"sensitivity table: group {g.id!r} has {channels} channels there but "
                                  f"{g.channels} in this model (was it made for another model?)")
-    return {g.id: _envelope(table.curve(g.id)) for g in known}
+    return {g.id: envelope(table.curve(g.id)) for g in known}
 
 
 def loss_ratios(curves: dict[str, list[tuple[float, float]]], threshold: float) -> dict[str, float]:
-    """Per group, the largest ratio whose interpolated loss (on its `_envelope`) is <= `threshold`."""
-    return {gid: _largest_ratio(curve, threshold) for gid, curve in curves.items()}
+    """Per group, the largest ratio whose interpolated loss (on its `envelope`) is <= `threshold`."""
+    return {gid: largest_ratio(curve, threshold) for gid, curve in curves.items()}
 
 
-def _envelope(curve: list[tuple[float, float]]) -> list[tuple[float, float]]:
+def envelope(curve: list[tuple[float, float]]) -> list[tuple[float, float]]:
     """(0, 0) then the running maximum of the loss (never below 0), plus a tiny slope to break ties."""
     points, worst = [(0.0, 0.0)], 0.0
     for ratio, loss in curve:
@@ -363,7 +363,7 @@ def _envelope(curve: list[tuple[float, float]]) -> list[tuple[float, float]]:
     return points
 
 
-def _largest_ratio(curve: list[tuple[float, float]], threshold: float) -> float:
+def largest_ratio(curve: list[tuple[float, float]], threshold: float) -> float:
     """The largest ratio whose interpolated loss is <= threshold (the curve strictly increases)."""
     for (r0, l0), (r1, l1) in itertools.pairwise(curve):
         if l1 > threshold:
