@@ -10,9 +10,11 @@ inputs, with real unlabeled calibration inputs. For each target ratio of MACs re
 - act only:              PruneOptions(ratio=r, data=calib, criterion="act", reconstruct=False)
 - reconstruction:        PruneOptions(ratio=r, data=calib, criterion="l1", reconstruct=True)
 - act + recon.:          PruneOptions(ratio=r, data=calib, criterion="act", reconstruct=True)
-- act, proxy alloc.:     the same, per-group ratios from the closed-form table (allocation="reconstruction")
 - act + recon. + sens:   the same, per-group ratios from the `analyze` table
-- greedy + recon.:       PruneOptions(ratio=r, data=calib) — the default with data: criterion "greedy"
+- greedy + recon.:       PruneOptions(ratio=r, data=calib, allocation="uniform"): criterion "greedy", one
+                         channel fraction for every group
+- greedy + recon. + alloc.: PruneOptions(ratio=r, data=calib) — the default with data: criterion "greedy",
+                         per-group ratios by the error per MAC of its curves (allocation="reconstruction")
 - greedy + recon. + sens: the same, per-group ratios from the `analyze` table
 - greedy + recon. + recon. sens: the same, per-group ratios from `analyze --reconstruct` (each entry
                          measured with the layers reading the group re-solved, channels chosen by greedy)
@@ -58,9 +60,9 @@ DATA_VARIANTS = {  # variant -> PruneOptions fields besides ratio and data
     "act only": {"criterion": "act", "reconstruct": False, "allocation": "uniform"},
     "reconstruction": {"criterion": "l1", "reconstruct": True, "allocation": "uniform"},
     "act + recon.": {"criterion": "act", "reconstruct": True, "allocation": "uniform"},
-    "act, proxy alloc.": {"criterion": "act", "reconstruct": True, "allocation": "reconstruction"},
     "act + recon. + sens": {"criterion": "act", "reconstruct": True},
     "greedy + recon.": {"criterion": "greedy", "reconstruct": True, "allocation": "uniform"},
+    "greedy + recon. + alloc.": {"criterion": "greedy", "reconstruct": True, "allocation": "reconstruction"},
     "greedy + recon. + sens": {"criterion": "greedy", "reconstruct": True},
     "greedy + recon. + recon. sens": {"criterion": "greedy", "reconstruct": True},
     "greedy + recon. + recon. agreement sens": {"criterion": "greedy", "reconstruct": True},

@@ -133,8 +133,9 @@ def _parser_prune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reconstruct", action=argparse.BooleanOptionalAction, default=None,
                    help="re-solve the layers that read removed channels on --data (default: on with --data)")
     p.add_argument("--allocation", choices=("uniform", "reconstruction"),
-                   help="per-group ratios without --sens: one channel fraction for all (uniform, the default), or "
-                        "by what reconstruction cannot recover (needs --data)")
+                   help="per-group ratios without --sens: by the error reconstruction cannot recover per MAC "
+                        "removed, from the greedy pass (reconstruction: the default with --data and --criterion "
+                        "greedy), or one channel fraction for all (uniform: the default otherwise)")
     p.add_argument("--round-to", type=int, default=None, metavar="N",
                    help="keep channel counts a multiple of N (default: 16 or 8 for wide layers, finer for narrow "
                         "ones; 1 for exact fractions)")

@@ -15,6 +15,8 @@ from tests.conftest import fixture_path
 BAD_PRUNE = [
     ({"ratio": 0.5, "allocation": "magic"}, "allocation 'magic': choose uniform or reconstruction"),
     ({"ratio": 0.5, "allocation": "reconstruction"}, "allocation reconstruction needs calibration data (data)"),
+    ({"ratio": 0.5, "allocation": "reconstruction", "data": {}, "criterion": "act"},
+     "allocation reconstruction reads the error curves of criterion greedy (the default with data), not act"),
     ({"ratio": 0.5, "allocation": "uniform", "sensitivity": {"metric": "top1", "baseline": 1, "groups": {}}}, "give either sensitivity or allocation, not both"),
     ({"ratio": 1.5}, "ratio 1.5 is not in (0, 1)"),
     ({}, "give exactly one of ratio and spec"),

@@ -217,33 +217,70 @@ def test_activations_spilled_to_disk_give_the_same_model() -> None:
     assert not folder.exists()
 
 
-def test_proxy_matches_the_direct_measurement() -> None:
-    """The closed-form table (`recover.proxy`) predicts what reconstruction leaves: pruning one group alone
-    and reconstructing gives, at the layer reading it, the relative error the table says (digits CNN)."""
-    from onnxprune.analysis.table import DEFAULT_RATIOS
-    from onnxprune.pruning.importance import get_criterion
-    from onnxprune.pruning.plan import Planner, candidate_groups
-    from onnxprune.recover.calibration import calibration_batches
-    from onnxprune.recover.proxy import reconstruction_table
-
+def _digits() -> tuple[onnxprune.Model, dict[str, np.ndarray]]:
     train = np.load(FIXTURES / "digits_train.npz")
-    options = PruneOptions(ratio=0.5, data={"input": train["input"][:256]}, criterion="l1")
-    model = onnxprune.load(FIXTURES / "digits_cnn.onnx")
+    return onnxprune.load(FIXTURES / "digits_cnn.onnx"), {"input": train["input"][:256]}
+
+
+def test_greedy_error_curve_matches_the_direct_measurement() -> None:
+    """The greedy pass's error curve (what `allocation` reads) predicts what reconstruction leaves: pruning
+    one group alone and reconstructing gives, at the layer reading it, the relative error the curve says
+    at that ratio (digits CNN); the curve starts at no error and only grows."""
+    from onnxprune.pruning.plan import candidate_groups
+    from onnxprune.recover.calibration import calibration_batches
+    from onnxprune.recover.greedy import greedy_scores
+
+    model, data = _digits()
     groups = onnxprune.find_groups(model)
-    candidates = candidate_groups(model, groups, [])
-    scores = {g.id: np.asarray(get_criterion("l1")(model, g)) for g in candidates}
-    planner = Planner(model, groups, scores)
-    removals = {g.id: {r: np.asarray(planner.removal_of(planner.counts({g.id: r}))[g.id]) for r in DEFAULT_RATIOS}
-                for g in candidates}
-    table = reconstruction_table(model, candidates, removals, calibration_batches(model, options.data))
+    choice = greedy_scores(model, candidate_groups(model, groups, []), calibration_batches(model, data))
     gid = "/features/features.3/Conv"
-    for ratio in (0.3, 0.6):
-        result = prune(onnxprune.load(FIXTURES / "digits_cnn.onnx"),
-                       PruneOptions(spec={gid: ratio}, data=options.data, criterion="l1", mode="sparse"))
+    curve = dict(choice.curves[gid])
+    assert curve[0.0] == 0.0 and np.all(np.diff(list(curve.values())) >= 0)
+    for ratio in (0.25, 0.5):  # 16 and 32 of 64 channels: points of the curve and aligned plans
+        result = prune(onnxprune.load(FIXTURES / "digits_cnn.onnx"), PruneOptions(spec={gid: ratio}, data=data,
+                                                                                   mode="sparse"))
         (fit,) = [f for f in result.reconstruction.layers if f.how == "solved"]
-        assert abs((1 - fit.error_after) - table.groups[gid][str(ratio)]) < 0.03
-    rows = table.groups[gid]
-    assert rows["0.1"] > rows["0.5"] > rows["0.9"]  # more removed, less recoverable
+        assert abs(fit.error_after - np.sqrt(curve[ratio])) < 0.03
+    assert curve[0.5] > 3 * curve[0.25]  # more removed, less recoverable
+
+
+def test_default_allocation_prices_error_per_mac() -> None:
+    """With data the default plan gives each group its own ratio by error per MAC removed (`allocation`):
+    on the digits CNN the last conv's channels cost ~30x less error per MAC than the middle one's, so it
+    loses more of them; `allocation="uniform"` gives every group the same fraction; both land on the
+    target (channel by channel: `round_to=1`), and the slim model computes what the sparse one does (the
+    check in `prune`)."""
+    model, data = _digits()
+    priced = prune(model, PruneOptions(ratio=0.5, data=data, round_to=1)).plan
+    uniform = prune(_digits()[0], PruneOptions(ratio=0.5, data=data, round_to=1, allocation="uniform")).plan
+    ratios = {gid: g.ratio for gid, g in priced.groups.items()}
+    assert ratios["/features/features.6/Conv"] > ratios.get("/features/features.3/Conv", 0.0) + 0.1
+    assert max(g.ratio for g in uniform.groups.values()) - min(g.ratio for g in uniform.groups.values()) < 0.1
+    for plan in (priced, uniform):
+        assert abs(plan.macs_ratio - 0.5) <= 0.01 and not plan.notes
+
+
+def test_price_table_is_error_per_mac_at_the_margin() -> None:
+    """`allocation.price_table`: each step's error per share of MACs removed, never falling along a row;
+    a group whose curve is flat costs nothing, and with no curve at all allocation is uniform."""
+    from onnxprune.pruning.channels import Group
+    from onnxprune.pruning.plan import Planner, candidate_groups
+    from onnxprune.recover.allocation import macs_per_ratio, price_table, reconstruction_ratios
+    from onnxprune.recover.greedy import GreedyChoice
+
+    model, _ = _digits()
+    groups = onnxprune.find_groups(model)
+    candidates: list[Group] = candidate_groups(model, groups, [])
+    planner = Planner(model, groups, {g.id: np.arange(g.channels, dtype=float) for g in candidates})
+    first, last = candidates[0].id, candidates[-1].id
+    curves = {first: [(0.0, 0.0), (0.25, 0.1), (0.5, 0.15), (0.75, 0.6)], last: [(0.0, 0.0), (0.5, 0.0)]}
+    table = price_table(GreedyChoice({}, curves), candidates, planner)
+    scale = macs_per_ratio(planner, first)
+    np.testing.assert_allclose([-table.groups[first][k] for k in ("0.25", "0.5", "0.75")],
+                               [0.4 / scale, 0.4 / scale, 1.8 / scale])  # 0.2 per unit at 0.5: held at 0.4
+    assert table.groups[last] == {"0.5": 0.0} and len(table.groups) == 2
+    uniform = reconstruction_ratios(GreedyChoice({}, {}), candidates, planner)(0.3)
+    assert set(uniform.values()) == {0.3}
 
 
 def test_greedy_removes_a_channel_the_others_can_replace(tmp_path) -> None:
@@ -278,7 +315,7 @@ def test_greedy_order_is_a_permutation_and_needs_data() -> None:
 
     model = onnxprune.load(fixture_path("bottleneck"))
     groups = [g for g in find_groups(model) if g.prunable]
-    scores = greedy_scores(model, groups, calibration_batches(model, _calibration("bottleneck")))
+    scores = greedy_scores(model, groups, calibration_batches(model, _calibration("bottleneck"))).scores
     assert scores
     for gid, order in scores.items():
         channels = next(g.channels for g in groups if g.id == gid)
@@ -307,6 +344,6 @@ def test_greedy_cost_is_the_least_squares_residual(dtype: type, rtol: float) -> 
     np.testing.assert_allclose(reader.costs(np.arange(3)), [residual([2, 3, 4, 5, 6]), residual([0, 1, 4, 5, 6]),
                                                             residual([0, 1, 2, 3, 6])], rtol=rtol)
     first = residual([2, 3, 4, 5, 6])
-    reader.remove(np.array([0]))
+    np.testing.assert_allclose(reader.remove(np.array([0])), first, rtol=rtol)  # the error it adds
     np.testing.assert_allclose(reader.costs(np.array([1, 2])), [residual([4, 5, 6]) - first,
                                                                 residual([2, 3, 6]) - first], rtol=rtol)

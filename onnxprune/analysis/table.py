@@ -3,7 +3,7 @@
 `analyze -o SENS.json` writes it (the contract: `{"metric", "baseline", "groups": {id: {"0.1": m, ...}}}`
 plus `group_info` and `data` for people), a CSV beside it and, with `--plot`, metric-vs-ratio curves.
 `SensitivityTable` is the one type of it from end to end: `analyze` returns one, `save` and `load` write
-and read the file, `recover.proxy` builds one from reconstruction errors, `prune --sens` (and each round
+and read the file, `recover.allocation` builds one from the greedy pass's error curves, `prune --sens` (and each round
 of `iterate`) allocates by one. `prune --sens` reads it back: `sensitivity_ratios` turns it into per-group channel ratios driven by one
 knob — a threshold on the metric loss — that the planner bisects until the MACs land on the target.
 

@@ -4,11 +4,13 @@
 - `staged`: run a model stage by stage over the whole calibration set, weights changing between stages;
 - `grams`: one pass over the unpruned model handing each layer its input (energies, A'A);
 - `scores`: the data-aware criteria: what each channel carries on the data (`act`), or `greedy`;
-- `greedy`: remove first what the re-solved layers can best make up for (`--criterion greedy`);
+- `greedy`: remove first what the re-solved layers can best make up for (`--criterion greedy`), and
+  the error that leaves per group and ratio;
 - `lstsq`: the sampled feature rows and the ridge solves all of them share (`spd`: float32 Cholesky);
 - `reconstruct`: re-solve the layers that read removed channels by least squares;
 - `resolve`: each group's readers re-solved alone, in closed form (`analyze --reconstruct`);
-- `proxy`: what reconstruction cannot recover, in closed form (`--allocation reconstruction`).
+- `allocation`: per-group ratios from the greedy pass's error curves, priced per MAC (`--allocation
+  reconstruction`, the default with `--data`).
 
 How a layer is a matrix product (im2col for convs) is its operator's registry entry: `rules.linear`.
 """

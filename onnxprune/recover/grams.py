@@ -1,6 +1,6 @@
 """What the calibration data looks like at the input of each layer with a matrix view, in one pass.
 
-Data-aware channel choice (`scores`, `greedy`) and the closed-form allocation (`proxy`) all read the
+Data-aware channel choice (`scores`, `greedy`, whose error curves `allocation` reads) reads the
 *unpruned* model's activations at the layers that read prunable groups: either per-channel energies or
 the Gram matrix G = A'A of sampled feature rows (A with a column of ones last, for the intercept).
 `layer_inputs` walks the model once with `StagedRun` and hands each layer its input batch by batch.

@@ -13,7 +13,9 @@ the layer's output energy, summed over the layers reading the group), removes th
 the group at once and updates. The order of removal is the score: a plan that removes n channels of a
 group removes the first n, so one pass serves every ratio. A magnitude criterion sees weights, `act` sees
 weights and activations one channel at a time; this one also sees what the kept channels can carry for
-a removed one (two correlated channels: one of them can go, its twin takes over).
+a removed one (two correlated channels: one of them can go, its twin takes over). The error each step
+adds (the same expression, for the channels removed together) gives each group an error-vs-ratio curve
+on the way: what reconstruction cannot recover at each ratio, which `allocation` sets ratios by.
 
 G comes from the unpruned model (one pass, `grams.layer_inputs`); a group is scored as soon as the last
 layer reading it has been seen, and its matrices are dropped. Layers read through a grouped conv are
@@ -65,19 +67,23 @@ class _Reader:
         ww = np.einsum("nko,nlo->nkl", w, w)
         return np.einsum("nkl,nkl->n", symmetric_inverse(h), ww) / self.energy
 
-    def remove(self, channels: np.ndarray) -> None:
+    def remove(self, channels: np.ndarray) -> float:
+        """Remove these channels together; returns the output error that adds (relative, as `costs`)."""
         features = self.blocks[channels].reshape(-1)
         gone = self.row[features]
         keep = np.setdiff1d(np.arange(len(self.inverse)), gone)
         columns = self.inverse[np.ix_(keep, gone)]
         block = symmetric_inverse(self.inverse[np.ix_(gone, gone)].astype(np.float64)).astype(self.inverse.dtype)
-        self.weights = self.weights[keep] - columns @ (block @ self.weights[gone])
+        moved = block @ self.weights[gone]
+        added = float(np.einsum("ko,ko->", self.weights[gone], moved, dtype=np.float64)) / self.energy
+        self.weights = self.weights[keep] - columns @ moved
         inverse = self.inverse[np.ix_(keep, keep)]
         inverse -= columns @ block @ columns.T
         self.inverse = inverse
         self.row[features] = -1
         there = self.row >= 0
         self.row[there] = np.searchsorted(keep, self.row[there])
+        return added
 
 
 def symmetric_inverse(matrix: np.ndarray) -> np.ndarray:
@@ -117,36 +123,48 @@ def _reader(inverse: np.ndarray, weights: np.ndarray, energy: float, feature_cha
     return _Reader(block, weights[features], np.stack(blocks), energy, np.arange(features.size))
 
 
-def removal_order(readers: list[_Reader], channels: int) -> np.ndarray:
-    """Per group channel: its place in the greedy removal order (0 goes first)."""
+def removal_order(readers: list[_Reader], channels: int) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """Per group channel: its place in the greedy removal order (0 goes first); and the error curve:
+    (fraction of the group removed, the output error the re-solved readers cannot recover, relative to
+    each one's output energy and summed over them) after each step, from (0, 0) on."""
     rank = np.zeros(channels)
     alive = np.arange(channels)
     step = max(1, -(-channels // STEPS))
-    removed = 0
+    removed, error = 0, 0.0
+    curve = [(0.0, 0.0)]
     while alive.size > max(1, round(LAST * channels)):
         costs = sum(r.costs(alive) for r in readers)
         order = np.argsort(costs, kind="stable")
         take = alive[order[:min(step, alive.size - 1)]]
         rank[take] = removed + np.arange(take.size)
         removed += take.size
-        for r in readers:
-            r.remove(take)
+        error += sum(max(r.remove(take), 0.0) for r in readers)
+        curve.append((removed / channels, error))
         alive = np.setdiff1d(alive, take)
     costs = sum(r.costs(alive) for r in readers)
     rank[alive[np.argsort(costs, kind="stable")]] = removed + np.arange(alive.size)
-    return rank
+    return rank, curve
+
+
+@dataclass
+class GreedyChoice:
+    """What the greedy pass finds per group it scores: the removal order (the criterion's scores) and the
+    error curve along it (`removal_order`), a closed-form table of what reconstruction cannot recover."""
+
+    scores: dict[str, np.ndarray]
+    curves: dict[str, list[tuple[float, float]]]
 
 
 def greedy_scores(model: Model, groups: list[Group], batches: Batches, providers: list[str] | None = None,
                   budget: int = 1 << 29, seed: int = 0,
-                  progress: Callable[[Progress], None] | None = None) -> dict[str, np.ndarray]:
-    """Group id -> per-channel score (the greedy removal order; higher goes later) for the groups that a
-    layer with a matrix view reads; the others are not in the result."""
+                  progress: Callable[[Progress], None] | None = None) -> GreedyChoice:
+    """Per group that a layer with a matrix view reads: per-channel scores (the greedy removal order;
+    higher goes later) and the error curve; the other groups are not in the result."""
     reading = readers_of(groups)
     views = reading_views(model, set(reading))
     last_reader = {g.id: view.weight.name for _, view in views for g, _ in reading[view.weight.name]}
     pending: dict[str, list[_Reader]] = {}
-    scores: dict[str, np.ndarray] = {}
+    choice = GreedyChoice({}, {})
     rng = np.random.default_rng(seed)
     samples = sum(len(next(iter(b.values()))) for b in batches)
     for view, inputs in layer_inputs(model, batches, views, providers, budget, progress):
@@ -162,6 +180,6 @@ def greedy_scores(model: Model, groups: list[Group], batches: Batches, providers
                 if reader is not None:
                     pending.setdefault(group.id, []).append(reader)
             if last_reader[group.id] == view.weight.name and pending.get(group.id):
-                scores[group.id] = removal_order(pending.pop(group.id), group.channels)
+                choice.scores[group.id], choice.curves[group.id] = removal_order(pending.pop(group.id), group.channels)
         del inverse
-    return scores
+    return choice

@@ -1,4 +1,4 @@
-"""The least-squares pieces that reconstruction, the greedy choice, the proxy table and `analyze
+"""The least-squares pieces that reconstruction, the greedy choice and `analyze
 --reconstruct` share: which feature rows to sample, and ridge-regularized solves.
 
 Rows: a conv contributes one row per output position; positions are drawn at random, spread evenly over

@@ -56,5 +56,5 @@ def data_criterion(name: str, model: Model, groups: list[Group], batches: Batche
     "act" weighs each consumer column by its channel's activation energy; "greedy" ranks channels by
     the order of a reconstruction-aware greedy removal (`recover.greedy`)."""
     if name == "greedy":
-        return ranked(greedy_scores(model, groups, batches, providers, budget, progress=progress))
+        return ranked(greedy_scores(model, groups, batches, providers, budget, progress=progress).scores)
     return activation_weighted(channel_energies(model, batches, set(readers_of(groups)), providers, budget, progress))
