@@ -47,12 +47,15 @@ def check_supported(proto: onnx.ModelProto, where: str) -> None:
 
 
 def session(model: onnx.ModelProto | bytes, providers: list[str] | None = None,
-            threads: int = 0, lean: bool = False, optimize: bool = True, arena: bool = True) -> ort.InferenceSession:
+            threads: int = 0, lean: bool = False, optimize: bool = True, arena: bool = True,
+            spin: bool = True) -> ort.InferenceSession:
     """A session built from memory (nothing is written to disk).
 
     `lean` trades speed for memory (no prepacked weight copies, no arena): for one-off checks. Without
     `arena`, activations are freed as soon as they die instead of held in a pool that only grows (sessions
-    that run a few times on big batches).
+    that run a few times on big batches). Without `spin`, onnxruntime's threads sleep as soon as a run
+    ends instead of busy-waiting for the next one: for runs that alternate with numpy work, whose BLAS
+    threads would otherwise share the cores with spinning ones.
     """
     options = ort.SessionOptions()
     options.log_severity_level = 4  # failures come back as exceptions; the log would add stderr lines
@@ -64,6 +67,8 @@ def session(model: onnx.ModelProto | bytes, providers: list[str] | None = None,
         options.enable_cpu_mem_arena = False
     if lean:
         options.add_session_config_entry("session.disable_prepacking", "1")
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     data = model if isinstance(model, bytes) else model.SerializeToString()
     return ort.InferenceSession(data, options, providers=providers or list(DEFAULT_PROVIDERS))
 
@@ -102,7 +107,8 @@ def subgraph_session(nodes: list[gs.Node], inputs: dict[str, np.dtype], outputs:
     """A session for a run of a graph's nodes: `inputs` in, `outputs` out (name -> dtype; None: inferred),
     any batch size.
 
-    `weights` replaces the values of some weights in this session only (the graph is not changed).
+    `weights` replaces the values of some weights in this session only (the graph is not changed). Its
+    threads do not spin: stage runs alternate with numpy work on the same cores (`recover.staged`).
     """
     weights = weights or {}
     tensors = {t.name: t for n in nodes for t in list(n.inputs) + list(n.outputs)}
@@ -132,7 +138,7 @@ def subgraph_session(nodes: list[gs.Node], inputs: dict[str, np.dtype], outputs:
                 info.type.tensor_type.elem_type = onnx.helper.np_dtype_to_tensor_dtype(inferred[info.name])
     for info in proto.graph.output:
         info.type.tensor_type.ClearField("shape")
-    return session(proto, providers, threads, arena=False)
+    return session(proto, providers, threads, arena=False, spin=False)
 
 
 def max_relative_difference(a: list[np.ndarray], b: list[np.ndarray]) -> float:
