@@ -25,14 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import analysis_cost
 
-import onnxprune
 from onnxprune.analysis.entries import entries
 from onnxprune.graph.model import with_weights
 from onnxprune.graph.runtime import session
 from onnxprune.graph.split import split
-from onnxprune.pruning.channels import find_groups
-from onnxprune.pruning.importance import get_criterion
-from onnxprune.pruning.plan import Planner, candidate_groups
 
 BATCH = 8  # samples per entry and batch in the adaptive analysis
 
@@ -97,12 +93,7 @@ def time_group(proto: onnx.ModelProto, job, feeds: dict, k: int, repeats: int, t
 
 
 def bench(name: str, k: int, repeats: int, threads: int) -> dict:
-    path, shapes, data, _ = analysis_cost.MODELS[name](64)
-    model = onnxprune.load(path, shapes)
-    groups = find_groups(model, "dims")
-    targets = candidate_groups(model, groups, [])
-    criterion = get_criterion("l1", data=True)
-    planner = Planner(model, groups, {g.id: criterion(model, g) for g in targets}, None)
+    model, groups, targets, planner, data = analysis_cost.l1_planner(name)
     keys = [f"{r / 10:g}" for r in range(1, 10)]
     picked = [targets[int(i)] for i in np.linspace(0, len(targets) - 1, 4)]
     plans = {(g.id, key): planner.plan({g.id: float(key)}) for g in picked for key in keys}

@@ -73,6 +73,23 @@ def yolov8n(samples: int) -> tuple[Path, dict | None, dict, dict]:
 MODELS = {"resnet50": resnet50, "yolov8n": yolov8n}
 
 
+def l1_planner(name: str, samples: int = 64) -> tuple:
+    """`name`'s model loaded, its groups, the candidate groups, a planner by l1 (the channels `analyze` zeroes
+    by default) and its analysis data: what the replay and the batched timing plan entries with."""
+    import onnxprune
+    from onnxprune.pruning.channels import find_groups
+    from onnxprune.pruning.importance import get_criterion
+    from onnxprune.pruning.plan import Planner, candidate_groups
+
+    path, shapes, data, _ = MODELS[name](samples)
+    model = onnxprune.load(path, shapes)
+    groups = find_groups(model, "dims")
+    targets = candidate_groups(model, groups, [])
+    criterion = get_criterion("l1", data=True)
+    planner = Planner(model, groups, {g.id: criterion(model, g) for g in targets}, None)
+    return model, groups, targets, planner, data
+
+
 def analyze_once(model: tuple[Path, dict | None], data: Path, exact: bool, cover: float | None = None) -> dict:
     """One analysis in this process: the table, its cost (evaluations) and wall time."""
     import onnxprune

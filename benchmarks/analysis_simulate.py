@@ -24,13 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import analysis_cost
 
-import onnxprune
 from onnxprune.analysis import adaptive
 from onnxprune.analysis.sequential import StopRule, Tally
 from onnxprune.analysis.table import SensitivityTable, ratio_key
-from onnxprune.pruning.channels import find_groups
-from onnxprune.pruning.importance import get_criterion
-from onnxprune.pruning.plan import Planner, candidate_groups
 
 BATCH = 8  # as the adaptive analysis batches (`analyze.SEQUENTIAL_BATCH`)
 SPREAD_Z = adaptive.REFINE_Z
@@ -144,12 +140,7 @@ class Replay:
 
 def replay(name: str, cover: float = adaptive.DEFAULT_COVER, shares: list[float] | None = None) -> tuple[Replay, SensitivityTable]:
     """The adaptive analysis of `name` on its recorded values; returns the replay and its table."""
-    path, shapes, _, _ = analysis_cost.MODELS[name](64)
-    model = onnxprune.load(path, shapes)
-    groups = find_groups(model, "dims")
-    targets = candidate_groups(model, groups, [])
-    criterion = get_criterion("l1", data=True)
-    planner = Planner(model, groups, {g.id: criterion(model, g) for g in targets}, None)
+    _, _, targets, planner, _ = analysis_cost.l1_planner(name)
     data = Recorded.load(name)
     keys = [ratio_key(r / 10) for r in range(1, 10)]
     sim = Replay(data, lambda cap: None if cap is None else StopRule(floor=adaptive.FLOOR_SHARE * cap, min_samples=BATCH))

@@ -150,15 +150,15 @@ def make_plan(model: Model, options: PruneOptions, groups: list[Group] | None = 
     groups = find_groups(model, options.attention) if groups is None else groups
     candidates = candidate_groups(model, groups, options.exclude)
     choice = None  # the greedy pass: its removal order, and the error curves allocation reads
-    if options.chosen_criterion == "greedy":
+    if options.chosen_criterion in DATA_CRITERIA:
         batches = calibration_batches(model, options.data) if batches is None else batches
-        choice = greedy_scores(model, candidates, batches, options.providers, options.activation_budget,
-                               progress=progress)
-        criterion = ranked(choice.scores)
-    elif options.chosen_criterion in DATA_CRITERIA:
-        batches = calibration_batches(model, options.data) if batches is None else batches
-        criterion = data_criterion(options.chosen_criterion, model, candidates, batches, options.providers,
-                                   options.activation_budget, progress)
+        if options.chosen_criterion == "greedy":  # its curves are kept for allocation
+            choice = greedy_scores(model, candidates, batches, options.providers, options.activation_budget,
+                                   progress=progress)
+            criterion = ranked(choice.scores)
+        else:
+            criterion = data_criterion(options.chosen_criterion, model, candidates, batches, options.providers,
+                                       options.activation_budget, progress)
     else:
         criterion = get_criterion(options.chosen_criterion)
     scores = {g.id: np.asarray(criterion(model, g), dtype=np.float64) for g in candidates}
