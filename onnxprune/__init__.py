@@ -9,12 +9,9 @@ Example:
     onnxprune.save(result.model, "model_slim.onnx")
 """
 
-import os
+from onnxprune import process
 
-# OpenBLAS's threads busy-wait 2^28 cycles (about 0.1 s) after each call; reconstruction alternates numpy
-# and onnxruntime on the same cores, so spinning BLAS threads slow the next run down. 2^16 cycles: they
-# sleep at once. Read when numpy loads its BLAS, so this holds when onnxprune is imported first (the CLI).
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "16")
+process.configure()  # thread and memory settings (see process.py), before numpy loads
 
 from onnxprune.errors import OnnxPruneError
 from onnxprune.graph.load import load

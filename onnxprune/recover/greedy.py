@@ -17,7 +17,7 @@ a removed one (two correlated channels: one of them can go, its twin takes over)
 adds (the same expression, for the channels removed together) gives each group an error-vs-ratio curve
 on the way: what reconstruction cannot recover at each ratio, which `allocation` sets ratios by.
 
-G comes from the unpruned model (one pass, `grams.layer_inputs`); a group is scored as soon as the last
+G comes from the unpruned model (one pass, `grams.layer_sums`); a group is scored as soon as the last
 layer reading it has been seen, and its matrices are dropped. Layers read through a grouped conv are
 left out (their removed inputs take their outputs with them); groups no matrix layer reads fall back to L2.
 """
@@ -34,8 +34,7 @@ from onnxprune.progress import Progress
 from onnxprune.pruning.channels import Group
 from onnxprune.recover.grams import (
     group_features,
-    input_gram,
-    layer_inputs,
+    input_grams,
     readers_of,
     reading_views,
     weights_with_bias,
@@ -165,12 +164,9 @@ def greedy_scores(model: Model, groups: list[Group], batches: Batches, providers
     last_reader = {g.id: view.weight.name for _, view in views for g, _ in reading[view.weight.name]}
     pending: dict[str, list[_Reader]] = {}
     choice = GreedyChoice({}, {})
-    rng = np.random.default_rng(seed)
-    samples = sum(len(next(iter(b.values()))) for b in batches)
-    for view, inputs in layer_inputs(model, batches, views, providers, budget, progress):
+    for view, gram in input_grams(model, batches, views, providers, budget, seed, progress):
         inverse, weights, energy = None, weights_with_bias(view)[0], 0.0
-        if view.groups == 1:
-            gram = input_gram(view, inputs, samples, rng)[0]
+        if gram is not None:
             energy = float(np.einsum("fo,fo->", weights, gram @ weights.astype(gram.dtype)))
             inverse = regularized_inverse(gram, len(gram) - 1) if energy > 0 else None
             del gram

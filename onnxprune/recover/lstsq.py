@@ -27,13 +27,17 @@ FLOPS_PER_LAYER = 1 << 32  # rows x unknowns^2 for A'A: 65536 rows up to 256 unk
 MIN_ROWS, MAX_ROWS = 4096, 65536
 
 
+def wanted_rows(view: LinearView) -> int:
+    """How many rows a layer's sums take (a few more: `sample_rows` takes as many from every sample)."""
+    unknowns = view.features + 1
+    return min(max(ROWS_PER_UNKNOWN * unknowns, FLOPS_PER_LAYER // unknowns**2, MIN_ROWS), MAX_ROWS)
+
+
 def sample_rows(view: LinearView, x: np.ndarray, samples: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """(sample, output position) of the rows to take from a batch `x` of a layer's input: as many
     rows over all `samples` as the module says, spread evenly over the samples."""
-    unknowns = view.features + 1
-    wanted = min(max(ROWS_PER_UNKNOWN * unknowns, FLOPS_PER_LAYER // unknowns**2, MIN_ROWS), MAX_ROWS)
     positions = view.positions(x)
-    per_sample = max(1, min(positions, math.ceil(wanted / samples)))
+    per_sample = max(1, min(positions, math.ceil(wanted_rows(view) / samples)))
     n = len(x)
     who = np.repeat(np.arange(n), per_sample)
     if per_sample < positions:

@@ -8,9 +8,11 @@ calibration data, its output matches what the unpruned model computes at the sam
 
 Layers are solved one at a time in graph order, and each sees the inputs the pruned model computes
 *with the layers before it already re-solved* (He et al. 2017; ThiNet), so errors do not pile up.
-`StagedRun` makes that two forward passes (pruned and unpruned) instead of two per layer. The ridge is
-the one of `RIDGES` with the least error on every `HELD_OUT`-th sample (fitted on the others), and an
-output keeps its new weights only if they lower its error on those held-out samples.
+`StagedRun` makes that two forward passes instead of two per layer: the pruned run stops before every
+layer it re-solves; the unpruned run goes ahead of it in windows of layers (`grams.layer_sums`), keeping
+each layer's sampled rows and its unpruned output there (`targets`) until the pruned run reads them.
+The ridge is the one of `RIDGES` with the least error on every `HELD_OUT`-th sample (fitted on the
+others), and an output keeps its new weights only if they lower its error on those held-out samples.
 
 The result is still a sparse model: the original graph with the removed channels' producer slices
 zeroed; only the consumers' kept weights and their biases have other values. Columns of removed inputs
@@ -37,8 +39,10 @@ from onnxprune.progress import Progress
 from onnxprune.pruning.channels import Group
 from onnxprune.pruning.plan import Plan
 from onnxprune.pruning.surgery import removed_slices, zeroed_slices
-from onnxprune.recover.lstsq import SINGLE, ridge_solve, sample_rows
+from onnxprune.recover.grams import layer_sums
+from onnxprune.recover.lstsq import SINGLE, ridge_solve
 from onnxprune.recover.staged import Batches, StagedRun
+from onnxprune.recover.targets import Target
 from onnxprune.rules import IN, LinearView, linear_view
 
 RIDGES = (1e-6, 1e-4, 1e-2)  # relative to the mean feature energy; chosen on held-out samples
@@ -156,7 +160,8 @@ def reconstruct(model: Model, groups: list[Group], plan: Plan, batches: Batches,
     `batches` are the calibration inputs (dicts of input name -> array); the list is emptied when the
     model runs, so that the inputs are freed as soon as both runs are past the nodes reading them (the
     calibration data can be bigger than the model). Activations crossing a stage are kept in memory up
-    to `budget` bytes per run (two runs: pruned and unpruned), on disk beyond.
+    to `budget` bytes per run (two runs: pruned and unpruned), on disk beyond; the unpruned run's targets
+    and activations share its `budget`.
     """
     layers, unsupported = consumer_layers(model, groups, plan, scope)
     result = Reconstruction(samples=sum(len(next(iter(b.values()))) for b in batches))
@@ -167,22 +172,27 @@ def reconstruct(model: Model, groups: list[Group], plan: Plan, batches: Batches,
     if not layers:
         edits.zero(0, len(model.graph.nodes))
         return result
-    reference = StagedRun(model, batches, budget, providers, weights=edits.originals)
+    samples = result.samples
+
+    def target(position: int, view: LinearView) -> Target:
+        return Target(view, samples, np.random.default_rng([seed, position]), edits.originals)
+
+    reference = layer_sums(model, batches, [(layer.position, layer.view) for layer in layers], target,
+                           Target.size, providers, budget, weights=edits.originals)
     pruned = StagedRun(model, batches, budget, providers)
     batches.clear()  # the runs hold the inputs until they pass their readers
-    rng = np.random.default_rng(seed)
     start = time.monotonic()
     try:
-        for k, layer in enumerate(layers):
+        for k, (layer, (_, goal)) in enumerate(zip(layers, reference)):
             if progress is not None:
                 progress(Progress(k, len(layers), k, time.monotonic() - start, "reconstruct"))
+            # the unpruned run has passed this layer (reading the weights before any edit at or after it)
             stage = pruned.position
-            reference.advance(layer.position)  # the unpruned model: reads the weights before this stage's edits
-            edits.forget(reference.position)
+            edits.forget(layer.position)
             edits.zero(stage, layer.position)
             pruned.advance(layer.position)
             edits.keep_original(layer.view.weight, layer.view.intercept)
-            result.layers.append(_solve(layer, *_collect(layer, reference, pruned, edits.originals, rng)))
+            result.layers.append(_solve(layer, *_collect(layer, goal, pruned)))
             for tensor in (layer.view.weight, layer.view.intercept):
                 if tensor is not None:
                     tensor.values = model.representable(tensor.name, tensor.values)
@@ -193,7 +203,7 @@ def reconstruct(model: Model, groups: list[Group], plan: Plan, batches: Batches,
         if progress is not None:
             progress(Progress(len(layers), len(layers), len(layers), time.monotonic() - start, "reconstruct"))
     finally:
-        reference.close()
+        reference.close()  # its run's temporary files
         pruned.close()
     return result
 
@@ -237,15 +247,6 @@ class _Edits:
             del self.originals[name]
 
 
-def _target_parts(view: LinearView, originals: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """The unpruned layer's matrix and bias (its weights as they were before zeroing)."""
-    with view.restoring():
-        view.weight.values = originals.get(view.weight.name, view.weight.values)
-        if view.intercept is not None:
-            view.intercept.values = originals.get(view.intercept.name, view.intercept.values)
-        return view.matrix(), view.bias()
-
-
 def _unknowns(layer: _Layer) -> tuple[np.ndarray, int, str]:
     """The rows of [M; b] that are re-solved (kept features, then the column of ones if the layer has an
     intercept), how many of them get the ridge (the features), and how the layer is treated: "solved",
@@ -262,18 +263,15 @@ def _unknowns(layer: _Layer) -> tuple[np.ndarray, int, str]:
     return unknown, regularized, how
 
 
-def _collect(layer: _Layer, reference: StagedRun, pruned: StagedRun, originals: dict[str, np.ndarray],
-             rng: np.random.Generator) -> tuple[_Stats, _Stats]:
-    """Sums over sampled rows of this layer's input (pruned run) and target output (unpruned run), split
-    by sample: every `HELD_OUT`-th sample goes to the held-out sums, the rest to the fitting sums.
+def _collect(layer: _Layer, target: Target, pruned: StagedRun) -> tuple[_Stats, _Stats]:
+    """Sums over the sampled rows of this layer's input (pruned run) and target output (unpruned run),
+    split by sample: every `HELD_OUT`-th sample goes to the held-out sums, the rest to the fitting sums.
 
     The rows of [M; b] that are not re-solved (removed features) keep their values, so their part of the
     output is subtracted from the target here and the sums cover the unknowns only: for a 30% pruned
     layer half the size and the flops of A'A over every feature.
     """
     view = layer.view
-    name = view.input.name
-    matrix0, bias0 = _target_parts(view, originals)
     f = view.features
     groups, out_per_group = view.groups, view.out_channels // view.groups
     unknown = _unknowns(layer)[0]
@@ -281,23 +279,18 @@ def _collect(layer: _Layer, reference: StagedRun, pruned: StagedRun, originals: 
     dtype = np.float64 if view.features <= SINGLE else np.float32
     current = np.concatenate([view.matrix(), view.bias().reshape(groups, 1, out_per_group)], axis=1)
     known = current[:, fixed].astype(dtype)  # [groups, fixed, outputs]: the values the fixed rows keep
-    # the unpruned output in float32, as onnxruntime computes it (a float64 product: twice the time)
-    matrix0, bias0 = matrix0.astype(np.float32), bias0.reshape(groups, 1, out_per_group).astype(np.float32)
     u = unknown.size
     folds = [_Stats(np.zeros((groups, u, u), dtype), np.zeros((groups, u, out_per_group), dtype),
                     np.zeros(view.out_channels), np.zeros(view.out_channels)) for _ in range(2)]
-    samples = sum(len(pruned.value(name, b)) for b in range(pruned.batches))
     offset = 0
     for b in range(pruned.batches):
-        x, x0 = pruned.value(name, b), reference.value(name, b)
-        who, where = sample_rows(view, x, samples, rng)
-        n = len(x)
+        x = pruned.value(view.input.name, b)
+        who, where, y0 = target.batch(b)
         held = (offset + who) % HELD_OUT == HELD_OUT - 1
-        offset += n
+        offset += len(x)
         for stats, rows in zip(folds, (~held, held)):
             if rows.any():
-                _accumulate(stats, view.rows(x, who[rows], where[rows], dtype),
-                            (view.rows(x0, who[rows], where[rows], np.float32) @ matrix0 + bias0).astype(dtype),
+                _accumulate(stats, view.rows(x, who[rows], where[rows], dtype), y0[:, rows].astype(dtype),
                             unknown, fixed, known)
     return folds[0], folds[1]
 

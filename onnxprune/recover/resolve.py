@@ -26,8 +26,7 @@ from onnxprune.pruning.plan import Plan
 from onnxprune.pruning.surgery import sparse_values, zeroed_slices
 from onnxprune.recover.grams import (
     group_features,
-    input_gram,
-    layer_inputs,
+    input_grams,
     readers_of,
     reading_views,
     weights_with_bias,
@@ -48,14 +47,13 @@ def resolved_readers(model: Model, groups: list[Group], removals: Removals, batc
     zeros), and a QDQ weight's values stay on its grid, as in `reconstruct`."""
     readers = readers_of([g for g in groups if g.id in removals])
     resolved: Resolved = {}
-    rng = np.random.default_rng(seed)
-    samples = sum(len(next(iter(b.values()))) for b in batches)
     views = reading_views(model, set(readers))
-    for view, inputs in layer_inputs(model, batches, views, providers, budget, progress, stage="re-solve readers"):
-        if view.groups != 1:
+    for view, gram in input_grams(model, batches, views, providers, budget, seed, progress, "re-solve readers"):
+        if gram is None:
             continue
         n = view.features + (view.intercept is not None)  # the column of ones (last) only with an intercept
-        inverse = regularized_inverse(input_gram(view, inputs, samples, rng)[0][:n, :n], view.features)
+        inverse = regularized_inverse(gram[:n, :n], view.features)
+        del gram
         if inverse is None:
             continue
         full = weights_with_bias(view)[0][:n]

@@ -17,7 +17,7 @@ from onnxprune.graph.model import Model
 from onnxprune.progress import Progress
 from onnxprune.pruning.channels import Group
 from onnxprune.pruning.importance import Criterion, activation_weighted, ranked
-from onnxprune.recover.grams import layer_inputs, readers_of, reading_views
+from onnxprune.recover.grams import layer_sums, readers_of, reading_views
 from onnxprune.recover.greedy import greedy_scores
 from onnxprune.recover.staged import Batches
 from onnxprune.rules import LinearView
@@ -38,15 +38,25 @@ def channel_energies(model: Model, batches: Batches, weights: set[str], provider
     """For the layers with a matrix view whose weight is in `weights` (those reading prunable channels):
     weight name -> output energy per weight input index, on `batches`."""
     energies: dict[str, np.ndarray] = {}
-    for view, inputs in layer_inputs(model, batches, reading_views(model, weights), providers, budget, progress):
-        total, count = np.zeros(view.in_channels), 0
-        for x in inputs:
-            others = tuple(a for a in range(x.ndim) if a != view.in_axis % x.ndim)
-            total += np.square(x, dtype=np.float32).sum(axis=others, dtype=np.float64)
-            count += x.size // view.in_channels
-        mean_square = total / max(count, 1)
+    views = reading_views(model, weights)
+    for view, sums in layer_sums(model, batches, views, lambda _, view: ChannelSquares(view),
+                                 lambda view: 8 * view.in_channels, providers, budget, progress):
+        mean_square = sums.total / max(sums.count, 1)
         energies[view.weight.name] = energies.get(view.weight.name, 0) + output_energy(view, mean_square)
     return energies
+
+
+class ChannelSquares:
+    """Per input channel of a layer: the sum of squares of its activation, and how many values."""
+
+    def __init__(self, view: LinearView):
+        self.axis = view.in_axis
+        self.total, self.count = np.zeros(view.in_channels), 0
+
+    def add(self, x: np.ndarray) -> None:
+        others = tuple(a for a in range(x.ndim) if a != self.axis % x.ndim)
+        self.total += np.square(x, dtype=np.float32).sum(axis=others, dtype=np.float64)
+        self.count += x.size // len(self.total)
 
 
 def data_criterion(name: str, model: Model, groups: list[Group], batches: Batches,

@@ -5,7 +5,9 @@ Reconstruction fits one layer at a time in graph order, each on the activations 
 would cost one forward pass per layer; instead `StagedRun` runs the nodes between two stops once per
 batch and keeps only the tensors that cross the stop (for a ResNet one or two tensors), so the whole
 walk costs about one forward pass. Kept tensors stay in memory up to a byte budget and go to a temporary
-directory beyond it; each is dropped once its last reader has run.
+directory beyond it; each is dropped once its last reader has run. A run whose weights do not change
+(the unpruned model) need not stop at every layer: `windows` cuts the layers into runs of a few, and
+`advance` hands over the tensors a caller watches batch by batch without keeping them.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from __future__ import annotations
 import itertools
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -23,6 +26,7 @@ from onnxprune.graph.model import Model
 from onnxprune.graph.runtime import subgraph_session
 
 Batches = list[dict[str, np.ndarray]]
+T = TypeVar("T")
 
 
 def reads(node: gs.Node) -> list[gs.Tensor]:
@@ -86,6 +90,19 @@ class ActivationStore:
             self._folder = None
 
 
+def windows(items: list[T], size: Callable[[T], int], budget: int) -> list[list[T]]:
+    """`items` cut, in order, into runs whose sizes add up to at most `budget` (a bigger item alone)."""
+    runs: list[list[T]] = []
+    used = budget + 1
+    for item in items:
+        if used + size(item) > budget:
+            runs.append([])
+            used = 0
+        runs[-1].append(item)
+        used += size(item)
+    return runs
+
+
 class StagedRun:
     """Walks `model`'s nodes in order over `batches`, stopping before any node you name.
 
@@ -122,32 +139,38 @@ class StagedRun:
     def value(self, name: str, batch: int) -> np.ndarray:
         return self.store.get(name, batch)
 
-    def advance(self, stop: int, on_batch: Callable[[int], None] | None = None) -> None:
-        """Run nodes [position, stop) on every batch; keep what nodes at or after `stop` read."""
-        if stop <= self.position:
-            return
-        stage = self.nodes[self.position:stop]
+    def advance(self, stop: int, watch: Sequence[str] = (),
+                on_batch: Callable[[int, dict[str, np.ndarray]], None] | None = None) -> None:
+        """Run nodes [position, stop) on every batch; keep what nodes at or after `stop` read.
+
+        `on_batch(b, values)` hears of each batch with the values of the `watch` tensors (made in this
+        stage, or kept from before it): what a caller sums over the batches without keeping them."""
+        stage = self.nodes[self.position:max(stop, self.position)]
         made = {o.name for n in stage for o in n.outputs}
         needed = [t for n in stage for t in reads(n) if t.name not in made and not isinstance(t, gs.Constant)]
         inputs = list(dict.fromkeys(t.name for t in needed))
         outputs = [name for name in dict.fromkeys(o.name for n in stage for o in n.outputs)
-                   if self.last_read.get(name, -1) >= stop]
+                   if self.last_read.get(name, -1) >= stop or name in watch]
+        sess = None
         if outputs:
             sess = subgraph_session(stage, {n: self.dtypes[n] for n in inputs},
                                     {n: self.dtypes.get(n) for n in outputs}, self.model.skeleton,
                                     self.providers, self.weights, self.threads)
+        if sess is not None or on_batch is not None:
             for b in range(self.batches):
-                results = sess.run(outputs, {n: self.store.get(n, b) for n in inputs})
-                for name, array in zip(outputs, results):
-                    self.store.put(name, b, array)
+                results = dict(zip(outputs, sess.run(outputs, {n: self.store.get(n, b) for n in inputs}))) \
+                    if sess is not None else {}
+                for name, array in results.items():
                     self.dtypes[name] = array.dtype
+                    if self.last_read.get(name, -1) >= stop:
+                        self.store.put(name, b, array)
                 if on_batch is not None:
-                    on_batch(b)
-            del sess
+                    on_batch(b, {n: results[n] if n in results else self.store.get(n, b) for n in watch})
+        del sess
         for name in inputs:
             if self.last_read.get(name, -1) < stop:
                 self.store.drop(name, self.batches)
-        self.position = stop
+        self.position = max(stop, self.position)
 
     def close(self) -> None:
         self.store.close()
