@@ -14,7 +14,6 @@ of a few MB (feature rows, targets, activations of a batch); the defaults of two
 """
 
 import ctypes
-import ctypes.util
 import os
 import sys
 
@@ -26,7 +25,6 @@ def configure() -> None:
     os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "16")
     if sys.platform.startswith("linux") and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
         try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+            ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)  # the C library already loaded
         except (OSError, AttributeError):  # not glibc (musl has no mallopt): its own policy stands
             pass

@@ -245,8 +245,10 @@ def _plans(model: Model, groups: list[Group], targets: list[Group], options: Ana
            batches: Batches | None, progress: Callable[[Progress], None] | None) -> tuple[Planner, dict]:
     """The channels each entry removes: those `prune --spec {group: ratio}` would remove, by the same
     criterion (a data criterion from `batches`)."""
-    criterion = get_criterion(options.chosen_criterion, data=True) \
-        or data_criterion(options.chosen_criterion, model, targets, batches, options.providers, progress=progress)
+    criterion = get_criterion(options.chosen_criterion, data=True)
+    if criterion is None:
+        criterion, _ = data_criterion(options.chosen_criterion, model, targets, batches, options.providers,
+                                      progress=progress)
     scores = {g.id: criterion(model, g) for g in targets}
     planner = Planner(model, groups, scores, options.round_to)
     return planner, {(g.id, k): planner.plan({g.id: float(k)}) for g in targets for k in _keys(options)}

@@ -25,13 +25,12 @@ from onnxprune.graph.model import Model, to_proto, with_weights
 from onnxprune.graph.runtime import max_relative_difference, run_graph
 from onnxprune.progress import Progress
 from onnxprune.pruning.channels import Group, find_groups
-from onnxprune.pruning.importance import DATA_CRITERIA, get_criterion, ranked
+from onnxprune.pruning.importance import DATA_CRITERIA, get_criterion
 from onnxprune.pruning.masks import zero_channels
 from onnxprune.pruning.plan import Plan, Planner, candidate_groups, spec_ratios, uniform_ratios
 from onnxprune.pruning.surgery import slim_graph, sparse, zeroed_in_place
 from onnxprune.recover.allocation import reconstruction_ratios
 from onnxprune.recover.calibration import calibration_batches
-from onnxprune.recover.greedy import greedy_scores
 from onnxprune.recover.reconstruct import Reconstruction, reconstruct
 from onnxprune.recover.scores import data_criterion
 from onnxprune.rules import fused_rounding
@@ -152,13 +151,8 @@ def make_plan(model: Model, options: PruneOptions, groups: list[Group] | None = 
     choice = None  # the greedy pass: its removal order, and the error curves allocation reads
     if options.chosen_criterion in DATA_CRITERIA:
         batches = calibration_batches(model, options.data) if batches is None else batches
-        if options.chosen_criterion == "greedy":  # its curves are kept for allocation
-            choice = greedy_scores(model, candidates, batches, options.providers, options.activation_budget,
-                                   progress=progress)
-            criterion = ranked(choice.scores)
-        else:
-            criterion = data_criterion(options.chosen_criterion, model, candidates, batches, options.providers,
-                                       options.activation_budget, progress)
+        criterion, choice = data_criterion(options.chosen_criterion, model, candidates, batches, options.providers,
+                                           options.activation_budget, progress)
     else:
         criterion = get_criterion(options.chosen_criterion)
     scores = {g.id: np.asarray(criterion(model, g), dtype=np.float64) for g in candidates}

@@ -18,7 +18,7 @@ from onnxprune.progress import Progress
 from onnxprune.pruning.channels import Group
 from onnxprune.pruning.importance import Criterion, activation_weighted, ranked
 from onnxprune.recover.grams import layer_sums, readers_of, reading_views
-from onnxprune.recover.greedy import greedy_scores
+from onnxprune.recover.greedy import GreedyChoice, greedy_scores
 from onnxprune.recover.staged import Batches
 from onnxprune.rules import LinearView
 
@@ -61,10 +61,13 @@ class ChannelSquares:
 
 def data_criterion(name: str, model: Model, groups: list[Group], batches: Batches,
                    providers: list[str] | None = None, budget: int = 1 << 29,
-                   progress: Callable[[Progress], None] | None = None) -> Criterion:
+                   progress: Callable[[Progress], None] | None = None) -> tuple[Criterion, GreedyChoice | None]:
     """The data-aware criterion `name` (one of importance.DATA_CRITERIA) for `groups`, from `batches`:
     "act" weighs each consumer column by its channel's activation energy; "greedy" ranks channels by
-    the order of a reconstruction-aware greedy removal (`recover.greedy`)."""
+    the order of a reconstruction-aware greedy removal (`recover.greedy`), whose pass is returned too
+    (its error curves are what `allocation` sets ratios by)."""
     if name == "greedy":
-        return ranked(greedy_scores(model, groups, batches, providers, budget, progress=progress).scores)
-    return activation_weighted(channel_energies(model, batches, set(readers_of(groups)), providers, budget, progress))
+        choice = greedy_scores(model, groups, batches, providers, budget, progress=progress)
+        return ranked(choice.scores), choice
+    energies = channel_energies(model, batches, set(readers_of(groups)), providers, budget, progress)
+    return activation_weighted(energies), None

@@ -13,7 +13,7 @@ from onnxprune.recover.lstsq import sample_rows, wanted_rows
 from onnxprune.rules import LinearView
 
 
-def unpruned_parts(view: LinearView, originals: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def _unpruned_parts(view: LinearView, originals: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """The unpruned layer's matrix and bias (its weights as they were before zeroing)."""
     with view.restoring():
         view.weight.values = originals.get(view.weight.name, view.weight.values)
@@ -30,7 +30,7 @@ class Target:
 
     def __init__(self, view: LinearView, samples: int, rng: np.random.Generator, originals: dict[str, np.ndarray]):
         self.view, self.samples, self.rng = view, samples, rng
-        matrix, bias = unpruned_parts(view, originals)
+        matrix, bias = _unpruned_parts(view, originals)
         self.matrix = matrix.astype(np.float32)
         self.bias = bias.reshape(view.groups, 1, -1).astype(np.float32)
         self.inputs = self._inputs(view)
