@@ -198,7 +198,9 @@ kind = "reconstruct"
 
 
 def test_activations_spilled_to_disk_give_the_same_model() -> None:
-    """A zero memory budget puts every kept activation in the temporary folder: same result, folder gone."""
+    """A zero memory budget puts every kept activation in the temporary folder: same result, folder gone.
+    (Up to float rounding: the budget also sets which layers the unpruned run takes in one onnxruntime
+    session, and sessions of other node sets fuse differently, by about 3e-7 absolute on this fixture.)"""
     from onnxprune.recover.staged import ActivationStore
 
     def pruned(budget: int) -> onnx.ModelProto:
@@ -207,7 +209,7 @@ def test_activations_spilled_to_disk_give_the_same_model() -> None:
                                   activation_budget=budget)).model
 
     x = {"input": random_batch(SHAPES["residual"], 2)}
-    assert relative_difference(run_model(pruned(1 << 29), x), run_model(pruned(0), x)) == 0.0
+    assert relative_difference(run_model(pruned(1 << 29), x), run_model(pruned(0), x)) < 1e-5
     store = ActivationStore(0)
     store.put("t", 0, np.arange(3.0))
     folder = store._folder
@@ -347,3 +349,58 @@ def test_greedy_cost_is_the_least_squares_residual(dtype: type, rtol: float) -> 
     np.testing.assert_allclose(reader.remove(np.array([0])), first, rtol=rtol)  # the error it adds
     np.testing.assert_allclose(reader.costs(np.array([1, 2])), [residual([4, 5, 6]) - first,
                                                                 residual([2, 3, 6]) - first], rtol=rtol)
+
+
+def test_greedy_removal_keeps_the_inverse_of_what_is_left(monkeypatch) -> None:
+    """After each removal the reader's H is the inverse of A'A over the features left (the inverse of a
+    principal block is the Schur complement): the first removal copies out of the layer's H, the next
+    ones shrink the reader's own array in place, a few rows at a time."""
+    from onnxprune.recover import greedy
+    from onnxprune.recover.lstsq import STABLE_RIDGE, add_ridge
+
+    monkeypatch.setattr(greedy, "SHRINK_BYTES", 100)  # 1-2 rows per block: every block boundary is crossed
+    rng = np.random.default_rng(5)
+    a = np.concatenate([rng.standard_normal((300, 16)), np.ones((300, 1))], axis=1)
+    gram = a.T @ a
+    channel_of_feature = np.append(np.repeat(np.arange(8), 2), -1)
+    reader = greedy._reader(greedy.regularized_inverse(gram, 16), rng.standard_normal((17, 3)), 1.0,
+                            channel_of_feature, 8)
+    regularized = add_ridge(gram.copy(), STABLE_RIDGE, 16)
+    left = np.arange(16)
+    for channels in ([3], [0, 6], [5]):
+        reader.remove(np.array(channels))
+        left = left[~np.isin(left // 2, channels)]
+        there = np.append(left, 16)  # the column of ones stays: H is the group's block of the whole inverse
+        expected = np.linalg.inv(regularized[np.ix_(there, there)])[:-1, :-1]
+        np.testing.assert_allclose(reader.inverse, expected, rtol=1e-8, atol=1e-12)
+    assert reader.owned
+
+
+def test_targets_kept_by_the_greedy_pass_replace_the_unpruned_run() -> None:
+    """The greedy pass can keep reconstruction's targets (same rows, same unpruned outputs): reconstruction
+    from them re-solves the layers as its own unpruned run does, and closing them removes their folder."""
+    from onnxprune.pruning.channels import find_groups
+    from onnxprune.pruning.plan import candidate_groups
+    from onnxprune.pruning.prune import make_plan
+    from onnxprune.recover.calibration import calibration_batches
+    from onnxprune.recover.greedy import greedy_scores
+    from onnxprune.recover.reconstruct import reconstruct
+
+    data, budget = _calibration("residual"), 1 << 20
+    models = [onnxprune.load(fixture_path("residual")) for _ in range(2)]
+    groups = [find_groups(m) for m in models]
+    plan = make_plan(models[0], PruneOptions(ratio=0.4, data=data), groups[0])
+    choice = greedy_scores(models[0], candidate_groups(models[0], groups[0], []),
+                           calibration_batches(models[0], data), budget=budget, keep_targets=True)
+    folder = choice.targets.store._folder
+    assert folder is not None and any(folder.iterdir())
+    kept = reconstruct(models[0], groups[0], plan, calibration_batches(models[0], data), budget=budget // 2,
+                       targets=choice.targets)
+    own = reconstruct(models[1], groups[1], plan, calibration_batches(models[1], data), budget=budget // 2)
+    assert [f.how for f in kept.layers] == [f.how for f in own.layers] and len(kept.layers) >= 3
+    np.testing.assert_allclose([f.error_after for f in kept.layers], [f.error_after for f in own.layers], rtol=1e-3)
+    for name in kept.changed:
+        a, b = models[0].weights()[name].values, models[1].weights()[name].values
+        assert np.abs(a - b).max() <= 1e-4 * np.abs(b).max()
+    choice.targets.close()
+    assert not folder.exists()

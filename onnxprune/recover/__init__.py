@@ -8,8 +8,10 @@
 - `greedy`: remove first what the re-solved layers can best make up for (`--criterion greedy`), and
   the error that leaves per group and ratio;
 - `lstsq`: the sampled feature rows and the ridge solves all of them share (`spd`: float32 Cholesky);
-- `reconstruct`: re-solve the layers that read removed channels by least squares;
-- `targets`: what the unpruned model computes at a layer's sampled rows, for `reconstruct` to fit;
+- `reconstruct`: re-solve the layers that read removed channels by least squares (`edits`: the sparse
+  zeros, applied as the pruned run reaches them);
+- `targets`: what the unpruned model computes at a layer's sampled rows, for `reconstruct` to fit (kept
+  by the greedy pass when it runs first);
 - `resolve`: each group's readers re-solved alone, in closed form (`analyze --reconstruct`);
 - `allocation`: per-group ratios from the greedy pass's error curves, priced per MAC (`--allocation
   reconstruction`, the default with `--data`).

@@ -21,8 +21,9 @@ import onnx_graphsurgeon as gs
 from onnxprune.graph.model import Model
 from onnxprune.progress import Progress
 from onnxprune.pruning.channels import Group, Member
-from onnxprune.recover.lstsq import SINGLE, sample_rows
+from onnxprune.recover.lstsq import SINGLE, PendingRows, sample_rows
 from onnxprune.recover.staged import Batches, StagedRun, windows
+from onnxprune.recover.targets import KeptTargets, Target
 from onnxprune.rules import IN, LinearView, linear_view
 
 
@@ -113,12 +114,14 @@ def _feed(watched: list[tuple[str, Sums]], batch: int, values: dict[str, np.ndar
 
 class InputGram:
     """[groups, features + 1, features + 1]: A'A over sampled feature rows of a layer's input, the last
-    column of A all ones (summed in float32 above `SINGLE` features, as in reconstruction)."""
+    column of A all ones (summed in float32 above `SINGLE` features, as in reconstruction). Rows are
+    summed in updates of at least half the features' count (`PendingRows`); read `result()` at the end."""
 
     def __init__(self, view: LinearView, samples: int, rng: np.random.Generator):
         self.view, self.samples, self.rng = view, samples, rng
         f = view.features + 1
         self.gram = np.zeros((view.groups, f, f), self.dtype(view))
+        self.pending = PendingRows(f // 2)
 
     @staticmethod
     def dtype(view: LinearView) -> type:
@@ -126,34 +129,64 @@ class InputGram:
 
     @staticmethod
     def size(view: LinearView) -> int:
-        return view.groups * (view.features + 1) ** 2 * np.dtype(InputGram.dtype(view)).itemsize
+        """Bytes of the sums and of the rows held back for an update."""
+        f = view.features + 1
+        return view.groups * (f * f + f * f // 2) * np.dtype(InputGram.dtype(view)).itemsize
 
     def add(self, x: np.ndarray) -> None:
         who, where = sample_rows(self.view, x, self.samples, self.rng)
-        a = self.view.rows(x, who, where, self.gram.dtype)
+        if (rows := self.pending.add(self.view.rows(x, who, where, self.gram.dtype))) is not None:
+            self._update(rows[0])
+
+    def result(self) -> np.ndarray:
+        if (rows := self.pending.take()) is not None:
+            self._update(rows[0])
+        return self.gram
+
+    def _update(self, a: np.ndarray) -> None:
         a = np.concatenate([a, np.ones(a.shape[:2] + (1,), a.dtype)], axis=2)
         self.gram += a.transpose(0, 2, 1) @ a
 
 
 def input_grams(model: Model, batches: Batches, views: list[tuple[int, LinearView]], providers: list[str] | None = None,
                 budget: int = 1 << 29, seed: int = 0, progress: Callable[[Progress], None] | None = None,
-                stage: str = "choose channels") -> Iterator[tuple[LinearView, np.ndarray | None]]:
+                stage: str = "choose channels", targets: KeptTargets | None = None) \
+        -> Iterator[tuple[LinearView, np.ndarray | None]]:
     """For each (position, view) in order: the view and A'A of its input rows ([features + 1] square, the
     column of ones last), or None for a grouped conv (its removed inputs take their outputs with them: the
     greedy choice and the re-solved readers leave it out). Rows are drawn by a generator seeded with
-    (`seed`, position), so the same layer gets the same rows whatever else is read with it."""
+    (`seed`, position), so the same layer gets the same rows whatever else is read with it. With
+    `targets`, every layer's reconstruction target is kept there on the way (the same rows)."""
     samples = sum(len(next(iter(b.values()))) for b in batches)
 
-    def start(position: int, view: LinearView) -> InputGram | None:
-        return InputGram(view, samples, np.random.default_rng([seed, position])) if view.groups == 1 else None
+    def start(position: int, view: LinearView) -> _GramAndTarget | None:
+        gram = InputGram(view, samples, np.random.default_rng([seed, position])) if view.groups == 1 else None
+        target = None if targets is None else targets.start(position, view, samples, seed)
+        return None if gram is None and target is None else _GramAndTarget(gram, target)
 
     def size(view: LinearView) -> int:
-        return InputGram.size(view) if view.groups == 1 else 0
+        weights = 0 if targets is None else 4 * view.features * view.out_channels  # the target's float32 copy
+        return (InputGram.size(view) if view.groups == 1 else 0) + weights
 
     for view, sums in layer_sums(model, batches, views, start, size, providers, budget, progress, stage):
-        gram = None if sums is None else sums.gram[0]
+        if sums is not None and sums.target is not None:
+            sums.target.seal()
+        gram = None if sums is None or sums.gram is None else sums.gram.result()[0]
         del sums
         yield view, gram
+
+
+class _GramAndTarget:
+    """A layer's `InputGram` (None for a grouped conv) and its reconstruction `Target` (None when not
+    kept), fed the same batches."""
+
+    def __init__(self, gram: InputGram | None, target: Target | None):
+        self.gram, self.target = gram, target
+
+    def add(self, x: np.ndarray) -> None:
+        for sums in (self.gram, self.target):
+            if sums is not None:
+                sums.add(x)
 
 
 def weights_with_bias(view: LinearView) -> np.ndarray:

@@ -24,14 +24,15 @@ left out (their removed inputs take their outputs with them); groups no matrix l
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 from onnxprune.graph.model import Model
+from onnxprune.process import release_memory
 from onnxprune.progress import Progress
-from onnxprune.pruning.channels import Group
+from onnxprune.pruning.channels import Group, Member
 from onnxprune.recover.grams import (
     group_features,
     input_grams,
@@ -42,8 +43,11 @@ from onnxprune.recover.grams import (
 from onnxprune.recover.lstsq import STABLE_RIDGE, add_ridge
 from onnxprune.recover.spd import spd_inverse
 from onnxprune.recover.staged import Batches
+from onnxprune.recover.targets import KeptTargets
+from onnxprune.rules import LinearView
 
 STEPS = 64  # removal steps per group: each removes 1/STEPS of its channels (one channel a step below 64)
+SHRINK_BYTES = 1 << 19  # rows of H updated at a time when a step shrinks it (under the malloc mmap threshold)
 LAST = 0.05  # stop once this share of a group is left; the rest are ranked by their last scores
 
 
@@ -57,6 +61,7 @@ class _Reader:
     blocks: np.ndarray  # [group channels, k]: each group channel's features (numbered as at the start)
     energy: float  # output energy on the calibration rows, to make layers comparable
     row: np.ndarray  # original feature -> its row in `inverse` and `weights` (-1 once removed)
+    owned: bool = False  # `inverse` is this reader's own C-contiguous array (not a view of the layer's H)
 
     def costs(self, channels: np.ndarray) -> np.ndarray:
         """Per channel: the output error its removal alone adds, relative to the layer's output energy."""
@@ -76,13 +81,27 @@ class _Reader:
         moved = block @ self.weights[gone]
         added = float(np.einsum("ko,ko->", self.weights[gone], moved, dtype=np.float64)) / self.energy
         self.weights = self.weights[keep] - columns @ moved
-        inverse = self.inverse[np.ix_(keep, keep)]
-        inverse -= columns @ block @ columns.T
-        self.inverse = inverse
+        self.inverse = _shrunk(self.inverse, keep, columns @ block, columns, self.owned)
+        self.owned = True
         self.row[features] = -1
         there = self.row >= 0
         self.row[there] = np.searchsorted(keep, self.row[there])
         return added
+
+
+def _shrunk(inverse: np.ndarray, keep: np.ndarray, left: np.ndarray, right: np.ndarray, owned: bool) -> np.ndarray:
+    """inverse[keep, keep] - left @ right', by blocks of rows written over `inverse`'s own memory when
+    `owned` (row i of the result lands at or before the old row keep[i], which is read first): one pass
+    over the matrix per step, and no array of its size is made (a fresh one is page-faulted in)."""
+    m = keep.size
+    flat = inverse.reshape(-1) if owned else np.empty(m * m, inverse.dtype)
+    rows = max(1, SHRINK_BYTES // max(m * inverse.itemsize, 1))
+    for start in range(0, m, rows):
+        stop = min(start + rows, m)
+        part = inverse[keep[start:stop]][:, keep]
+        part -= left[start:stop] @ right.T
+        flat[start * m:stop * m] = part.reshape(-1)
+    return flat[:m * m].reshape(m, m)
 
 
 def symmetric_inverse(matrix: np.ndarray) -> np.ndarray:
@@ -152,19 +171,34 @@ class GreedyChoice:
 
     scores: dict[str, np.ndarray]
     curves: dict[str, list[tuple[float, float]]]
+    targets: KeptTargets | None = None  # reconstruction's targets at every layer read, when asked for
 
 
 def greedy_scores(model: Model, groups: list[Group], batches: Batches, providers: list[str] | None = None,
-                  budget: int = 1 << 29, seed: int = 0,
-                  progress: Callable[[Progress], None] | None = None) -> GreedyChoice:
+                  budget: int = 1 << 29, seed: int = 0, progress: Callable[[Progress], None] | None = None,
+                  keep_targets: bool = False) -> GreedyChoice:
     """Per group that a layer with a matrix view reads: per-channel scores (the greedy removal order;
-    higher goes later) and the error curve; the other groups are not in the result."""
+    higher goes later) and the error curve; the other groups are not in the result. With `keep_targets`,
+    also reconstruction's targets at every layer read (on disk: the caller closes them)."""
     reading = readers_of(groups)
     views = reading_views(model, set(reading))
     last_reader = {g.id: view.weight.name for _, view in views for g, _ in reading[view.weight.name]}
+    choice = GreedyChoice({}, {}, KeptTargets() if keep_targets else None)
+    try:
+        grams = input_grams(model, batches, views, providers, budget, seed, progress, targets=choice.targets)
+        _score(choice, reading, last_reader, grams)
+    except BaseException:
+        if choice.targets is not None:
+            choice.targets.close()
+        raise
+    return choice
+
+
+def _score(choice: GreedyChoice, reading: dict[str, list[tuple[Group, Member]]], last_reader: dict[str, str],
+           grams: Iterator[tuple[LinearView, np.ndarray | None]]) -> None:
+    """Fill `choice` from each layer's A'A, in graph order: a group is scored once its last reader is in."""
     pending: dict[str, list[_Reader]] = {}
-    choice = GreedyChoice({}, {})
-    for view, gram in input_grams(model, batches, views, providers, budget, seed, progress):
+    for view, gram in grams:
         inverse, weights, energy = None, weights_with_bias(view)[0], 0.0
         if gram is not None:
             energy = float(np.einsum("fo,fo->", weights, gram @ weights.astype(gram.dtype)))
@@ -177,5 +211,5 @@ def greedy_scores(model: Model, groups: list[Group], batches: Batches, providers
                     pending.setdefault(group.id, []).append(reader)
             if last_reader[group.id] == view.weight.name and pending.get(group.id):
                 choice.scores[group.id], choice.curves[group.id] = removal_order(pending.pop(group.id), group.channels)
+                release_memory()  # its readers' matrices (`process`)
         del inverse
-    return choice

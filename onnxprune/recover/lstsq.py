@@ -45,6 +45,32 @@ def sample_rows(view: LinearView, x: np.ndarray, samples: int, rng: np.random.Ge
     return who, np.tile(np.arange(positions), n)
 
 
+class PendingRows:
+    """Feature rows (and whatever goes with them) held back across batches until there are `enough` for
+    one update of the sums. Every update of an n x n A'A is a pass over it, plus a new n x n product
+    (page-faulted in), whatever the number of rows: with a few hundred rows a batch, that cost more than
+    the multiply-adds for the big layers (ResNet-50's 4609-feature convs get 430 rows a batch of 6 images)."""
+
+    def __init__(self, enough: int):
+        self.enough = max(1, enough)
+        self.parts: list[tuple[np.ndarray, ...]] = []
+        self.rows = 0
+
+    def add(self, *arrays: np.ndarray) -> list[np.ndarray] | None:
+        """Keep these [groups, rows, k] arrays; all kept so far, joined along the rows, once enough."""
+        self.parts.append(arrays)
+        self.rows += arrays[0].shape[1]
+        return self.take() if self.rows >= self.enough else None
+
+    def take(self) -> list[np.ndarray] | None:
+        """All kept so far, joined along the rows (None if nothing), and forget them."""
+        if not self.parts:
+            return None
+        joined = [np.concatenate(part, axis=1) if len(part) > 1 else part[0] for part in zip(*self.parts)]
+        self.parts, self.rows = [], 0
+        return joined
+
+
 def _ridge_lhs(gram: np.ndarray, index: np.ndarray, ridge: float, regularized: int) -> np.ndarray:
     """gram[index, index] (a new array) with `ridge` times the mean energy of the first `regularized` of
     `index` added to their diagonal."""

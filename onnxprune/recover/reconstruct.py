@@ -35,14 +35,16 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxprune.graph.model import Model
+from onnxprune.process import release_memory
 from onnxprune.progress import Progress
 from onnxprune.pruning.channels import Group
 from onnxprune.pruning.plan import Plan
 from onnxprune.pruning.surgery import removed_slices, zeroed_slices
+from onnxprune.recover.edits import SparseEdits
 from onnxprune.recover.grams import layer_sums
-from onnxprune.recover.lstsq import SINGLE, ridge_solve
+from onnxprune.recover.lstsq import SINGLE, PendingRows, ridge_solve
 from onnxprune.recover.staged import Batches, StagedRun
-from onnxprune.recover.targets import Target
+from onnxprune.recover.targets import KeptTargets, Target
 from onnxprune.rules import IN, LinearView, linear_view
 
 RIDGES = (1e-6, 1e-4, 1e-2)  # relative to the mean feature energy; chosen on held-out samples
@@ -153,7 +155,7 @@ def consumer_layers(model: Model, groups: list[Group], plan: Plan, scope: str = 
 
 def reconstruct(model: Model, groups: list[Group], plan: Plan, batches: Batches, providers: list[str] | None = None,
                 budget: int = 1 << 29, progress: Callable[[Progress], None] | None = None,
-                seed: int = 0, scope: str = "consumers") -> Reconstruction:
+                seed: int = 0, scope: str = "consumers", targets: KeptTargets | None = None) -> Reconstruction:
     """Zero the plan's channels in `model` (in place) and re-solve the layers that read them (with scope
     "downstream": every layer whose input pruning changes).
 
@@ -161,29 +163,34 @@ def reconstruct(model: Model, groups: list[Group], plan: Plan, batches: Batches,
     model runs, so that the inputs are freed as soon as both runs are past the nodes reading them (the
     calibration data can be bigger than the model). Activations crossing a stage are kept in memory up
     to `budget` bytes per run (two runs: pruned and unpruned), on disk beyond; the unpruned run's targets
-    and activations share its `budget`.
+    and activations share its `budget`. `targets` kept by the greedy pass (same `seed`) replace the
+    unpruned run when they cover every layer to re-solve.
     """
     layers, unsupported = consumer_layers(model, groups, plan, scope)
     result = Reconstruction(samples=sum(len(next(iter(b.values()))) for b in batches))
     result.layers += [LayerFit(name, "left as is", math.nan, math.nan, "no matrix view of this layer")
                       for name in unsupported]
-    edits = _Edits(model, groups, plan)
+    edits = SparseEdits(model, groups, plan)
     result.changed.update(edits.zeros)
     if not layers:
         edits.zero(0, len(model.graph.nodes))
         return result
-    samples = result.samples
 
     def target(position: int, view: LinearView) -> Target:
-        return Target(view, samples, np.random.default_rng([seed, position]), edits.originals)
+        return Target(view, result.samples, np.random.default_rng([seed, position]), edits.originals)
 
-    reference = layer_sums(model, batches, [(layer.position, layer.view) for layer in layers], target,
-                           Target.size, providers, budget, weights=edits.originals)
+    reference = None  # the unpruned run, when the greedy pass has not kept the targets
+    if targets is not None and all(layer.position in targets.by_position for layer in layers):
+        goals = (targets.by_position[layer.position] for layer in layers)
+    else:
+        reference = layer_sums(model, batches, [(layer.position, layer.view) for layer in layers], target,
+                               Target.size, providers, budget, weights=edits.originals)
+        goals = (goal for _, goal in reference)
     pruned = StagedRun(model, batches, budget, providers)
     batches.clear()  # the runs hold the inputs until they pass their readers
     start = time.monotonic()
     try:
-        for k, (layer, (_, goal)) in enumerate(zip(layers, reference)):
+        for k, (layer, goal) in enumerate(zip(layers, goals)):
             if progress is not None:
                 progress(Progress(k, len(layers), k, time.monotonic() - start, "reconstruct"))
             # the unpruned run has passed this layer (reading the weights before any edit at or after it)
@@ -193,58 +200,19 @@ def reconstruct(model: Model, groups: list[Group], plan: Plan, batches: Batches,
             pruned.advance(layer.position)
             edits.keep_original(layer.view.weight, layer.view.intercept)
             result.layers.append(_solve(layer, *_collect(layer, goal, pruned)))
+            release_memory()  # the layer's sums and rows (`process`)
             for tensor in (layer.view.weight, layer.view.intercept):
                 if tensor is not None:
                     tensor.values = model.representable(tensor.name, tensor.values)
-            result.changed.add(layer.view.weight.name)
-            if layer.view.intercept is not None:
-                result.changed.add(layer.view.intercept.name)
+                    result.changed.add(tensor.name)
         edits.zero(pruned.position, len(model.graph.nodes))
         if progress is not None:
             progress(Progress(len(layers), len(layers), len(layers), time.monotonic() - start, "reconstruct"))
     finally:
-        reference.close()  # its run's temporary files
+        if reference is not None:
+            reference.close()  # its run's temporary files
         pruned.close()
     return result
-
-
-class _Edits:
-    """The sparse zeros, applied stage by stage just before the pruned run reaches them, so that the
-    unpruned reference run reads the same arrays first: no copy of the model is kept, only of the
-    weights a later stage still reads as they were (the layer being re-solved, shared weights)."""
-
-    def __init__(self, model: Model, groups: list[Group], plan: Plan):
-        self.zeros: dict[str, list[tuple[gs.Constant, tuple]]] = {}
-        for weight, where in zeroed_slices(model, groups, plan):
-            self.zeros.setdefault(weight.name, []).append((weight, where))
-        self.readers: dict[str, list[int]] = {}
-        for position, node in enumerate(model.graph.nodes):
-            for t in node.inputs:
-                if isinstance(t, gs.Constant):
-                    self.readers.setdefault(t.name, []).append(position)
-        self.originals: dict[str, np.ndarray] = {}  # the reference run reads these instead
-
-    def keep_original(self, *tensors: gs.Constant | None) -> None:
-        for tensor in tensors:
-            if tensor is not None and tensor.name not in self.originals:
-                self.originals[tensor.name] = np.array(tensor.values, copy=True)
-
-    def zero(self, start: int, stop: int) -> None:
-        """Zero the weights first read by nodes in [start, stop) (keeping originals read again later)."""
-        for name in [n for n in self.zeros if start <= min(self.readers.get(n, [start])) < stop]:
-            slices = self.zeros.pop(name)
-            weight = slices[0][0]
-            if max(self.readers.get(name, [0])) >= stop:
-                self.keep_original(weight)
-            if not weight.values.flags.writeable:
-                weight.values = np.array(weight.values)
-            for _, where in slices:
-                weight.values[where] = 0
-
-    def forget(self, position: int) -> None:
-        """Drop the originals no node at or after `position` reads."""
-        for name in [n for n in self.originals if max(self.readers.get(n, [0])) < position]:
-            del self.originals[name]
 
 
 def _unknowns(layer: _Layer) -> tuple[np.ndarray, int, str]:
@@ -282,28 +250,39 @@ def _collect(layer: _Layer, target: Target, pruned: StagedRun) -> tuple[_Stats, 
     u = unknown.size
     folds = [_Stats(np.zeros((groups, u, u), dtype), np.zeros((groups, u, out_per_group), dtype),
                     np.zeros(view.out_channels), np.zeros(view.out_channels)) for _ in range(2)]
+    pending = [PendingRows(u // 2) for _ in folds]
     offset = 0
     for b in range(pruned.batches):
         x = pruned.value(view.input.name, b)
         who, where, y0 = target.batch(b)
         held = (offset + who) % HELD_OUT == HELD_OUT - 1
         offset += len(x)
-        for stats, rows in zip(folds, (~held, held)):
+        for stats, waiting, rows in zip(folds, pending, (~held, held)):
             if rows.any():
-                _accumulate(stats, view.rows(x, who[rows], where[rows], dtype), y0[:, rows].astype(dtype),
-                            unknown, fixed, known)
+                a, goal = _rows(stats, view.rows(x, who[rows], where[rows], dtype), y0[:, rows].astype(dtype),
+                                unknown, fixed, known)
+                if (joined := waiting.add(a, goal)) is not None:
+                    _add_products(stats, *joined)
+    for stats, waiting in zip(folds, pending):
+        if (joined := waiting.take()) is not None:
+            _add_products(stats, *joined)
     return folds[0], folds[1]
 
 
-def _accumulate(stats: _Stats, a: np.ndarray, y0: np.ndarray, unknown: np.ndarray, fixed: np.ndarray,
-                known: np.ndarray) -> None:
-    """Add rows `a` [groups, R, features] of the pruned input and `y0` [groups, R, outputs] of the unpruned
-    output to `stats`."""
+def _rows(stats: _Stats, a: np.ndarray, y0: np.ndarray, unknown: np.ndarray, fixed: np.ndarray,
+          known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The unknowns' columns of rows `a` [groups, R, features] of the pruned input (with the column of
+    ones), and the target they fit: `y0` [groups, R, outputs] of the unpruned output less the fixed
+    columns' part. Adds the rows' output and target energies to `stats`."""
     a = np.concatenate([a, np.ones(a.shape[:2] + (1,), a.dtype)], axis=2)
     target = y0 - a[:, :, fixed] @ known if fixed.size else y0
-    a = a[:, :, unknown]
     stats.output += (y0**2).sum(axis=1, dtype=np.float64).reshape(-1)
     stats.energy += (target**2).sum(axis=1, dtype=np.float64).reshape(-1)
+    return a[:, :, unknown], target
+
+
+def _add_products(stats: _Stats, a: np.ndarray, target: np.ndarray) -> None:
+    """Add the rows' A'A and A'T to `stats` (`_rows`' result, joined over batches: `PendingRows`)."""
     stats.gram += a.transpose(0, 2, 1) @ a
     stats.cross += a.transpose(0, 2, 1) @ target
     stats.rows += a.shape[1]

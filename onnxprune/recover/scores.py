@@ -61,13 +61,14 @@ class ChannelSquares:
 
 def data_criterion(name: str, model: Model, groups: list[Group], batches: Batches,
                    providers: list[str] | None = None, budget: int = 1 << 29,
-                   progress: Callable[[Progress], None] | None = None) -> tuple[Criterion, GreedyChoice | None]:
+                   progress: Callable[[Progress], None] | None = None,
+                   keep_targets: bool = False) -> tuple[Criterion, GreedyChoice | None]:
     """The data-aware criterion `name` (one of importance.DATA_CRITERIA) for `groups`, from `batches`:
     "act" weighs each consumer column by its channel's activation energy; "greedy" ranks channels by
     the order of a reconstruction-aware greedy removal (`recover.greedy`), whose pass is returned too
-    (its error curves are what `allocation` sets ratios by)."""
+    (its error curves are what `allocation` sets ratios by; with `keep_targets`, reconstruction's targets)."""
     if name == "greedy":
-        choice = greedy_scores(model, groups, batches, providers, budget, progress=progress)
+        choice = greedy_scores(model, groups, batches, providers, budget, progress=progress, keep_targets=keep_targets)
         return ranked(choice.scores), choice
     energies = channel_energies(model, batches, set(readers_of(groups)), providers, budget, progress)
     return activation_weighted(energies), None

@@ -24,6 +24,7 @@ import onnx_graphsurgeon as gs
 
 from onnxprune.graph.model import Model
 from onnxprune.graph.runtime import subgraph_session
+from onnxprune.process import release_memory
 
 Batches = list[dict[str, np.ndarray]]
 T = TypeVar("T")
@@ -76,12 +77,15 @@ class ActivationStore:
 
     def drop(self, name: str, batches: int) -> None:
         for b in range(batches):
-            array = self.in_memory.pop((name, b), None)
-            if array is not None and name not in self.uncounted:
-                self.used -= array.nbytes
-            path = self.on_disk.pop((name, b), None)
-            if path is not None:
-                path.unlink(missing_ok=True)
+            self.drop_one(name, b)
+
+    def drop_one(self, name: str, batch: int) -> None:
+        array = self.in_memory.pop((name, batch), None)
+        if array is not None and name not in self.uncounted:
+            self.used -= array.nbytes
+        path = self.on_disk.pop((name, batch), None)
+        if path is not None:
+            path.unlink(missing_ok=True)
 
     def close(self) -> None:
         self.in_memory.clear()
@@ -171,6 +175,7 @@ class StagedRun:
             if self.last_read.get(name, -1) < stop:
                 self.store.drop(name, self.batches)
         self.position = max(stop, self.position)
+        release_memory()  # the stage's per-batch tensors (`process`)
 
     def close(self) -> None:
         self.store.close()
