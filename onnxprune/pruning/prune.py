@@ -214,7 +214,7 @@ def prune(model: Model, options: PruneOptions, progress: Callable[[Progress], No
     options.check()
     groups = find_groups(model, options.attention) if groups is None else groups
     batches = calibration_batches(model, options.data) if options.data is not None else None
-    plan, choice = _plan_and_choice(model, options, groups, batches, progress, 
+    plan, choice = _plan_and_choice(model, options, groups, batches, progress,
                                     keep_targets=options.reconstructs and options.reconstruct_scope == "consumers")
     targets = None if choice is None else choice.targets  # the greedy pass ran the unpruned model already
     try:
