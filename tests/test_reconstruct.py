@@ -385,22 +385,24 @@ def test_targets_kept_by_the_greedy_pass_replace_the_unpruned_run() -> None:
     from onnxprune.recover.calibration import calibration_batches
     from onnxprune.recover.greedy import greedy_scores
     from onnxprune.recover.reconstruct import reconstruct
+    from onnxprune.recover.targets import KeptTargets
 
     data, budget = _calibration("residual"), 1 << 20
     models = [onnxprune.load(fixture_path("residual")) for _ in range(2)]
     groups = [find_groups(m) for m in models]
     plan = make_plan(models[0], PruneOptions(ratio=0.4, data=data), groups[0])
-    choice = greedy_scores(models[0], candidate_groups(models[0], groups[0], []),
-                           calibration_batches(models[0], data), budget=budget, keep_targets=True)
-    folder = choice.targets.store._folder
+    kept = KeptTargets()
+    greedy_scores(models[0], candidate_groups(models[0], groups[0], []), calibration_batches(models[0], data),
+                  budget=budget, targets=kept)
+    folder = kept.store._folder
     assert folder is not None and any(folder.iterdir())
-    kept = reconstruct(models[0], groups[0], plan, calibration_batches(models[0], data), budget=budget // 2,
-                       targets=choice.targets)
+    fitted = reconstruct(models[0], groups[0], plan, calibration_batches(models[0], data), budget=budget // 2,
+                         targets=kept)
     own = reconstruct(models[1], groups[1], plan, calibration_batches(models[1], data), budget=budget // 2)
-    assert [f.how for f in kept.layers] == [f.how for f in own.layers] and len(kept.layers) >= 3
-    np.testing.assert_allclose([f.error_after for f in kept.layers], [f.error_after for f in own.layers], rtol=1e-3)
-    for name in kept.changed:
+    assert [f.how for f in fitted.layers] == [f.how for f in own.layers] and len(fitted.layers) >= 3
+    np.testing.assert_allclose([f.error_after for f in fitted.layers], [f.error_after for f in own.layers], rtol=1e-3)
+    for name in fitted.changed:
         a, b = models[0].weights()[name].values, models[1].weights()[name].values
         assert np.abs(a - b).max() <= 1e-4 * np.abs(b).max()
-    choice.targets.close()
+    kept.close()
     assert not folder.exists()

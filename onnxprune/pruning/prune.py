@@ -25,15 +25,15 @@ from onnxprune.graph.model import Model, to_proto, with_weights
 from onnxprune.graph.runtime import max_relative_difference, run_graph
 from onnxprune.progress import Progress
 from onnxprune.pruning.channels import Group, find_groups
-from onnxprune.pruning.importance import DATA_CRITERIA, Criterion, get_criterion
+from onnxprune.pruning.importance import DATA_CRITERIA, get_criterion
 from onnxprune.pruning.masks import zero_channels
 from onnxprune.pruning.plan import Plan, Planner, candidate_groups, spec_ratios, uniform_ratios
 from onnxprune.pruning.surgery import slim_graph, sparse, zeroed_in_place
 from onnxprune.recover.allocation import reconstruction_ratios
 from onnxprune.recover.calibration import calibration_batches
-from onnxprune.recover.greedy import GreedyChoice
 from onnxprune.recover.reconstruct import Reconstruction, reconstruct
 from onnxprune.recover.scores import data_criterion
+from onnxprune.recover.targets import KeptTargets
 from onnxprune.rules import fused_rounding
 
 TOLERANCE = 1e-4  # the invariant: max |sparse - slim| <= 1e-4 * max |sparse|
@@ -144,16 +144,9 @@ class PruneResult:
 
 def make_plan(model: Model, options: PruneOptions, groups: list[Group] | None = None,
               batches: list[dict[str, np.ndarray]] | None = None,
-              progress: Callable[[Progress], None] | None = None) -> Plan:
-    """The channels to remove, without touching the model (`progress` hears of a data criterion's pass)."""
-    return _plan_and_choice(model, options, groups, batches, progress)[0]
-
-
-def _plan_and_choice(model: Model, options: PruneOptions, groups: list[Group] | None,
-                     batches: list[dict[str, np.ndarray]] | None, progress: Callable[[Progress], None] | None,
-                     keep_targets: bool = False) -> tuple[Plan, GreedyChoice | None]:
-    """`make_plan`, and the greedy pass when the criterion made one (with `keep_targets`, it holds
-    reconstruction's targets on disk: the caller closes them)."""
+              progress: Callable[[Progress], None] | None = None, targets: KeptTargets | None = None) -> Plan:
+    """The channels to remove, without touching the model (`progress` hears of a data criterion's pass;
+    a greedy pass keeps reconstruction's targets in `targets` when given)."""
     options.check()
     groups = find_groups(model, options.attention) if groups is None else groups
     candidates = candidate_groups(model, groups, options.exclude)
@@ -161,20 +154,9 @@ def _plan_and_choice(model: Model, options: PruneOptions, groups: list[Group] | 
     if options.chosen_criterion in DATA_CRITERIA:
         batches = calibration_batches(model, options.data) if batches is None else batches
         criterion, choice = data_criterion(options.chosen_criterion, model, candidates, batches, options.providers,
-                                           options.activation_budget, progress, keep_targets)
+                                           options.activation_budget, progress, targets)
     else:
         criterion = get_criterion(options.chosen_criterion)
-    try:
-        return _plan(model, options, groups, candidates, criterion, choice), choice
-    except BaseException:
-        if choice is not None and choice.targets is not None:
-            choice.targets.close()
-        raise
-
-
-def _plan(model: Model, options: PruneOptions, groups: list[Group], candidates: list[Group], criterion: Criterion,
-          choice: GreedyChoice | None) -> Plan:
-    """The plan from the criterion's scores (and the greedy pass's curves, for allocation by them)."""
     scores = {g.id: np.asarray(criterion(model, g), dtype=np.float64) for g in candidates}
     floor: dict[str, float] = {}
     if options.cumulative:  # zero channels score below every live one, and are never given back
@@ -214,16 +196,12 @@ def prune(model: Model, options: PruneOptions, progress: Callable[[Progress], No
     options.check()
     groups = find_groups(model, options.attention) if groups is None else groups
     batches = calibration_batches(model, options.data) if options.data is not None else None
-    plan, choice = _plan_and_choice(model, options, groups, batches, progress,
-                                    keep_targets=options.reconstructs and options.reconstruct_scope == "consumers")
-    targets = None if choice is None else choice.targets  # the greedy pass ran the unpruned model already
-    try:
+    with KeptTargets() as kept:  # the greedy pass's unpruned targets, so reconstruction runs one model only
+        plan = make_plan(model, options, groups, batches, progress,
+                         kept if options.reconstructs and options.reconstruct_scope == "consumers" else None)
         fitted = None if not options.reconstructs else \
             reconstruct(model, groups, plan, batches, options.providers, options.activation_budget // 2,
-                        progress=progress, scope=options.reconstruct_scope, targets=targets)
-    finally:
-        if targets is not None:
-            targets.close()
+                        progress=progress, scope=options.reconstruct_scope, targets=kept)
     del batches  # the calibration data (as big as the model, or bigger) is not needed for slimming and checking
     if options.mode == "sparse":
         if fitted is None:

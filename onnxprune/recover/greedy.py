@@ -24,7 +24,7 @@ left out (their removed inputs take their outputs with them); groups no matrix l
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,7 +32,7 @@ import numpy as np
 from onnxprune.graph.model import Model
 from onnxprune.process import release_memory
 from onnxprune.progress import Progress
-from onnxprune.pruning.channels import Group, Member
+from onnxprune.pruning.channels import Group
 from onnxprune.recover.grams import (
     group_features,
     input_grams,
@@ -44,7 +44,6 @@ from onnxprune.recover.lstsq import STABLE_RIDGE, add_ridge
 from onnxprune.recover.spd import spd_inverse
 from onnxprune.recover.staged import Batches
 from onnxprune.recover.targets import KeptTargets
-from onnxprune.rules import LinearView
 
 STEPS = 64  # removal steps per group: each removes 1/STEPS of its channels (one channel a step below 64)
 SHRINK_BYTES = 1 << 19  # rows of H updated at a time when a step shrinks it (under the malloc mmap threshold)
@@ -171,34 +170,20 @@ class GreedyChoice:
 
     scores: dict[str, np.ndarray]
     curves: dict[str, list[tuple[float, float]]]
-    targets: KeptTargets | None = None  # reconstruction's targets at every layer read, when asked for
 
 
 def greedy_scores(model: Model, groups: list[Group], batches: Batches, providers: list[str] | None = None,
                   budget: int = 1 << 29, seed: int = 0, progress: Callable[[Progress], None] | None = None,
-                  keep_targets: bool = False) -> GreedyChoice:
+                  targets: KeptTargets | None = None) -> GreedyChoice:
     """Per group that a layer with a matrix view reads: per-channel scores (the greedy removal order;
-    higher goes later) and the error curve; the other groups are not in the result. With `keep_targets`,
-    also reconstruction's targets at every layer read (on disk: the caller closes them)."""
+    higher goes later) and the error curve; the other groups are not in the result. With `targets`, every
+    layer read keeps its reconstruction target there on the way (the caller closes them)."""
     reading = readers_of(groups)
     views = reading_views(model, set(reading))
     last_reader = {g.id: view.weight.name for _, view in views for g, _ in reading[view.weight.name]}
-    choice = GreedyChoice({}, {}, KeptTargets() if keep_targets else None)
-    try:
-        grams = input_grams(model, batches, views, providers, budget, seed, progress, targets=choice.targets)
-        _score(choice, reading, last_reader, grams)
-    except BaseException:
-        if choice.targets is not None:
-            choice.targets.close()
-        raise
-    return choice
-
-
-def _score(choice: GreedyChoice, reading: dict[str, list[tuple[Group, Member]]], last_reader: dict[str, str],
-           grams: Iterator[tuple[LinearView, np.ndarray | None]]) -> None:
-    """Fill `choice` from each layer's A'A, in graph order: a group is scored once its last reader is in."""
     pending: dict[str, list[_Reader]] = {}
-    for view, gram in grams:
+    choice = GreedyChoice({}, {})
+    for view, gram in input_grams(model, batches, views, providers, budget, seed, progress, targets=targets):
         inverse, weights, energy = None, weights_with_bias(view)[0], 0.0
         if gram is not None:
             energy = float(np.einsum("fo,fo->", weights, gram @ weights.astype(gram.dtype)))
@@ -213,3 +198,4 @@ def _score(choice: GreedyChoice, reading: dict[str, list[tuple[Group, Member]]],
                 choice.scores[group.id], choice.curves[group.id] = removal_order(pending.pop(group.id), group.channels)
                 release_memory()  # its readers' matrices (`process`)
         del inverse
+    return choice

@@ -20,6 +20,7 @@ from onnxprune.pruning.importance import Criterion, activation_weighted, ranked
 from onnxprune.recover.grams import layer_sums, readers_of, reading_views
 from onnxprune.recover.greedy import GreedyChoice, greedy_scores
 from onnxprune.recover.staged import Batches
+from onnxprune.recover.targets import KeptTargets
 from onnxprune.rules import LinearView
 
 
@@ -62,13 +63,13 @@ class ChannelSquares:
 def data_criterion(name: str, model: Model, groups: list[Group], batches: Batches,
                    providers: list[str] | None = None, budget: int = 1 << 29,
                    progress: Callable[[Progress], None] | None = None,
-                   keep_targets: bool = False) -> tuple[Criterion, GreedyChoice | None]:
+                   targets: KeptTargets | None = None) -> tuple[Criterion, GreedyChoice | None]:
     """The data-aware criterion `name` (one of importance.DATA_CRITERIA) for `groups`, from `batches`:
     "act" weighs each consumer column by its channel's activation energy; "greedy" ranks channels by
     the order of a reconstruction-aware greedy removal (`recover.greedy`), whose pass is returned too
-    (its error curves are what `allocation` sets ratios by; with `keep_targets`, reconstruction's targets)."""
+    (its error curves are what `allocation` sets ratios by; it keeps reconstruction's targets in `targets`)."""
     if name == "greedy":
-        choice = greedy_scores(model, groups, batches, providers, budget, progress=progress, keep_targets=keep_targets)
+        choice = greedy_scores(model, groups, batches, providers, budget, progress=progress, targets=targets)
         return ranked(choice.scores), choice
     energies = channel_energies(model, batches, set(readers_of(groups)), providers, budget, progress)
     return activation_weighted(energies), None

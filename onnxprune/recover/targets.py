@@ -10,6 +10,7 @@ it keeps their targets on disk (`KeptTargets`), and reconstruction then needs no
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Self
 
 import numpy as np
 
@@ -94,3 +95,9 @@ class KeptTargets:
     def close(self) -> None:
         self.store.close()
         self.by_position.clear()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
