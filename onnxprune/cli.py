@@ -186,26 +186,12 @@ def _parser_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--providers", help="onnxruntime providers, e.g. CUDA,CPU (default CPU)")
 
 
-def _return_freed_memory() -> None:
-    """Let glibc give big freed blocks back to the OS (weights are freed step by step; without this a
-    pruning run holds on to the peak of every step). Only the command does this, never an import."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD: big blocks are mmapped, and unmapped when freed
-        libc.mallopt(-1, 1 << 20)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        pass  # not glibc: nothing to tune
-
-
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Warnings from the library, one line each, in the command's own voice."""
     print(f"onnxprune: warning: {message}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
-    _return_freed_memory()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

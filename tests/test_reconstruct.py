@@ -351,10 +351,13 @@ def test_greedy_cost_is_the_least_squares_residual(dtype: type, rtol: float) -> 
                                                                 residual([2, 3, 6]) - first], rtol=rtol)
 
 
-def test_greedy_removal_keeps_the_inverse_of_what_is_left(monkeypatch) -> None:
+@pytest.mark.parametrize("sole", [False, True])
+def test_greedy_removal_keeps_the_inverse_of_what_is_left(monkeypatch, sole: bool) -> None:
     """After each removal the reader's H is the inverse of A'A over the features left (the inverse of a
-    principal block is the Schur complement): the first removal copies out of the layer's H, the next
-    ones shrink the reader's own array in place, a few rows at a time."""
+    principal block is the Schur complement). A reader that shares the layer's H copies out of it at the
+    first removal, then shrinks its own array in place; the sole reader of a layer shrinks its block
+    (a view with longer rows: the column of ones is not the group's) over H's memory from the start.
+    Both a few rows at a time."""
     from onnxprune.recover import greedy
     from onnxprune.recover.lstsq import STABLE_RIDGE, add_ridge
 
@@ -363,8 +366,9 @@ def test_greedy_removal_keeps_the_inverse_of_what_is_left(monkeypatch) -> None:
     a = np.concatenate([rng.standard_normal((300, 16)), np.ones((300, 1))], axis=1)
     gram = a.T @ a
     channel_of_feature = np.append(np.repeat(np.arange(8), 2), -1)
-    reader = greedy._reader(greedy.regularized_inverse(gram, 16), rng.standard_normal((17, 3)), 1.0,
-                            channel_of_feature, 8)
+    inverse = greedy.regularized_inverse(gram, 16)
+    reader = greedy._reader(inverse, rng.standard_normal((17, 3)), 1.0, channel_of_feature, 8, sole)
+    assert (reader.memory is not None) == sole
     regularized = add_ridge(gram.copy(), STABLE_RIDGE, 16)
     left = np.arange(16)
     for channels in ([3], [0, 6], [5]):
@@ -373,7 +377,7 @@ def test_greedy_removal_keeps_the_inverse_of_what_is_left(monkeypatch) -> None:
         there = np.append(left, 16)  # the column of ones stays: H is the group's block of the whole inverse
         expected = np.linalg.inv(regularized[np.ix_(there, there)])[:-1, :-1]
         np.testing.assert_allclose(reader.inverse, expected, rtol=1e-8, atol=1e-12)
-    assert reader.owned
+    assert np.shares_memory(reader.inverse, inverse) == sole
 
 
 def test_targets_kept_by_the_greedy_pass_replace_the_unpruned_run() -> None:

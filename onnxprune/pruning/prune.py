@@ -30,7 +30,7 @@ from onnxprune.pruning.masks import zero_channels
 from onnxprune.pruning.plan import Plan, Planner, candidate_groups, spec_ratios, uniform_ratios
 from onnxprune.pruning.surgery import slim_graph, sparse, zeroed_in_place
 from onnxprune.recover.allocation import reconstruction_ratios
-from onnxprune.recover.calibration import calibration_batches
+from onnxprune.recover.calibration import calibration_batches, calibration_inputs
 from onnxprune.recover.reconstruct import Reconstruction, reconstruct
 from onnxprune.recover.scores import data_criterion
 from onnxprune.recover.targets import KeptTargets
@@ -195,14 +195,14 @@ def prune(model: Model, options: PruneOptions, progress: Callable[[Progress], No
     """
     options.check()
     groups = find_groups(model, options.attention) if groups is None else groups
-    batches = calibration_batches(model, options.data) if options.data is not None else None
-    with KeptTargets() as kept:  # the greedy pass's unpruned targets, so reconstruction runs one model only
+    # the calibration data (as big as the model, or bigger) is not needed for slimming and checking; the
+    # greedy pass keeps its unpruned targets, so reconstruction runs one model only
+    with calibration_inputs(model, options.data) as batches, KeptTargets() as kept:
         plan = make_plan(model, options, groups, batches, progress,
                          kept if options.reconstructs and options.reconstruct_scope == "consumers" else None)
         fitted = None if not options.reconstructs else \
             reconstruct(model, groups, plan, batches, options.providers, options.activation_budget // 2,
                         progress=progress, scope=options.reconstruct_scope, targets=kept)
-    del batches  # the calibration data (as big as the model, or bigger) is not needed for slimming and checking
     if options.mode == "sparse":
         if fitted is None:
             return PruneResult(plan, sparse(model, groups, plan))

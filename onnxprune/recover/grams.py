@@ -171,9 +171,9 @@ def input_grams(model: Model, batches: Batches, views: list[tuple[int, LinearVie
     for view, sums in layer_sums(model, batches, views, start, size, providers, budget, progress, stage):
         if sums is not None and sums.target is not None:
             sums.target.seal()
-        gram = None if sums is None or sums.gram is None else sums.gram.result()[0]
+        grams = [None if sums is None or sums.gram is None else sums.gram.result()[0]]
         del sums
-        yield view, gram
+        yield view, grams.pop()  # this frame keeps no reference: the caller may overwrite A'A and drop it
 
 
 class _GramAndTarget:

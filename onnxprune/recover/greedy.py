@@ -60,7 +60,7 @@ class _Reader:
     blocks: np.ndarray  # [group channels, k]: each group channel's features (numbered as at the start)
     energy: float  # output energy on the calibration rows, to make layers comparable
     row: np.ndarray  # original feature -> its row in `inverse` and `weights` (-1 once removed)
-    owned: bool = False  # `inverse` is this reader's own C-contiguous array (not a view of the layer's H)
+    memory: np.ndarray | None = None  # flat memory holding `inverse` that this reader may write over
 
     def costs(self, channels: np.ndarray) -> np.ndarray:
         """Per channel: the output error its removal alone adds, relative to the layer's output energy."""
@@ -80,27 +80,28 @@ class _Reader:
         moved = block @ self.weights[gone]
         added = float(np.einsum("ko,ko->", self.weights[gone], moved, dtype=np.float64)) / self.energy
         self.weights = self.weights[keep] - columns @ moved
-        self.inverse = _shrunk(self.inverse, keep, columns @ block, columns, self.owned)
-        self.owned = True
+        self.inverse, self.memory = _shrunk(self.inverse, keep, columns @ block, columns, self.memory)
         self.row[features] = -1
         there = self.row >= 0
         self.row[there] = np.searchsorted(keep, self.row[there])
         return added
 
 
-def _shrunk(inverse: np.ndarray, keep: np.ndarray, left: np.ndarray, right: np.ndarray, owned: bool) -> np.ndarray:
-    """inverse[keep, keep] - left @ right', by blocks of rows written over `inverse`'s own memory when
-    `owned` (row i of the result lands at or before the old row keep[i], which is read first): one pass
-    over the matrix per step, and no array of its size is made (a fresh one is page-faulted in)."""
+def _shrunk(inverse: np.ndarray, keep: np.ndarray, left: np.ndarray, right: np.ndarray,
+            memory: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """inverse[keep, keep] - left @ right', and the flat memory holding it. By blocks of rows written from
+    the start of `memory` (flat, holding `inverse` as a row-major view, maybe with longer rows) when it
+    is given: row i of the result lands at or before the old row keep[i], which is read first. So one
+    pass over the matrix per step, and no array of its size is made (a fresh one is page-faulted in)."""
     m = keep.size
-    flat = inverse.reshape(-1) if owned else np.empty(m * m, inverse.dtype)
+    flat = memory if memory is not None else np.empty(m * m, inverse.dtype)
     rows = max(1, SHRINK_BYTES // max(m * inverse.itemsize, 1))
     for start in range(0, m, rows):
         stop = min(start + rows, m)
         part = inverse[keep[start:stop]][:, keep]
         part -= left[start:stop] @ right.T
         flat[start * m:stop * m] = part.reshape(-1)
-    return flat[:m * m].reshape(m, m)
+    return flat[:m * m].reshape(m, m), flat
 
 
 def symmetric_inverse(matrix: np.ndarray) -> np.ndarray:
@@ -126,18 +127,22 @@ def regularized_inverse(gram: np.ndarray, regularized: int) -> np.ndarray | None
 
 
 def _reader(inverse: np.ndarray, weights: np.ndarray, energy: float, feature_channel: np.ndarray,
-            channels: int) -> _Reader | None:
+            channels: int, sole: bool = False) -> _Reader | None:
     """A `_Reader` for the group's features of one layer (None when its channels do not all have the same
     number of features there). Only the group's block of H and rows of W are kept: removing some of its
-    features changes those by the Schur complement within that block alone."""
+    features changes those by the Schur complement within that block alone. The `sole` reader of a layer
+    shrinks its block over H's own memory (for a ResNet-50 stage-4 conv, no second 85 MB array)."""
     features = np.flatnonzero(feature_channel >= 0)
     blocks = [np.flatnonzero(feature_channel[features] == c) for c in range(channels)]
     if len({b.size for b in blocks}) != 1 or blocks[0].size == 0:
         return None
-    contiguous = features[-1] - features[0] + 1 == features.size
-    block = inverse[features[0]:features[-1] + 1, features[0]:features[-1] + 1] if contiguous \
-        else inverse[np.ix_(features, features)]  # a view where it can (`remove` never writes into it)
-    return _Reader(block, weights[features], np.stack(blocks), energy, np.arange(features.size))
+    if features[-1] - features[0] + 1 == features.size:  # a view (written over only by the sole reader)
+        block = inverse[features[0]:features[-1] + 1, features[0]:features[-1] + 1]
+        memory = inverse.reshape(-1) if sole and inverse.flags.c_contiguous else None
+    else:
+        block = inverse[np.ix_(features, features)]
+        memory = block.reshape(-1)
+    return _Reader(block, weights[features], np.stack(blocks), energy, np.arange(features.size), memory)
 
 
 def removal_order(readers: list[_Reader], channels: int) -> tuple[np.ndarray, list[tuple[float, float]]]:
@@ -191,7 +196,8 @@ def greedy_scores(model: Model, groups: list[Group], batches: Batches, providers
             del gram
         for group, member in reading[view.weight.name]:
             if inverse is not None:
-                reader = _reader(inverse, weights, energy, group_features(view, member), group.channels)
+                reader = _reader(inverse, weights, energy, group_features(view, member), group.channels,
+                                 sole=len(reading[view.weight.name]) == 1)
                 if reader is not None:
                     pending.setdefault(group.id, []).append(reader)
             if last_reader[group.id] == view.weight.name and pending.get(group.id):
