@@ -410,3 +410,17 @@ def test_targets_kept_by_the_greedy_pass_replace_the_unpruned_run() -> None:
         assert np.abs(a - b).max() <= 1e-4 * np.abs(b).max()
     kept.close()
     assert not folder.exists()
+
+
+def test_gram_summed_by_blocks_is_the_whole_product(monkeypatch) -> None:
+    """A'A summed block by block on and below the diagonal, over two updates, then mirrored, is A'A."""
+    from onnxprune.recover import lstsq
+
+    monkeypatch.setattr(lstsq, "GRAM_BLOCK_BYTES", 2 * 7 * 8 * 3)  # 3 rows a block for n = 7: 3 blocks, the last short
+    rng = np.random.default_rng(11)
+    a, b = rng.standard_normal((2, 5, 7)), rng.standard_normal((2, 4, 7))
+    gram = np.zeros((2, 7, 7))
+    lstsq.add_gram(gram, a)
+    lstsq.add_gram(gram, b)
+    expected = a.transpose(0, 2, 1) @ a + b.transpose(0, 2, 1) @ b
+    np.testing.assert_allclose(lstsq.mirror(gram), expected, rtol=1e-12, atol=1e-12)

@@ -21,7 +21,7 @@ import onnx_graphsurgeon as gs
 from onnxprune.graph.model import Model
 from onnxprune.progress import Progress
 from onnxprune.pruning.channels import Group, Member
-from onnxprune.recover.lstsq import SINGLE, PendingRows, sample_rows
+from onnxprune.recover.lstsq import SINGLE, PendingRows, add_gram, mirror, sample_rows
 from onnxprune.recover.staged import Batches, StagedRun, windows
 from onnxprune.recover.targets import KeptTargets, Target
 from onnxprune.rules import IN, LinearView, linear_view
@@ -141,11 +141,10 @@ class InputGram:
     def result(self) -> np.ndarray:
         if (rows := self.pending.take()) is not None:
             self._update(rows[0])
-        return self.gram
+        return mirror(self.gram)
 
     def _update(self, a: np.ndarray) -> None:
-        a = np.concatenate([a, np.ones(a.shape[:2] + (1,), a.dtype)], axis=2)
-        self.gram += a.transpose(0, 2, 1) @ a
+        add_gram(self.gram, np.concatenate([a, np.ones(a.shape[:2] + (1,), a.dtype)], axis=2))
 
 
 def input_grams(model: Model, batches: Batches, views: list[tuple[int, LinearView]], providers: list[str] | None = None,

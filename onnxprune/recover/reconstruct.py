@@ -42,7 +42,7 @@ from onnxprune.pruning.plan import Plan
 from onnxprune.pruning.surgery import removed_slices, zeroed_slices
 from onnxprune.recover.edits import SparseEdits
 from onnxprune.recover.grams import layer_sums
-from onnxprune.recover.lstsq import SINGLE, PendingRows, ridge_solve
+from onnxprune.recover.lstsq import SINGLE, PendingRows, add_gram, mirror, ridge_solve
 from onnxprune.recover.staged import Batches, StagedRun
 from onnxprune.recover.targets import KeptTargets, Target
 from onnxprune.rules import IN, LinearView, linear_view
@@ -266,6 +266,7 @@ def _collect(layer: _Layer, target: Target, pruned: StagedRun) -> tuple[_Stats, 
     for stats, waiting in zip(folds, pending):
         if (joined := waiting.take()) is not None:
             _add_products(stats, *joined)
+        mirror(stats.gram)
     return folds[0], folds[1]
 
 
@@ -283,7 +284,7 @@ def _rows(stats: _Stats, a: np.ndarray, y0: np.ndarray, unknown: np.ndarray, fix
 
 def _add_products(stats: _Stats, a: np.ndarray, target: np.ndarray) -> None:
     """Add the rows' A'A and A'T to `stats` (`_rows`' result, joined over batches: `PendingRows`)."""
-    stats.gram += a.transpose(0, 2, 1) @ a
+    add_gram(stats.gram, a)  # its lower triangle (`_collect` mirrors it at the end)
     stats.cross += a.transpose(0, 2, 1) @ target
     stats.rows += a.shape[1]
 
