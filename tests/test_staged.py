@@ -62,3 +62,31 @@ def test_every_window_size_hands_over_the_model_activations(name: str) -> None:
                                    atol=1e-6)
         expected = direct.get(tensor, data.get(tensor))
         np.testing.assert_allclose(np.concatenate(alone[tensor]), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("refused", [False, True])
+def test_weights_handed_to_onnxruntime_give_the_same_activations(monkeypatch, refused: bool) -> None:
+    """A stage's session takes its weights as arrays instead of in the model's bytes (`hand_over`), or,
+    where onnxruntime refuses them, in the bytes as before: the model computes the same either way."""
+    from onnxprune.graph import runtime
+    from onnxprune.recover.staged import StagedRun
+
+    monkeypatch.setattr(runtime, "HANDED_BYTES", 0)  # every weight of the fixture
+    handed: list[int] = []
+    real = runtime.session
+
+    def session(*args, **kwargs):
+        handed.append(len(kwargs.get("handed") or {}))
+        if refused and kwargs.get("handed"):
+            raise RuntimeError("this onnxruntime takes no external initializers")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runtime, "session", session)
+    model = load_fixture("bottleneck")
+    data = {"input": random_batch(SHAPES["bottleneck"], 6, seed=4)}
+    run = StagedRun(model, calibration_batches(model, data), 1 << 30)
+    output, got = model.graph.outputs[0].name, []
+    run.advance(len(model.graph.nodes), [output], lambda b, values: got.append(values[output]))
+    assert max(handed) > 0, handed
+    expected = run_model(to_proto(model.graph, model.skeleton), data)[0]
+    np.testing.assert_allclose(np.concatenate(got), expected, rtol=1e-5, atol=1e-6)
