@@ -172,7 +172,7 @@ def subgraph_session(nodes: list[gs.Node], inputs: dict[str, np.dtype], outputs:
     del arrays
     try:
         return session(proto, providers, threads, arena=False, spin=False, handed=handed)
-    except Exception:  # noqa: BLE001 - an onnxruntime without external initializers: the weights go in the bytes
+    except Exception:  # an onnxruntime without external initializers: the weights go in the bytes
         if not handed:
             raise
         take_back(proto, handed)
