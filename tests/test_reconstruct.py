@@ -424,3 +424,27 @@ def test_gram_summed_by_blocks_is_the_whole_product(monkeypatch) -> None:
     lstsq.add_gram(gram, b)
     expected = a.transpose(0, 2, 1) @ a + b.transpose(0, 2, 1) @ b
     np.testing.assert_allclose(lstsq.mirror(gram), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_calibration_read_from_a_file_waits_on_disk(tmp_path) -> None:
+    """Data read from an .npz is held in a temporary folder batch by batch (the same arrays), removed when
+    the `with` ends; a caller's arrays are used as they are. Pruning from the file gives the same model."""
+    from onnxprune.recover.calibration import SpilledBatches, calibration_batches, calibration_inputs
+
+    model, data = load_fixture("residual"), _calibration("residual")
+    np.savez(tmp_path / "calib.npz", **data)
+    with calibration_inputs(model, tmp_path / "calib.npz") as spilled:
+        assert isinstance(spilled, SpilledBatches)
+        folder = spilled.store._folder
+        in_memory = calibration_batches(model, data)
+        assert len(spilled) == len(in_memory) > 1
+        for b, feeds in enumerate(in_memory):
+            np.testing.assert_array_equal(spilled[b]["input"], feeds["input"])
+    assert folder is not None and not folder.exists()
+    with calibration_inputs(model, data) as batches:
+        assert isinstance(batches, list)
+    from_file = prune(load_fixture("residual"), PruneOptions(ratio=0.4, data=tmp_path / "calib.npz", mode="sparse"))
+    from_arrays = prune(load_fixture("residual"), PruneOptions(ratio=0.4, data=data, mode="sparse"))
+    assert len(from_file.model.graph.initializer) == len(from_arrays.model.graph.initializer) > 0
+    for a, b in zip(from_file.model.graph.initializer, from_arrays.model.graph.initializer):
+        np.testing.assert_allclose(numpy_helper.to_array(a), numpy_helper.to_array(b), rtol=1e-5, atol=1e-6)

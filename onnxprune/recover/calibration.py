@@ -45,9 +45,13 @@ class SpilledBatches(Sequence[dict[str, np.ndarray]]):
     def __init__(self, batches: Batches):
         self.store = ActivationStore(0)
         self.names = [list(feeds) for feeds in batches]
-        for b, feeds in enumerate(batches):
-            for name, array in feeds.items():
-                self.store.put(name, b, array)
+        try:
+            for b, feeds in enumerate(batches):
+                for name, array in feeds.items():
+                    self.store.put(name, b, array)
+        except BaseException:  # a full disk, an interrupt: no folder left behind
+            self.store.close()
+            raise
 
     def __len__(self) -> int:
         return len(self.names)
