@@ -22,7 +22,7 @@ from onnxprune.graph.model import Model
 from onnxprune.progress import Progress
 from onnxprune.pruning.channels import Group, Member
 from onnxprune.recover.lstsq import SINGLE, PendingRows, add_gram, mirror, sample_rows
-from onnxprune.recover.staged import Batches, StagedRun, windows
+from onnxprune.recover.staged import Batches, StagedRun, sample_count, windows
 from onnxprune.recover.targets import KeptTargets, Target
 from onnxprune.rules import IN, LinearView, linear_view
 
@@ -156,7 +156,7 @@ def input_grams(model: Model, batches: Batches, views: list[tuple[int, LinearVie
     greedy choice and the re-solved readers leave it out). Rows are drawn by a generator seeded with
     (`seed`, position), so the same layer gets the same rows whatever else is read with it. With
     `targets`, every layer's reconstruction target is kept there on the way (the same rows)."""
-    samples = sum(len(next(iter(b.values()))) for b in batches)
+    samples = sample_count(batches)
 
     def start(position: int, view: LinearView) -> _GramAndTarget | None:
         gram = InputGram(view, samples, np.random.default_rng([seed, position])) if view.groups == 1 else None

@@ -48,12 +48,16 @@ def sample_rows(view: LinearView, x: np.ndarray, samples: int, rng: np.random.Ge
 GRAM_BLOCK_BYTES = 8 << 20  # rows of A'A summed at a time (`add_gram`)
 
 
+def _block_rows(gram: np.ndarray) -> int:
+    """Rows of `gram` [groups, n, n] per block: `GRAM_BLOCK_BYTES` of it."""
+    return max(1, GRAM_BLOCK_BYTES // max(1, len(gram) * gram.shape[-1] * gram.itemsize))
+
+
 def add_gram(gram: np.ndarray, a: np.ndarray) -> None:
     """gram += a'a for rows `a` [groups, rows, n], on and below the diagonal only (`mirror` fills the
     rest in at the end), by blocks of rows of `gram`: no n x n temporary (85 MB for a ResNet-50 stage-4
     conv) and the flops of a symmetric product, at the speed of numpy's own (syrk) product."""
-    n = gram.shape[-1]
-    step = max(1, GRAM_BLOCK_BYTES // max(1, len(gram) * n * gram.itemsize))
+    n, step = gram.shape[-1], _block_rows(gram)
     for start in range(0, n, step):
         stop = min(start + step, n)
         gram[:, start:stop, :stop] += a[:, :, start:stop].transpose(0, 2, 1) @ a[:, :, :stop]
@@ -62,8 +66,7 @@ def add_gram(gram: np.ndarray, a: np.ndarray) -> None:
 def mirror(gram: np.ndarray) -> np.ndarray:
     """`gram` [groups, n, n] with its upper triangle copied from the lower one (in place), as `add_gram`
     left it."""
-    n = gram.shape[-1]
-    step = max(1, GRAM_BLOCK_BYTES // max(1, len(gram) * n * gram.itemsize))
+    n, step = gram.shape[-1], _block_rows(gram)
     for start in range(step, n, step):
         stop = min(start + step, n)
         gram[:, :start, start:stop] = gram[:, start:stop, :start].transpose(0, 2, 1)
@@ -72,9 +75,9 @@ def mirror(gram: np.ndarray) -> np.ndarray:
 
 class PendingRows:
     """Feature rows (and whatever goes with them) held back across batches until there are `enough` for
-    one update of the sums. Every update of an n x n A'A is a pass over it, plus a new n x n product
-    (page-faulted in), whatever the number of rows: with a few hundred rows a batch, that cost more than
-    the multiply-adds for the big layers (ResNet-50's 4609-feature convs get 430 rows a batch of 6 images)."""
+    one update of the sums. Every update of an n x n A'A is a pass over it (`add_gram`), whatever the
+    number of rows: with a few hundred rows a batch, that cost more than the multiply-adds for the big
+    layers (ResNet-50's 4609-feature convs get 430 rows a batch of 6 images)."""
 
     def __init__(self, enough: int):
         self.enough = max(1, enough)

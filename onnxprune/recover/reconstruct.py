@@ -43,7 +43,7 @@ from onnxprune.pruning.surgery import removed_slices, zeroed_slices
 from onnxprune.recover.edits import SparseEdits
 from onnxprune.recover.grams import layer_sums
 from onnxprune.recover.lstsq import SINGLE, PendingRows, add_gram, mirror, ridge_solve
-from onnxprune.recover.staged import Batches, StagedRun
+from onnxprune.recover.staged import Batches, StagedRun, sample_count
 from onnxprune.recover.targets import KeptTargets, Target
 from onnxprune.rules import IN, LinearView, linear_view
 
@@ -167,7 +167,7 @@ def reconstruct(model: Model, groups: list[Group], plan: Plan, batches: Batches,
     unpruned run when they cover every layer to re-solve.
     """
     layers, unsupported = consumer_layers(model, groups, plan, scope)
-    result = Reconstruction(samples=sum(len(next(iter(b.values()))) for b in batches))
+    result = Reconstruction(samples=sample_count(batches))
     result.layers += [LayerFit(name, "left as is", math.nan, math.nan, "no matrix view of this layer")
                       for name in unsupported]
     edits = SparseEdits(model, groups, plan)

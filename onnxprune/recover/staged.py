@@ -30,6 +30,11 @@ Batches = list[dict[str, np.ndarray]]
 T = TypeVar("T")
 
 
+def sample_count(batches: Batches) -> int:
+    """How many samples the batches hold in all."""
+    return sum(len(next(iter(b.values()))) for b in batches)
+
+
 def reads(node: gs.Node) -> list[gs.Tensor]:
     """Tensors a node reads: its inputs and the outer-scope tensors its subgraphs (If, Loop, Scan) use."""
     tensors = [t for t in node.inputs if t.name]
