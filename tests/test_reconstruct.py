@@ -219,6 +219,29 @@ def test_activations_spilled_to_disk_give_the_same_model() -> None:
     assert not folder.exists()
 
 
+
+def test_activation_files_are_written_over_once_dropped() -> None:
+    """A dropped array's file takes the next array written, bigger or smaller, of another dtype or shape:
+    each reads back exactly as it was put, and the folder holds no more files than arrays kept at once."""
+    from onnxprune.recover.staged import ActivationStore
+
+    rng = np.random.default_rng(0)
+    store = ActivationStore(0)
+    kept = {}
+    for step, (size, dtype) in enumerate([(1000, np.float32), (10, np.float64), (5000, np.float32),
+                                          (7, np.int64), (3000, np.float16), (1, np.float32)]):
+        kept[step] = rng.standard_normal(size).astype(dtype).reshape(-1, 1) if size > 1 else np.ones((), dtype)
+        store.put("t", step, kept[step])
+        if step >= 2:  # two arrays live at once at most
+            store.drop_one("t", step - 2)
+            del kept[step - 2]
+        for b, array in kept.items():
+            read = store.get("t", b)
+            assert read.dtype == array.dtype and read.shape == array.shape
+            np.testing.assert_array_equal(read, array)
+    assert len(list(store._folder.iterdir())) == 3
+    store.close()
+
 def _digits() -> tuple[onnxprune.Model, dict[str, np.ndarray]]:
     train = np.load(FIXTURES / "digits_train.npz")
     return onnxprune.load(FIXTURES / "digits_cnn.onnx"), {"input": train["input"][:256]}
@@ -353,11 +376,11 @@ def test_greedy_cost_is_the_least_squares_residual(dtype: type, rtol: float) -> 
 
 @pytest.mark.parametrize("sole", [False, True])
 def test_greedy_removal_keeps_the_inverse_of_what_is_left(monkeypatch, sole: bool) -> None:
-    """After each removal the reader's H is the inverse of A'A over the features left (the inverse of a
-    principal block is the Schur complement). A reader that shares the layer's H copies out of it at the
-    first removal, then shrinks its own array in place; the sole reader of a layer shrinks its block
-    (a view with longer rows: the column of ones is not the group's) over H's memory from the start.
-    Both a few rows at a time."""
+    """After each removal the reader's H, over the features left, is the inverse of A'A over them (the
+    inverse of a principal block is the Schur complement). Each reader updates its block of the layer's H
+    in place; once it is compacted, a reader that shares the layer's H copies out of it, and the sole
+    reader of a layer writes its block (a view with longer rows: the column of ones is not the group's)
+    over H's memory. Both a few rows at a time."""
     from onnxprune.recover import greedy
     from onnxprune.recover.lstsq import STABLE_RIDGE, add_ridge
 
@@ -371,12 +394,16 @@ def test_greedy_removal_keeps_the_inverse_of_what_is_left(monkeypatch, sole: boo
     assert (reader.memory is not None) == sole
     regularized = add_ridge(gram.copy(), STABLE_RIDGE, 16)
     left = np.arange(16)
+    sizes = []
     for channels in ([3], [0, 6], [5]):
         reader.remove(np.array(channels))
         left = left[~np.isin(left // 2, channels)]
         there = np.append(left, 16)  # the column of ones stays: H is the group's block of the whole inverse
         expected = np.linalg.inv(regularized[np.ix_(there, there)])[:-1, :-1]
-        np.testing.assert_allclose(reader.inverse, expected, rtol=1e-8, atol=1e-12)
+        stored = reader.row[left]
+        np.testing.assert_allclose(reader.inverse[np.ix_(stored, stored)], expected, rtol=1e-8, atol=1e-12)
+        sizes.append(len(reader.inverse))
+    assert sizes == [16, 10, 10]  # compacted once fewer than 3/4 of the rows are left (10 of 16, not 8 of 10)
     assert np.shares_memory(reader.inverse, inverse) == sole
 
 

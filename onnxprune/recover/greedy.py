@@ -46,21 +46,24 @@ from onnxprune.recover.staged import Batches
 from onnxprune.recover.targets import KeptTargets
 
 STEPS = 64  # removal steps per group: each removes 1/STEPS of its channels (one channel a step below 64)
-SHRINK_BYTES = 1 << 19  # rows of H updated at a time when a step shrinks it (under the malloc mmap threshold)
+SHRINK_BYTES = 1 << 22  # rows of H updated or copied at a time (under the malloc mmap threshold)
+COMPACT = 0.75  # H and W are copied down to their rows still there once fewer than this share are
 LAST = 0.05  # stop once this share of a group is left; the rest are ranked by their last scores
 
 
 @dataclass
 class _Reader:
-    """One layer reading the group, as the greedy removal sees it. Rows of removed features are dropped
-    from `inverse` and `weights` as they go, so each step costs less than the one before."""
+    """One layer reading the group, as the greedy removal sees it. Each step updates `inverse` and
+    `weights` in place (their removed rows are left behind, never read again); once fewer than `COMPACT`
+    of their rows are still there, they are copied down to those: so a step costs less as the group
+    shrinks, without copying the whole matrix at every step."""
 
-    inverse: np.ndarray  # H (the inverse of the regularized A'A), the group's features still there
-    weights: np.ndarray  # [those features, outputs]: re-solved for the channels removed so far
+    inverse: np.ndarray  # H (the inverse of the regularized A'A) over the rows still stored
+    weights: np.ndarray  # [those rows, outputs]: re-solved for the channels removed so far
     blocks: np.ndarray  # [group channels, k]: each group channel's features (numbered as at the start)
     energy: float  # output energy on the calibration rows, to make layers comparable
     row: np.ndarray  # original feature -> its row in `inverse` and `weights` (-1 once removed)
-    memory: np.ndarray | None = None  # flat memory holding `inverse` that this reader may write over
+    memory: np.ndarray | None = None  # flat memory holding `inverse` that compaction may write over
 
     def costs(self, channels: np.ndarray) -> np.ndarray:
         """Per channel: the output error its removal alone adds, relative to the layer's output energy."""
@@ -74,33 +77,40 @@ class _Reader:
         """Remove these channels together; returns the output error that adds (relative, as `costs`)."""
         features = self.blocks[channels].reshape(-1)
         gone = self.row[features]
-        keep = np.setdiff1d(np.arange(len(self.inverse)), gone)
-        columns = self.inverse[np.ix_(keep, gone)]
-        block = symmetric_inverse(self.inverse[np.ix_(gone, gone)].astype(np.float64)).astype(self.inverse.dtype)
+        columns = self.inverse[:, gone]
+        block = symmetric_inverse(columns[gone].astype(np.float64)).astype(self.inverse.dtype)
         moved = block @ self.weights[gone]
         added = float(np.einsum("ko,ko->", self.weights[gone], moved, dtype=np.float64)) / self.energy
-        self.weights = self.weights[keep] - columns @ moved
-        self.inverse, self.memory = _shrunk(self.inverse, keep, columns @ block, columns, self.memory)
+        self.weights -= columns @ moved
+        _subtract_product(self.inverse, columns @ block, columns)
         self.row[features] = -1
-        there = self.row >= 0
-        self.row[there] = np.searchsorted(keep, self.row[there])
+        if np.count_nonzero(self.row >= 0) < COMPACT * len(self.inverse):
+            there = self.row >= 0
+            keep = np.sort(self.row[there])
+            self.inverse, self.memory = _shrunk(self.inverse, keep, self.memory)
+            self.weights = self.weights[keep]
+            self.row[there] = np.searchsorted(keep, self.row[there])
         return added
 
 
-def _shrunk(inverse: np.ndarray, keep: np.ndarray, left: np.ndarray, right: np.ndarray,
-            memory: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """inverse[keep, keep] - left @ right', and the flat memory holding it. By blocks of rows written from
-    the start of `memory` (flat, holding `inverse` as a row-major view, maybe with longer rows) when it
-    is given: row i of the result lands at or before the old row keep[i], which is read first. So one
-    pass over the matrix per step, and no array of its size is made (a fresh one is page-faulted in)."""
+def _subtract_product(matrix: np.ndarray, left: np.ndarray, right: np.ndarray) -> None:
+    """matrix -= left @ right' in place, by blocks of rows (no temporary of the matrix's size)."""
+    rows = max(1, SHRINK_BYTES // max(matrix.shape[1] * matrix.itemsize, 1))
+    for start in range(0, len(matrix), rows):
+        matrix[start:start + rows] -= left[start:start + rows] @ right.T
+
+
+def _shrunk(inverse: np.ndarray, keep: np.ndarray, memory: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """inverse[keep, keep], and the flat memory holding it. By blocks of rows written from the start of
+    `memory` (flat, holding `inverse` as a row-major view, maybe with longer rows) when it is given: row i
+    of the result lands at or before the old row keep[i], which is read first. So no array of its size is
+    made (a fresh one is page-faulted in)."""
     m = keep.size
     flat = memory if memory is not None else np.empty(m * m, inverse.dtype)
     rows = max(1, SHRINK_BYTES // max(m * inverse.itemsize, 1))
     for start in range(0, m, rows):
         stop = min(start + rows, m)
-        part = inverse[keep[start:stop]][:, keep]
-        part -= left[start:stop] @ right.T
-        flat[start * m:stop * m] = part.reshape(-1)
+        flat[start * m:stop * m] = inverse[keep[start:stop]][:, keep].reshape(-1)
     return flat[:m * m].reshape(m, m), flat
 
 
@@ -130,13 +140,14 @@ def _reader(inverse: np.ndarray, weights: np.ndarray, energy: float, feature_cha
             channels: int, sole: bool = False) -> _Reader | None:
     """A `_Reader` for the group's features of one layer (None when its channels do not all have the same
     number of features there). Only the group's block of H and rows of W are kept: removing some of its
-    features changes those by the Schur complement within that block alone. The `sole` reader of a layer
-    shrinks its block over H's own memory (for a ResNet-50 stage-4 conv, no second 85 MB array)."""
+    features changes those by the Schur complement within that block alone, so each reader updates its
+    own block in place (the readers of a layer read disjoint features); the `sole` reader of a layer
+    also compacts its block over H's own memory (for a ResNet-50 stage-4 conv, no second 85 MB array)."""
     features = np.flatnonzero(feature_channel >= 0)
     blocks = [np.flatnonzero(feature_channel[features] == c) for c in range(channels)]
     if len({b.size for b in blocks}) != 1 or blocks[0].size == 0:
         return None
-    if features[-1] - features[0] + 1 == features.size:  # a view (written over only by the sole reader)
+    if features[-1] - features[0] + 1 == features.size:  # a view (compacted over only by the sole reader)
         block = inverse[features[0]:features[-1] + 1, features[0]:features[-1] + 1]
         memory = inverse.reshape(-1) if sole and inverse.flags.c_contiguous else None
     else:

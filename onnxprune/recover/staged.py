@@ -12,7 +12,7 @@ directory beyond it; each is dropped once its last reader has run. A run whose w
 
 from __future__ import annotations
 
-import itertools
+import math
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
@@ -46,16 +46,21 @@ def reads(node: gs.Node) -> list[gs.Tensor]:
 
 
 class ActivationStore:
-    """Per-batch arrays by tensor name, in memory up to `budget` bytes and in a temporary folder beyond."""
+    """Per-batch arrays by tensor name, in memory up to `budget` bytes and in a temporary folder beyond.
+
+    The folder's files are reused: a dropped array's file takes the next one written (over its old bytes,
+    which stay cached), since making a new file cost 4-8x as much per byte as writing over one here
+    (0.46-2.1 s/GB against 0.24)."""
 
     def __init__(self, budget: int):
         self.budget = budget
         self.in_memory: dict[tuple[str, int], np.ndarray] = {}
-        self.on_disk: dict[tuple[str, int], Path] = {}
+        self.on_disk: dict[tuple[str, int], tuple[Path, np.dtype, tuple[int, ...]]] = {}
+        self.free: list[Path] = []  # files whose arrays were dropped, to be written over
         self.used = 0
         self._folder: Path | None = None
-        self._names = itertools.count()
-        self.uncounted: set[str] = set()  # file names are never reused: a dropped file may still be open
+        self._files = 0
+        self.uncounted: set[str] = set()
 
     def put(self, name: str, batch: int, array: np.ndarray, counted: bool = True) -> None:
         """Keep `array`; `counted=False` for views of data held elsewhere anyway (the calibration inputs)."""
@@ -68,17 +73,25 @@ class ActivationStore:
             self.in_memory[key] = array
             self.used += array.nbytes
             return
+        path = self.free.pop() if self.free else self._new_file()
+        with open(path, "r+b") as file:
+            np.ascontiguousarray(array).tofile(file)
+        self.on_disk[key] = (path, array.dtype, array.shape)
+
+    def _new_file(self) -> Path:
         if self._folder is None:
             self._folder = Path(tempfile.mkdtemp(prefix="onnxprune-activations-"))
-        path = self._folder / f"{next(self._names)}.npy"
-        np.save(path, array, allow_pickle=False)
-        self.on_disk[key] = path
+        path = self._folder / f"{self._files}.bin"
+        self._files += 1
+        path.touch()
+        return path
 
     def get(self, name: str, batch: int) -> np.ndarray:
         key = (name, batch)
         if key in self.in_memory:
             return self.in_memory[key]
-        return np.load(self.on_disk[key], allow_pickle=False)
+        path, dtype, shape = self.on_disk[key]
+        return np.fromfile(path, dtype=dtype, count=math.prod(shape)).reshape(shape)
 
     def drop(self, name: str, batches: int) -> None:
         for b in range(batches):
@@ -88,12 +101,14 @@ class ActivationStore:
         array = self.in_memory.pop((name, batch), None)
         if array is not None and name not in self.uncounted:
             self.used -= array.nbytes
-        path = self.on_disk.pop((name, batch), None)
-        if path is not None:
-            path.unlink(missing_ok=True)
+        kept = self.on_disk.pop((name, batch), None)
+        if kept is not None:
+            self.free.append(kept[0])
 
     def close(self) -> None:
         self.in_memory.clear()
+        self.on_disk.clear()
+        self.free.clear()
         if self._folder is not None:
             shutil.rmtree(self._folder, ignore_errors=True)
             self._folder = None

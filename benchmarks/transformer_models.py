@@ -11,7 +11,7 @@ shrinks (both: 1, one: 1/2) — `inspect`'s "can shrink" figure. Then it prunes 
 (attention, FFN, hidden, other) by onnxprune and by Torch-Pruning (`pip install torch-pruning`; its ratio
 bisected to the same total, in a child process given `TP_SECONDS`): `compare_parts`.
 
-    python benchmarks/transformers.py [MODEL ...]
+    python benchmarks/transformer_models.py [MODEL ...]
 
 Prints a table, then one JSON line.
 """
