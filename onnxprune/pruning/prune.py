@@ -57,10 +57,7 @@ class PruneOptions:
     # calibration data: an .npz path or {input name: array}, samples on axis 0; unlabeled is enough
     data: str | os.PathLike | Mapping[str, np.ndarray] | None = None
     reconstruct: bool | None = None  # re-solve the layers reading removed channels; None: on with data
-    # bytes of activations kept in memory; more goes to a temporary folder, whose files are written over
-    # (`staged.ActivationStore`), cheaper than holding them: ResNet-50 with 256 images, 32 MiB against 128,
-    # with smaller batches (`calibration.BATCH_BYTES`), peaked 65-90 MB lower at the same speed
-    activation_budget: int = 1 << 25
+    activation_budget: int = 1 << 27  # bytes of activations kept in memory (more goes to a temporary folder)
     reconstruct_scope: str = "consumers"  # or "downstream": every layer whose input pruning changes
     # without a sensitivity table: "uniform", or "reconstruction" (by the greedy pass's error per MAC, the
     # default with data, reconstruction and the greedy criterion; uniform otherwise)

@@ -13,7 +13,7 @@ from onnxprune.data import DEFAULT_BATCH, LABELS, check_data, model_specs, read_
 from onnxprune.graph.model import Model
 from onnxprune.recover.staged import ActivationStore
 
-BATCH_BYTES = 5 << 18  # input bytes per calibration batch (1.25 MiB: two 3x224x224 float32 images)
+BATCH_BYTES = 4 << 20  # input bytes per calibration batch
 
 Batches = list[dict[str, np.ndarray]]
 
@@ -23,9 +23,7 @@ def calibration_batches(model: Model, data: str | os.PathLike | Mapping[str, np.
 
     Batches hold about `BATCH_BYTES` of input: activations scale with the input, and small batches keep
     onnxruntime's working memory low at no cost in speed (a 640x640 detector ran 2x faster staged with
-    8 images per batch than with 32; ResNet-50 at 224x224 peaked at 1.2 GB with 13 per batch; with 2 per
-    batch instead of 6 and a 32 MiB activation budget instead of 128, 615-644 MB instead of 706-709 at the
-    same speed).
+    8 images per batch than with 32; ResNet-50 at 224x224 peaked at 1.2 GB with 13 per batch).
     """
     if isinstance(data, Mapping):
         arrays, where = {k: v for k, v in data.items() if k != LABELS}, "calibration data"
