@@ -219,7 +219,6 @@ def test_activations_spilled_to_disk_give_the_same_model() -> None:
     assert not folder.exists()
 
 
-
 def test_activation_files_are_written_over_once_dropped() -> None:
     """A dropped array's file takes the next array written, bigger or smaller, of another dtype or shape:
     each reads back exactly as it was put, and the folder holds no more files than arrays kept at once."""
@@ -241,6 +240,7 @@ def test_activation_files_are_written_over_once_dropped() -> None:
             np.testing.assert_array_equal(read, array)
     assert len(list(store._folder.iterdir())) == 3
     store.close()
+
 
 def _digits() -> tuple[onnxprune.Model, dict[str, np.ndarray]]:
     train = np.load(FIXTURES / "digits_train.npz")

@@ -84,8 +84,8 @@ class _Reader:
         self.weights -= columns @ moved
         _subtract_product(self.inverse, columns @ block, columns)
         self.row[features] = -1
-        if np.count_nonzero(self.row >= 0) < COMPACT * len(self.inverse):
-            there = self.row >= 0
+        there = self.row >= 0
+        if np.count_nonzero(there) < COMPACT * len(self.inverse):
             keep = np.sort(self.row[there])
             self.inverse, self.memory = _shrunk(self.inverse, keep, self.memory)
             self.weights = self.weights[keep]
@@ -93,9 +93,14 @@ class _Reader:
         return added
 
 
+def _block_rows(width: int, itemsize: int) -> int:
+    """Rows of `width` items per block: `SHRINK_BYTES` of them."""
+    return max(1, SHRINK_BYTES // max(width * itemsize, 1))
+
+
 def _subtract_product(matrix: np.ndarray, left: np.ndarray, right: np.ndarray) -> None:
     """matrix -= left @ right' in place, by blocks of rows (no temporary of the matrix's size)."""
-    rows = max(1, SHRINK_BYTES // max(matrix.shape[1] * matrix.itemsize, 1))
+    rows = _block_rows(matrix.shape[1], matrix.itemsize)
     for start in range(0, len(matrix), rows):
         matrix[start:start + rows] -= left[start:start + rows] @ right.T
 
@@ -107,7 +112,7 @@ def _shrunk(inverse: np.ndarray, keep: np.ndarray, memory: np.ndarray | None) ->
     made (a fresh one is page-faulted in)."""
     m = keep.size
     flat = memory if memory is not None else np.empty(m * m, inverse.dtype)
-    rows = max(1, SHRINK_BYTES // max(m * inverse.itemsize, 1))
+    rows = _block_rows(m, inverse.itemsize)
     for start in range(0, m, rows):
         stop = min(start + rows, m)
         flat[start * m:stop * m] = inverse[keep[start:stop]][:, keep].reshape(-1)
