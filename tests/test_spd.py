@@ -30,14 +30,17 @@ def test_spd_refuses_an_indefinite_matrix() -> None:
         spd.spd_solve(a, np.ones(300, np.float32))
 
 
-def test_inverse_matches_numpy() -> None:
-    """spd_inverse (in place, no copy of the identity) gives the float64 inverse to float32 accuracy."""
+@pytest.mark.parametrize("n", [100, 300, 700])  # one block; two; three with a short last one
+def test_inverse_matches_numpy(n: int) -> None:
+    """spd_inverse gives the float64 inverse to float32 accuracy, every block of it (it computes the lower
+    block triangle and mirrors it), and an exactly symmetric result."""
     from onnxprune.recover.spd import spd_inverse
 
     rng = np.random.default_rng(5)
-    a = rng.standard_normal((600, 300))
-    gram = a.T @ a + 1e-2 * np.eye(300)
+    a = rng.standard_normal((2 * n, n))
+    gram = a.T @ a + 1e-2 * np.eye(n)
     expected = np.linalg.inv(gram)
     got = spd_inverse(gram.astype(np.float32))
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4 * np.abs(expected).max())
+    assert np.array_equal(got[:, 256:], got[256:].T)

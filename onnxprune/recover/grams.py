@@ -135,8 +135,12 @@ class InputGram:
 
     def add(self, x: np.ndarray) -> None:
         who, where = sample_rows(self.view, x, self.samples, self.rng)
-        if (rows := self.pending.add(self.view.rows(x, who, where, self.gram.dtype))) is not None:
-            self._update(rows[0])
+        self.add_rows(self.view.rows(x, who, where, self.gram.dtype))
+
+    def add_rows(self, rows: np.ndarray) -> None:
+        """Add feature rows [groups, R, features] drawn as `add` would draw them."""
+        if (ready := self.pending.add(rows.astype(self.gram.dtype, copy=False))) is not None:
+            self._update(ready[0])
 
     def result(self) -> np.ndarray:
         if (rows := self.pending.take()) is not None:
@@ -177,15 +181,20 @@ def input_grams(model: Model, batches: Batches, views: list[tuple[int, LinearVie
 
 class _GramAndTarget:
     """A layer's `InputGram` (None for a grouped conv) and its reconstruction `Target` (None when not
-    kept), fed the same batches."""
+    kept), fed the same batches. Their generators are seeded alike, so they draw the same rows: with
+    both, the rows are gathered once (in float32, the target's type; exact in the gram's float64)."""
 
     def __init__(self, gram: InputGram | None, target: Target | None):
         self.gram, self.target = gram, target
 
     def add(self, x: np.ndarray) -> None:
-        for sums in (self.gram, self.target):
-            if sums is not None:
-                sums.add(x)
+        if self.gram is None or self.target is None:
+            (self.gram or self.target).add(x)
+            return
+        who, where = sample_rows(self.target.view, x, self.target.samples, self.target.rng)
+        rows = self.target.view.rows(x, who, where, np.float32)
+        self.target.add_rows(who, where, rows)
+        self.gram.add_rows(rows)
 
 
 def weights_with_bias(view: LinearView) -> np.ndarray:

