@@ -439,6 +439,24 @@ def test_targets_kept_by_the_greedy_pass_replace_the_unpruned_run() -> None:
     assert not folder.exists()
 
 
+def test_greedy_pass_keeping_targets_sums_the_same_grams() -> None:
+    """With targets kept, the greedy pass gathers each layer's rows once for both (float32, cast for a
+    float64 gram): its A'A are those it sums without targets, to the last bit."""
+    from onnxprune.pruning.channels import find_groups
+    from onnxprune.recover.calibration import calibration_batches
+    from onnxprune.recover.grams import input_grams, readers_of, reading_views
+    from onnxprune.recover.targets import KeptTargets
+
+    data = _calibration("residual")
+    model = onnxprune.load(fixture_path("residual"))
+    views = reading_views(model, set(readers_of(find_groups(model))))
+    alone = [g for _, g in input_grams(model, calibration_batches(model, data), views)]
+    with KeptTargets() as kept:
+        shared = [g for _, g in input_grams(model, calibration_batches(model, data), views, targets=kept)]
+        assert len(kept.by_position) == len(views) >= 3
+    assert all(a.dtype == np.float64 and np.array_equal(a, b) for a, b in zip(alone, shared, strict=True))
+
+
 def test_gram_summed_by_blocks_is_the_whole_product(monkeypatch) -> None:
     """A'A summed block by block on and below the diagonal, over two updates, then mirrored, is A'A."""
     from onnxprune.recover import lstsq
